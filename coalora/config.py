@@ -17,11 +17,21 @@ That is 4 * 4 * 3 * 3 * 3 = 432 choices per matrix. Storage per parameter is
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from coalora.errors import CoaloraError
+
+if TYPE_CHECKING:
+    import torch
+
+    from coalora.models import Target
 
 B0_VALUES: tuple[int, ...] = (2, 3, 4, 8)
 B1_BITS_VALUES: tuple[int, ...] = (2, 3, 4, 8)
@@ -132,3 +142,189 @@ PRESETS: dict[str, QuantConfig] = {
 
 MIN_BITS: float = min(c.bits for c in ALL_CONFIGS)  # 2.0322265625 = (2, 2, bf16, 64, 256)
 MAX_BITS: float = max(c.bits for c in ALL_CONFIGS)  # 8.625 = (8, 8, fp32, 16, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# model-level configurations and the JSON file format
+
+FORMAT = "coalora.quant_config/1"
+
+
+@dataclass(frozen=True)
+class ModelQuantConfig:
+    """One :class:`QuantConfig` per target matrix of a model (a point of the search space).
+
+    ``targets`` and ``configs`` are aligned and in model order (block, then module type).
+    """
+
+    model: str
+    targets: tuple[Target, ...]
+    configs: tuple[QuantConfig, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.targets) != len(self.configs):
+            raise CoaloraError(f"{len(self.configs)} configs for {len(self.targets)} target matrices")
+
+    # ---- construction
+
+    @classmethod
+    def uniform(cls, model: str, targets: list[Target] | tuple[Target, ...], config: QuantConfig) -> ModelQuantConfig:
+        """Every matrix with the same config (e.g. a preset)."""
+        return cls(model, tuple(targets), (config,) * len(targets))
+
+    @classmethod
+    def from_ids(cls, model: str, targets: list[Target] | tuple[Target, ...], ids: list[int] | tuple[int, ...]) -> ModelQuantConfig:
+        """From one config id (0..431) per matrix, e.g. an allocator's choice."""
+        return cls(model, tuple(targets), tuple(ALL_CONFIGS[int(i)] for i in ids))
+
+    # ---- derived quantities
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(t.numel for t in self.targets)
+
+    @property
+    def avg_bits(self) -> float:
+        """Parameter-weighted average bits over the target matrices (method.md section 1.3)."""
+        total = sum(self.numels)
+        return sum(c.bits * n for c, n in zip(self.configs, self.numels)) / total
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.configs)
+
+    @property
+    def hash(self) -> str:
+        """Canonical content hash (model + each module's config), 16 hex digits."""
+        canon = json.dumps([self.model, sorted((t.name, c.id) for t, c in zip(self.targets, self.configs))])
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def __getitem__(self, name: str) -> QuantConfig:
+        for t, c in zip(self.targets, self.configs):
+            if t.name == name:
+                return c
+        raise KeyError(name)
+
+    def index_matrix(self) -> torch.Tensor:
+        """Value indices ``[N, 5]`` (int64), columns (b0, b1, b2, B0, B1)."""
+        import torch
+
+        return torch.tensor([c.index for c in self.configs], dtype=torch.long)
+
+    def index_features(self) -> torch.Tensor:
+        """GP encoding 1: value indices scaled to [0, 1] by the static ranges, ``[5N]`` float64.
+
+        Static ranges (not the observed min/max, as the official code does) keep a constant column
+        from dividing by zero.
+        """
+        import torch
+
+        sizes = torch.tensor(FIELD_SIZES, dtype=torch.float64) - 1
+        return (self.index_matrix().double() / sizes).reshape(-1)
+
+    def bits_features(self) -> torch.Tensor:
+        """GP encoding 2: bits per parameter of every matrix, ``[N]`` float64."""
+        import torch
+
+        return torch.tensor([c.bits for c in self.configs], dtype=torch.float64)
+
+    def with_changes(self, changes: dict[str, QuantConfig]) -> ModelQuantConfig:
+        names = {t.name for t in self.targets}
+        unknown = [n for n in changes if n not in names]
+        if unknown:
+            raise CoaloraError(f"unknown module {unknown[0]!r} for model {self.model}")
+        return ModelQuantConfig(self.model, self.targets, tuple(changes.get(t.name, c) for t, c in zip(self.targets, self.configs)))
+
+    # ---- the file format
+
+    def to_json(self) -> dict[str, Any]:
+        """``default`` is the most common config; ``modules`` lists only the matrices that differ."""
+        default = Counter(self.configs).most_common(1)[0][0]
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "default": default.to_dict(),
+            "modules": {t.name: c.to_dict() for t, c in zip(self.targets, self.configs) if c != default},
+            # derived fields: written for people and tools, recomputed (never trusted) on load
+            "avg_bits": self.avg_bits,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, targets: list[Target] | tuple[Target, ...], model: str | None = None, where: str = "config") -> ModelQuantConfig:
+        """Validate and parse the file format against a model's targets.
+
+        Every problem is one :class:`CoaloraError` naming the offending key.
+        """
+        if not isinstance(obj, dict):
+            raise CoaloraError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        fmt = obj.get("format")
+        if fmt != FORMAT:
+            raise CoaloraError(f"{where}: key 'format' is {fmt!r}; this coalora reads {FORMAT!r}")
+        file_model = obj.get("model")
+        if not isinstance(file_model, str):
+            raise CoaloraError(f"{where}: key 'model' must name the model the config is for")
+        if model is not None and file_model != model:
+            raise CoaloraError(f"{where}: key 'model' is {file_model!r} but the model in use is {model!r}")
+        known = {"format", "model", "default", "modules", "avg_bits", "hash"}
+        extra = [k for k in obj if k not in known]
+        if extra:
+            raise CoaloraError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(known))})")
+        default = None
+        if obj.get("default") is not None:
+            default = QuantConfig.from_dict(obj["default"], where=f"{where}: key 'default'")
+        modules = obj.get("modules", {})
+        if not isinstance(modules, dict):
+            raise CoaloraError(f"{where}: key 'modules' must be an object mapping module names to configs")
+        names = [t.name for t in targets]
+        name_set = set(names)
+        parsed: dict[str, QuantConfig] = {}
+        for name, c in modules.items():
+            if name not in name_set:
+                hint = f" (e.g. {names[0]})" if names else ""
+                raise CoaloraError(f"{where}: unknown module {name!r} in 'modules' for model {file_model}{hint}")
+            parsed[name] = QuantConfig.from_dict(c, where=f"{where}: modules[{name!r}]")
+        if default is None:
+            missing = [n for n in names if n not in parsed]
+            if missing:
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                raise CoaloraError(f"{where}: module {missing[0]!r}{more} has no config and there is no 'default'")
+        return cls(file_model, tuple(targets), tuple(parsed.get(n, default) for n in names))  # type: ignore[arg-type]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON file atomically (a temp file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, targets: list[Target] | tuple[Target, ...], model: str | None = None) -> ModelQuantConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CoaloraError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CoaloraError(f"cannot read config file {path}: {e}") from None
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            raise CoaloraError(f"{path}: malformed JSON ({e})") from None
+        return cls.from_json(obj, targets, model=model, where=str(path))
+
+
+def resolve_preset(name: str) -> QuantConfig:
+    """A named preset (``nf4-dq`` ...) or ``uniform:b0,b1,b2,B0,B1`` (e.g. ``uniform:3,4,bf16,32,64``)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name.startswith("uniform:"):
+        parts = name.removeprefix("uniform:").split(",")
+        if len(parts) == 5:
+            try:
+                return QuantConfig(int(parts[0]), int(parts[1]), parts[2], int(parts[3]), int(parts[4]))
+            except ValueError:
+                pass
+    raise CoaloraError(f"unknown preset {name!r}; use {', '.join(PRESETS)} or uniform:b0,b1,b2,B0,B1 (e.g. uniform:3,8,fp32,64,256)")

@@ -254,3 +254,32 @@ def describe(model: nn.Module) -> dict:
 
 def weights_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
+
+
+def model_targets(name: str) -> list[Target]:
+    """The targets of a registry model without loading its weights (built on the meta device).
+
+    Used to validate configuration files and to compute average bits cheaply.
+    """
+    import torch
+
+    spec = get_spec(name)
+    if spec.source == "tiny":
+        with torch.device("meta"):
+            return find_targets(tiny_llama(), spec.target_modules)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec.source == "offline":
+        from coalora import assets
+
+        path = str(assets.model_dir(spec.name))
+        assets.verify(Path(path), what=f"model {spec.name}")
+    else:
+        path = spec.path or spec.hub_id  # type: ignore[assignment]
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except OSError:
+        raise CoaloraError(f"cannot read the configuration of model {spec.name} (offline and not cached?)") from None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    return find_targets(skeleton, spec.target_modules)

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from coalora.errors import CoaloraError
-from coalora.models import LLAMA_TARGETS, ByteTokenizer, describe, find_targets, get_spec, load_model, target_modules_of
+from coalora.models import (
+    LLAMA_TARGETS,
+    ByteTokenizer,
+    describe,
+    find_targets,
+    get_spec,
+    load_model,
+    target_modules_of,
+)
 
 
 def test_registry_has_default_tiny_and_hub_models():
