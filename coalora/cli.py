@@ -62,7 +62,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coalora.models import load_model
 
     _check_positive(args, "seqlen", "windows", "batch_size")
+    if args.config and args.preset:
+        raise CoaloraError("give either --config or --preset, not both")
     model, tok = load_model(args.model)
+    qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
+    if qcfg is not None:
+        from coalora.apply import ConfigApplier
+
+        stats = ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
+        _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) to {stats.changed} matrices in {stats.seconds:.1f} s")
     res = evaluate_corpus(
         model,
         tok,
@@ -74,12 +82,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = {"model": args.model, **res.to_dict()}
+    if qcfg is not None:
+        out.update(avg_bits=qcfg.avg_bits, config_hash=qcfg.hash)
+    else:
+        out.update(avg_bits=None, config_hash=None)  # unquantized
+    if args.json:
+        _print_json(out)
+    else:
+        bits = f" at {qcfg.avg_bits:.4f} avg bits" if qcfg is not None else " (unquantized)"
+        print(
+            f"{args.model}{bits} on {res.dataset}: ppl {res.ppl:.3f} (nll {res.nll:.4f}) over {res.windows} windows x "
+            f"{res.seqlen} tokens, {res.tokens_per_s:.0f} tokens/s"
+        )
+    return 0
+
+
+def _load_quant_config(args: argparse.Namespace, model):
+    from coalora.config import ModelQuantConfig, resolve_preset
+    from coalora.models import find_targets
+
+    targets = find_targets(model)
+    if args.preset:
+        return ModelQuantConfig.uniform(args.model, targets, resolve_preset(args.preset))
+    return ModelQuantConfig.load(args.config, targets, model=args.model)
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    import math
+
+    from coalora.allocate import allocate
+    from coalora.config import ALL_CONFIGS, MAX_BITS, MIN_BITS, ModelQuantConfig
+    from coalora.models import find_targets, load_model
+    from coalora.sensitivity import model_error_table
+
+    if not math.isfinite(args.budget) or not MIN_BITS <= args.budget <= MAX_BITS:
+        raise CoaloraError(
+            f"budget {args.budget} bits is outside the feasible range {MIN_BITS:.4f}..{MAX_BITS:.4f} average bits"
+        )
+    model, tok = load_model(args.model)
+    targets = find_targets(model)
+    table = model_error_table(model, args.model, targets, args.weighting, tokenizer=tok, progress=not args.no_progress)
+    alloc = allocate(table, [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], args.budget, method=args.method)
+    cfg = ModelQuantConfig.from_ids(args.model, targets, alloc.choice)
+    if args.out:
+        cfg.save(args.out)
+    out = {
+        "model": args.model,
+        "budget": args.budget,
+        "avg_bits": cfg.avg_bits,
+        "hash": cfg.hash,
+        "method": alloc.method,
+        "weighting": args.weighting,
+        "cost": alloc.cost,
+        "lower_bound": alloc.lower_bound,
+        "optimal": alloc.optimal,
+        "seconds": alloc.seconds,
+        "out": args.out,
+        "b0_histogram": {b: sum(c.b0 == b for c in cfg.configs) for b in (2, 3, 4, 8)},
+    }
     if args.json:
         _print_json(out)
     else:
         print(
-            f"{args.model} on {res.dataset}: ppl {res.ppl:.3f} (nll {res.nll:.4f}) over {res.windows} windows x "
-            f"{res.seqlen} tokens, {res.tokens_per_s:.0f} tokens/s"
+            f"{args.model}: {cfg.avg_bits:.4f} avg bits (budget {args.budget}), error {alloc.cost:.4g}, "
+            f"{alloc.method} in {alloc.seconds * 1000:.0f} ms; matrices per b0: {out['b0_histogram']}"
+            + (f"; wrote {args.out}" if args.out else "")
         )
     return 0
 
@@ -134,6 +201,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--seqlen", type=int, default=256, help="tokens per window (default 256)")
     sp.add_argument("--windows", type=int, default=8, help="evaluate the first N windows (quick mode); default 8")
     sp.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    sp.add_argument("--config", help="quantize with this configuration file (coalora.quant_config/1 JSON) first")
+    sp.add_argument("--preset", help="quantize every target uniformly: nf2-dq, nf3-dq, nf4-dq, nf8-dq or uniform:b0,b1,b2,B0,B1")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        "allocate",
+        cmd_allocate,
+        "Choose one quantization config per matrix that minimises total quantization error within an average-bits "
+        "budget (LQ-LoRA's knapsack; exact MILP with HiGHS or a fast Lagrangian).",
+    )
+    sp.add_argument("--model", default="smollm2-135m", help="registry name or local checkpoint directory")
+    sp.add_argument("--budget", type=float, required=True, help="target average bits per parameter (2.0322..8.625)")
+    sp.add_argument("--method", choices=["exact", "fast"], default="exact", help="exact MILP (HiGHS) or fast Lagrangian")
+    sp.add_argument("--weighting", choices=["none", "activation"], default="activation",
+                    help="error weighting: plain Frobenius, or by mean squared input activations on calibration text")
+    sp.add_argument("--out", help="write the configuration file here")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -1,0 +1,56 @@
+"""Configuration switching on the default model: changing 10% of the matrices vs a full application.
+
+Reference: a full application of ``nf4-dq`` to all 210 matrices with an empty cache. Figure: the
+time to switch to a configuration that differs in 21 matrices (10%), cache cold for those
+matrices, as a ratio to the full application (target at most 0.15). Also: a switch back (all
+cache hits). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> dict:
+    from coalora.apply import ConfigApplier
+    from coalora.config import ALL_CONFIGS, PRESETS
+    from coalora.models import load_model
+
+    model, _ = load_model("smollm2-135m")
+    applier = ConfigApplier(model, "smollm2-135m")
+    base = applier.uniform(PRESETS["nf4-dq"])
+    t0 = time.perf_counter()
+    full = applier.apply(base)
+    full_s = time.perf_counter() - t0
+
+    rng = random.Random(0)
+    names = [t.name for t in applier.targets]
+    changed = rng.sample(names, k=len(names) // 10)
+    other = base.with_changes({n: ALL_CONFIGS[rng.randrange(432)] for n in changed})
+    t0 = time.perf_counter()
+    switch = applier.apply(other)
+    switch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = applier.apply(base)
+    back_s = time.perf_counter() - t0
+    return {
+        "model": "smollm2-135m",
+        "matrices": len(names),
+        "full_apply_seconds": full_s,
+        "switch_10pct_seconds": switch_s,
+        "switch_10pct_changed": switch.changed,
+        "switch_ratio": switch_s / full_s,
+        "switch_ratio_target": 0.15,
+        "switch_back_cached_seconds": back_s,
+        "switch_back_quantized": back.quantized,
+        "full_applied": full.changed,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))

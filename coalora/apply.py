@@ -1,0 +1,144 @@
+"""Put a quantization configuration on a loaded model, fast (method.md section 10, S4 and S6).
+
+Each target ``nn.Linear`` computes with the *dequantized* quantized weight (fake quantization:
+the arithmetic is the real quantizer's, the storage stays float), and the original weights are
+kept so that any other configuration can be applied next. Two things make switching cheap:
+
+* only the matrices whose config changed are touched (a switch that changes k matrices costs k
+  quantizations);
+* a per-(matrix, config) cache of dequantized weights, bounded in bytes with least-recently-used
+  eviction, so moving back and forth between configurations (training samples 2 per step from a
+  few dozen) costs a lookup.
+
+The applier holds the ``nn.Linear`` objects themselves, not their names, so it keeps working after
+peft wraps them (peft keeps the original Linear as ``base_layer``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coalora.config import ModelQuantConfig, QuantConfig
+from coalora.errors import CoaloraError
+from coalora.models import Target, find_targets, target_modules_of
+from coalora.quant import fake_quantize
+
+DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: ~4 full SmolLM2 configurations in fp32
+
+
+@dataclass(frozen=True)
+class ApplyStats:
+    changed: int
+    """Matrices whose configuration changed."""
+    quantized: int
+    """Of those, how many had to be quantized (cache misses)."""
+    seconds: float
+
+
+class WeightCache:
+    """LRU cache of dequantized weights keyed by (matrix name, config id), bounded in bytes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        if max_bytes < 0:
+            raise CoaloraError(f"cache size must be non-negative, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+        t = self._items.get(key)
+        if t is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return t
+
+    def put(self, key: tuple[str, int], t: torch.Tensor) -> None:
+        size = t.numel() * t.element_size()
+        if size > self.max_bytes:
+            return  # would evict everything for one entry
+        if key in self._items:
+            self.bytes -= self._items.pop(key).numel() * t.element_size()
+        self._items[key] = t
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ConfigApplier:
+    """Switch a model between quantization configurations.
+
+    Example:
+        >>> applier = ConfigApplier(model, "smollm2-135m")
+        >>> applier.apply(cfg)          # every target now computes with its quantized weight
+        >>> applier.restore()           # back to the original weights
+    """
+
+    def __init__(self, model: nn.Module, model_name: str, targets: list[Target] | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.model = model
+        self.model_name = model_name
+        self.targets = tuple(targets if targets is not None else find_targets(model))
+        self.linears: dict[str, nn.Linear] = target_modules_of(model, list(self.targets))
+        # The originals are what every configuration quantizes; detach so training never touches them.
+        self.originals = {name: lin.weight.detach().clone() for name, lin in self.linears.items()}
+        self.current: dict[str, int | None] = {name: None for name in self.linears}
+        self.cache = WeightCache(cache_bytes)
+
+    def uniform(self, config: QuantConfig) -> ModelQuantConfig:
+        return ModelQuantConfig.uniform(self.model_name, self.targets, config)
+
+    @property
+    def applied(self) -> ModelQuantConfig | None:
+        """The configuration now on the model (None if any matrix holds its original weight)."""
+        if any(v is None for v in self.current.values()):
+            return None
+        return ModelQuantConfig.from_ids(self.model_name, self.targets, [self.current[t.name] for t in self.targets])  # type: ignore[misc]
+
+    def quantized_weight(self, name: str, config: QuantConfig) -> tuple[torch.Tensor, bool]:
+        """Dequantized weight of one matrix under ``config`` and whether it was computed (a miss)."""
+        key = (name, config.id)
+        w = self.cache.get(key)
+        if w is not None:
+            return w, False
+        orig = self.originals[name]
+        w = fake_quantize(orig.float(), config).to(orig.dtype)
+        self.cache.put(key, w)
+        return w, True
+
+    def apply(self, config: ModelQuantConfig) -> ApplyStats:
+        """Make every target compute with its weight quantized under ``config``."""
+        if config.model != self.model_name or tuple(t.name for t in config.targets) != tuple(t.name for t in self.targets):
+            raise CoaloraError(
+                f"configuration is for model {config.model!r}, not {self.model_name!r} (its modules do not match)"
+            )
+        t0 = time.perf_counter()
+        changed = quantized = 0
+        for target, c in zip(config.targets, config.configs):
+            if self.current[target.name] == c.id:
+                continue
+            w, miss = self.quantized_weight(target.name, c)
+            # Rebinding .data shares the cached tensor: no copy, and weights are frozen, so nobody writes to it.
+            self.linears[target.name].weight.data = w
+            self.current[target.name] = c.id
+            changed += 1
+            quantized += int(miss)
+        return ApplyStats(changed, quantized, time.perf_counter() - t0)
+
+    def restore(self) -> None:
+        """Put the original (unquantized) weights back."""
+        for name, lin in self.linears.items():
+            lin.weight.data = self.originals[name]
+            self.current[name] = None
