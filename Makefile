@@ -34,7 +34,7 @@ bench: setup
 	$(PY) -m bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check coalora ui tests bench app.py
+	$(VENV)/bin/ruff check coalora ui tests bench scripts app.py
 
 clean-venv:
 	rm -rf $(VENV)
