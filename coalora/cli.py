@@ -64,9 +64,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_positive(args, "seqlen", "windows", "batch_size")
     if args.config and args.preset:
         raise CoaloraError("give either --config or --preset, not both")
+    if args.adapter and not (args.config or args.preset):
+        raise CoaloraError("--adapter needs a quantization configuration: give --config or --preset too")
     model, tok = load_model(args.model)
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
-    if qcfg is not None:
+    if args.adapter:
+        from coalora.trained import load_trained
+
+        coa = load_trained(args.adapter, model, args.model)
+        coa.eval()
+        with __import__("torch").no_grad():
+            coa.set_config(qcfg)
+        _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) with the CoA-LoRA adapter {args.adapter}")
+    elif qcfg is not None:
         from coalora.apply import ConfigApplier
 
         stats = ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
@@ -81,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    out = {"model": args.model, **res.to_dict()}
+    out = {"model": args.model, "adapter": args.adapter, **res.to_dict()}
     if qcfg is not None:
         out.update(avg_bits=qcfg.avg_bits, config_hash=qcfg.hash)
     else:
@@ -151,6 +161,69 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from coalora.train import TrainConfig, Trainer
+
+    opts = {k: v for k, v in vars(args).items() if k in _TRAIN_FIELDS and v is not None}
+    if "budgets" in opts:
+        opts["budgets"] = tuple(opts["budgets"])
+    cfg = TrainConfig(**opts)
+    trainer = Trainer(cfg, args.out, log=_log, progress=not args.no_progress)
+    state = trainer.run()
+    if trainer.acc.is_main_process:
+        out = {"out": args.out, "step": state.step, "train_set": len(state.train_set), "seconds": round(state.seconds, 1),
+               "search_seconds": round(state.search_seconds, 1), "tokens": state.tokens, "searches": state.searches}
+        if args.json:
+            _print_json(out)
+        else:
+            print(f"trained {cfg.method} to step {state.step} in {state.seconds:.0f} s ({state.searches} search rounds, "
+                  f"{state.search_seconds:.0f} s); training set {len(state.train_set)} configs; checkpoint in {args.out}")
+    return 0
+
+
+_TRAIN_FIELDS = (
+    "model", "method", "rank", "alpha", "init", "ref_preset", "corpus", "seqlen", "batch_size", "steps", "lr",
+    "weight_decay", "configs_per_step", "initial_budgets", "budgets", "weighting", "search_every",
+    "search_candidates", "search_steps", "segments", "probe_windows", "checkpoint_every", "cache_gib", "seed",
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from coalora.export_peft import save_peft_adapter
+    from coalora.models import load_model
+    from coalora.trained import load_trained
+
+    if bool(args.config) == bool(args.preset):
+        raise CoaloraError("give exactly one of --config or --preset")
+    model, _ = load_model(args.model)
+    qcfg = _load_quant_config(args, model)
+    coa = load_trained(args.adapter, model, args.model, cache_bytes=0)
+    t0 = time.perf_counter()
+    lora = coa.generate(qcfg)
+    gen_ms = (time.perf_counter() - t0) * 1000
+    path = save_peft_adapter(lora, args.out, rank=coa.adapter_config.rank, alpha=coa.adapter_config.alpha,
+                             base_model=args.model)
+    out = {"out": str(path), "config_hash": qcfg.hash, "avg_bits": qcfg.avg_bits, "generate_ms": gen_ms,
+           "rank": coa.adapter_config.rank, "modules": len(lora)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"generated the LoRA for {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) in {gen_ms:.1f} ms; "
+              f"PEFT adapter in {path}")
+    return 0
+
+
+def cmd_export_trained(args: argparse.Namespace) -> int:
+    from coalora.train import CHECKPOINT
+    from coalora.trained import export_checkpoint
+
+    path = export_checkpoint(os.path.join(args.run, CHECKPOINT), args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import main as serve_main  # app.py is the one place that builds and launches the UI
 
@@ -203,6 +276,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     sp.add_argument("--config", help="quantize with this configuration file (coalora.quant_config/1 JSON) first")
     sp.add_argument("--preset", help="quantize every target uniformly: nf2-dq, nf3-dq, nf4-dq, nf8-dq or uniform:b0,b1,b2,B0,B1")
+    sp.add_argument("--adapter", help="also add the CoA-LoRA adapter generated for that configuration (a trained "
+                    "adapter file, e.g. data/default/smollm2-135m-coalora.safetensors)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -215,11 +290,60 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--model", default="smollm2-135m", help="registry name or local checkpoint directory")
     sp.add_argument("--budget", type=float, required=True, help="target average bits per parameter (2.0322..8.625)")
     sp.add_argument("--method", choices=["exact", "fast"], default="exact", help="exact MILP (HiGHS) or fast Lagrangian")
-    sp.add_argument("--weighting", choices=["none", "activation"], default="activation",
-                    help="error weighting: plain Frobenius, or by mean squared input activations on calibration text")
+    sp.add_argument("--weighting", choices=["none", "activation", "fisher"], default="fisher",
+                    help="error weighting: diagonal empirical Fisher (LQ-LoRA, default), mean squared input activations, or plain Frobenius")
     sp.add_argument("--out", help="write the configuration file here")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        "train",
+        cmd_train,
+        "Train CoA-LoRA (or a baseline) with checkpoints; rerunning the same command resumes. "
+        "Data-parallel: accelerate launch --num_processes P -m coalora train ...",
+    )
+    sp.add_argument("--out", required=True, help="run directory (checkpoint.safetensors, log.jsonl)")
+    sp.add_argument("--model", help="registry name or local checkpoint directory (default smollm2-135m)")
+    sp.add_argument("--method", choices=["coalora", "qlora", "shared"], help="default coalora")
+    sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    sp.add_argument("--alpha", type=float, help="LoRA alpha, scaling alpha/rank (default 16)")
+    sp.add_argument("--init", choices=["lq", "peft"], help="A, B init: SVD of the reference residual (lq) or PEFT's")
+    sp.add_argument("--ref-preset", dest="ref_preset", help="reference config of the lq init (default nf3-dq)")
+    sp.add_argument("--corpus", help="training corpus (default shakespeare, train plays)")
+    sp.add_argument("--seqlen", type=int, help="tokens per training window (default 128)")
+    sp.add_argument("--batch-size", dest="batch_size", type=int, help="windows per step, over all processes (default 4)")
+    sp.add_argument("--steps", type=int, help="optimizer steps (default 700)")
+    sp.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4, constant)")
+    sp.add_argument("--weight-decay", dest="weight_decay", type=float)
+    sp.add_argument("--configs-per-step", dest="configs_per_step", type=int, help="K configs per batch (default 2)")
+    sp.add_argument("--initial-budgets", dest="initial_budgets", type=int, help="initial training set size (default 50)")
+    sp.add_argument("--budgets", type=float, nargs="+", help="explicit budgets (qlora: one; shared: several)")
+    sp.add_argument("--weighting", choices=["none", "activation", "fisher"], help="allocator error weighting (default fisher)")
+    sp.add_argument("--search-every", dest="search_every", type=int, help="steps between searches; 0 = frozen set")
+    sp.add_argument("--search-candidates", dest="search_candidates", type=int)
+    sp.add_argument("--search-steps", dest="search_steps", type=int)
+    sp.add_argument("--segments", type=int, help="Pareto filter segments over the bit range (default 40)")
+    sp.add_argument("--probe-windows", dest="probe_windows", type=int)
+    sp.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    sp.add_argument("--cache-gib", dest="cache_gib", type=float, help="quantized-weight cache size (default 4)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("generate", cmd_generate,
+             "Generate the LoRA adapter of one quantization configuration from a trained CoA-LoRA adapter "
+             "(no fine-tuning) and save it in PEFT's format.")
+    sp.add_argument("--adapter", required=True, help="trained adapter file (coalora.adapter/1)")
+    sp.add_argument("--model", default="smollm2-135m")
+    sp.add_argument("--config", help="configuration file (coalora.quant_config/1 JSON)")
+    sp.add_argument("--preset", help="or a uniform preset, e.g. nf3-dq")
+    sp.add_argument("--out", required=True, help="output directory (adapter_config.json + adapter_model.safetensors)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("export-trained", cmd_export_trained,
+             "Write the adapter of a training run (theta + shared LoRA, bf16) as one small file.")
+    sp.add_argument("--run", required=True, help="training run directory (holds checkpoint.safetensors)")
+    sp.add_argument("--out", required=True, help="output .safetensors file")
 
     sp = add("serve", cmd_serve, "Serve the Gradio app (default http://127.0.0.1:7860).")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 keeps it private)")

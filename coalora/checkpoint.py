@@ -1,0 +1,82 @@
+"""Checkpoint files: tensors in safetensors, structured state as JSON in its metadata (no pickle).
+
+One file per checkpoint, written atomically (temporary file + ``os.replace``), so an interrupted
+save leaves the previous checkpoint intact. A truncated or foreign file gives one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coalora.errors import CoaloraError
+
+FORMAT = "coalora.checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    body = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(body, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    os.replace(tmp, p)
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint; every way it can be unreadable raises :class:`CoaloraError`."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise CoaloraError(f"no checkpoint at {p}")
+    try:
+        with safe_open(str(p), framework="pt", device=str(device)) as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CoaloraError(f"checkpoint {p} is corrupt or truncated ({e}); delete it to start over") from None
+    if md.get("format") != FORMAT:
+        raise CoaloraError(f"{p} is not a coalora checkpoint (format {md.get('format')!r}, expected {FORMAT!r})")
+    try:
+        meta = json.loads(md["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CoaloraError(f"checkpoint {p} has unreadable metadata; delete it to start over") from None
+    return tensors, meta
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors (``optim.<param>.<key>``) and JSON (groups, scalars)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CoaloraError(f"the optimizer state does not match this adapter ({e})") from None

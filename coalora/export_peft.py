@@ -1,0 +1,65 @@
+"""Write a generated adapter in PEFT's on-disk LoRA format (method.md spec S6).
+
+The directory holds ``adapter_config.json`` (written by ``peft.LoraConfig.save_pretrained``) and
+``adapter_model.safetensors`` with PEFT's key names
+(``base_model.model.<module>.lora_A.weight`` ``[r, d_in]``, ``...lora_B.weight`` ``[d_out, r]``),
+so ``PeftModel.from_pretrained(base_with_config_applied, path)`` reproduces the
+configuration-aware model's outputs. Writes are atomic: a half-written adapter never appears.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def save_peft_adapter(
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    out_dir: str | os.PathLike,
+    *,
+    rank: int,
+    alpha: float,
+    base_model: str,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Save ``{module: (A [r, d_in], B [d_out, r])}`` as a PEFT LoRA adapter directory.
+
+    ``target_modules`` lists the full module names, so PEFT wraps exactly these matrices (and
+    leaves embeddings, norms and ``lm_head`` alone).
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=sorted(lora),
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+        init_lora_weights=True,
+    )
+    tensors = {}
+    for name, (a, b) in lora.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().to(dtype).contiguous().cpu()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().to(dtype).contiguous().cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cfg.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt", "generator": "coalora"})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

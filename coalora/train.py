@@ -1,0 +1,427 @@
+"""CoA-LoRA training (method.md section 4, spec S4) with the Pareto-based search (S5) between rounds.
+
+Each step takes one mini-batch, samples K configurations from the current training set, and
+accumulates the gradients of their losses on that same batch (the sum, as the official code) into
+the shared A, B and theta; then gradient clipping at 1.0 and a constant-LR AdamW step.
+
+Written with ``accelerate``: ``accelerate launch --num_processes P -m coalora train ...`` runs it
+data-parallel unchanged (each process takes 1/P of every batch; the data order and configuration
+samples are functions of (seed, step), so P processes and one process with the combined batch see
+the same data). The search runs on the main process and its result is broadcast.
+
+Everything needed to resume exactly lives in one safetensors checkpoint (adapter, optimiser, RNG,
+training set, search state, counters); a JSONL log records every step and search round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coalora.adapter import AdapterConfig, CoALoRAModel
+from coalora.config import MAX_BITS, MIN_BITS, ModelQuantConfig, QuantConfig
+from coalora.errors import CoaloraError
+
+METHODS = ("coalora", "qlora", "shared")
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe. Defaults are the CPU recipe for SmolLM2-135M (README, data/README.md)."""
+
+    model: str = "smollm2-135m"
+    method: str = "coalora"
+    """``coalora`` (theta + search), ``qlora`` (one config, plain LoRA), ``shared`` (one plain LoRA over
+    a fixed set of configs, one per step)."""
+    rank: int = 8
+    """LoRA rank: 8 is SmolLM2's hidden size (576) over 64, the paper's r/d for LLaMA-2-7B (64/4096)."""
+    alpha: float = 16.0
+    init: str = "lq"
+    ref_preset: str = "nf3-dq"
+    corpus: str = "shakespeare"
+    seqlen: int = 128
+    batch_size: int = 4
+    steps: int = 700
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    configs_per_step: int = 2
+    budget_lo: float = 2.25
+    budget_hi: float = 7.25
+    initial_budgets: int = 50
+    """Size of the initial training set: allocator solutions at evenly spaced budgets."""
+    budgets: tuple[float, ...] = ()
+    """Explicit budgets instead (baselines: one for ``qlora``, four for ``shared``)."""
+    weighting: str = "fisher"
+    """Error weighting of the allocator that builds the training set."""
+    search_every: int = 100
+    """Steps between search rounds; 0 freezes the training set (the paper's ablation)."""
+    search_candidates: int = 5
+    search_steps: int = 20
+    segments: int = 40
+    probe_windows: int = 4
+    checkpoint_every: int = 50
+    cache_gib: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CoaloraError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        for name in ("rank", "seqlen", "batch_size", "steps", "configs_per_step", "initial_budgets",
+                     "search_candidates", "search_steps", "segments", "probe_windows", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise CoaloraError(f"{name} must be a positive integer, got {v!r}")
+        if self.search_every < 0:
+            raise CoaloraError(f"search_every must be >= 0 (0 freezes the training set), got {self.search_every}")
+        for name in ("lr", "alpha", "max_grad_norm", "cache_gib"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise CoaloraError(f"{name} must be a positive number, got {v!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise CoaloraError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not MIN_BITS <= self.budget_lo < self.budget_hi <= MAX_BITS:
+            raise CoaloraError(f"budget range [{self.budget_lo}, {self.budget_hi}] must lie inside "
+                               f"{MIN_BITS:.4f}..{MAX_BITS:.4f} with lo < hi")
+        for b in self.budgets:
+            if not MIN_BITS <= b <= MAX_BITS:
+                raise CoaloraError(f"budget {b} is outside the feasible range {MIN_BITS:.4f}..{MAX_BITS:.4f}")
+        if self.method == "qlora" and len(self.budgets) != 1:
+            raise CoaloraError("method qlora trains one adapter for one configuration: give exactly one budget")
+        if self.method == "shared" and len(self.budgets) < 2:
+            raise CoaloraError("method shared trains one LoRA over several fixed configurations: give 2+ budgets")
+        AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)  # validates the adapter fields
+
+    @property
+    def adapter(self) -> AdapterConfig:
+        return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)
+
+    @property
+    def use_theta(self) -> bool:
+        return self.method == "coalora"
+
+    @property
+    def searching(self) -> bool:
+        return self.method == "coalora" and self.search_every > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["budgets"] = list(self.budgets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CoaloraError(f"unknown training option {unknown[0]!r}")
+        d = dict(d)
+        if "budgets" in d:
+            d["budgets"] = tuple(float(b) for b in d["budgets"])
+        return cls(**d)
+
+
+@dataclass
+class TrainState:
+    """What changes during training (all of it is checkpointed)."""
+
+    step: int = 0
+    train_set: list[list[int]] = field(default_factory=list)
+    """Config ids per matrix of every configuration in the current training set."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Probe loss by configuration hash, from the latest search round."""
+    seconds: float = 0.0
+    """Training wall time so far (search included), summed over resumed runs."""
+    search_seconds: float = 0.0
+    tokens: int = 0
+    hv_ref: list[float] | None = None
+    searches: int = 0
+
+
+def _schedule_rows(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """Global window indices ``[batch]`` of ``step``: a fresh permutation per epoch, a function of (seed, step)."""
+    per_epoch = n // batch
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[j * batch : (j + 1) * batch]
+
+
+def _sample_configs(seed: int, step: int, size: int, k: int) -> list[int]:
+    rng = np.random.default_rng([seed, step])
+    return rng.choice(size, size=min(k, size), replace=False).tolist()
+
+
+class Trainer:
+    """Train (or resume) one run in ``out_dir``.
+
+    Example:
+        >>> Trainer(TrainConfig(steps=600), "runs/default").run()
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, accelerator=None,
+                 log: Callable[[str], None] | None = None, progress: bool = True):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if cfg.batch_size % self.acc.num_processes:
+            raise CoaloraError(f"batch_size {cfg.batch_size} must be divisible by the {self.acc.num_processes} processes")
+        self._log = log or (lambda m: None)
+        self.progress = progress and self.acc.is_main_process
+        self.state = TrainState()
+
+    # ---- set-up
+
+    def _setup(self) -> None:
+        from coalora import data
+        from coalora.models import find_targets, load_model
+
+        cfg = self.cfg
+        self.model_raw, self.tok = load_model(cfg.model, device=str(self.acc.device))
+        self.targets = find_targets(self.model_raw)
+        # The allocator's error table needs the plain model: build the initial set before wrapping.
+        self._initial = None if self.checkpoint_path().exists() else self._initial_train_set()
+        self.coa = CoALoRAModel(self.model_raw, cfg.model, self.targets, cfg.adapter,
+                                cache_bytes=int(cfg.cache_gib * (1 << 30)), seed=cfg.seed)
+        if not cfg.use_theta:
+            for p in self.coa.theta.parameters():
+                p.requires_grad_(False)
+        ids = data.tokenize(self.tok, data.load_corpus(cfg.corpus, "train"))
+        wins = data.windows(ids, cfg.seqlen)
+        if len(wins) < cfg.probe_windows + cfg.batch_size:
+            raise CoaloraError(f"the training corpus has {len(wins)} windows of {cfg.seqlen} tokens; "
+                               f"need at least {cfg.probe_windows + cfg.batch_size}")
+        # The probe set (search scores) is held out of the training windows.
+        self.train_windows, self.probe = wins[: -cfg.probe_windows], wins[-cfg.probe_windows :]
+        self.params = self.coa.trainable_parameters()
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.opt = self.acc.prepare(self.coa, self.opt)
+
+    def _initial_train_set(self) -> list[ModelQuantConfig]:
+        from coalora.allocate import allocate_many
+        from coalora.config import ALL_CONFIGS
+        from coalora.sensitivity import model_error_table
+
+        cfg = self.cfg
+        budgets = list(cfg.budgets) or np.linspace(cfg.budget_lo, cfg.budget_hi, cfg.initial_budgets).tolist()
+        table = model_error_table(self.model_raw, cfg.model, self.targets, cfg.weighting,
+                                  tokenizer=self.tok, progress=self.progress)
+        allocs = allocate_many(table.numpy(), [t.numel for t in self.targets], [c.bits for c in ALL_CONFIGS],
+                               budgets, method="fast")
+        configs, seen = [], set()
+        for a in allocs:
+            c = ModelQuantConfig.from_ids(cfg.model, self.targets, list(a.choice))
+            if c.hash not in seen:  # neighbouring budgets can give the same solution
+                seen.add(c.hash)
+                configs.append(c)
+        return configs
+
+    def _config(self, ids: list[int]) -> ModelQuantConfig:
+        return ModelQuantConfig.from_ids(self.cfg.model, self.targets, ids)
+
+    # ---- checkpoints
+
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def save(self) -> None:
+        from coalora.checkpoint import optimizer_to_tensors, save_checkpoint
+
+        if not self.acc.is_main_process:
+            return
+        opt_t, opt_meta = optimizer_to_tensors(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt)
+        tensors = {**self.coa.trainable_state(), **opt_t, "rng.torch": torch.get_rng_state()}
+        meta = {
+            "train_config": self.cfg.to_dict(),
+            "adapter": self.cfg.adapter.to_dict(),
+            "targets": [t.name for t in self.targets],
+            "state": asdict(self.state),
+            "optimizer": opt_meta,
+        }
+        save_checkpoint(self.checkpoint_path(), tensors, meta)
+
+    def _resume(self) -> bool:
+        from coalora.checkpoint import load_checkpoint, optimizer_from_tensors
+
+        path = self.checkpoint_path()
+        if not path.exists():
+            return False
+        tensors, meta = load_checkpoint(path)
+        saved = TrainConfig.from_dict(meta.get("train_config", {}))
+        # Everything that changes the result must match; steps may grow (train longer).
+        mismatch = [k for k, v in saved.to_dict().items() if k not in ("steps", "checkpoint_every") and v != self.cfg.to_dict()[k]]
+        if mismatch:
+            k = mismatch[0]
+            raise CoaloraError(f"{path} was trained with {k}={saved.to_dict()[k]!r}, not {self.cfg.to_dict()[k]!r}; "
+                               "use another --out directory or the same options")
+        if meta.get("targets") != [t.name for t in self.targets]:
+            raise CoaloraError(f"{path} is for another model (its target modules differ)")
+        self.coa.load_trainable_state({k: v for k, v in tensors.items() if k.startswith(("theta.", "lora."))})
+        optimizer_from_tensors(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt,
+                               {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.state = TrainState(**meta["state"])
+        return True
+
+    def _append_log(self, record: dict[str, Any]) -> None:
+        if self.acc.is_main_process:
+            with open(self.out / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- the loop
+
+    def run(self) -> TrainState:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        resumed = self._resume()
+        if not resumed:
+            configs = self._initial if self._initial is not None else self._initial_train_set()
+            self.state.train_set = [list(c.ids) for c in configs]
+            self._append_log({"event": "start", "train_config": cfg.to_dict(), "train_set": len(configs),
+                              "bits": [round(c.avg_bits, 4) for c in configs], "processes": self.acc.num_processes})
+        else:
+            self._log(f"resuming {self.checkpoint_path()} at step {self.state.step}")
+            self._truncate_log(self.state.step)
+        world, rank = self.acc.num_processes, self.acc.process_index
+        local = cfg.batch_size // world
+        bar = tqdm(total=cfg.steps, initial=self.state.step, desc=f"train {cfg.method}", unit="step",
+                   disable=not self.progress)
+        self.coa.train()
+        while self.state.step < cfg.steps:
+            t0 = time.perf_counter()
+            step = self.state.step
+            rows = _schedule_rows(cfg.seed, step, len(self.train_windows), cfg.batch_size)
+            x = self.train_windows[rows[rank * local : (rank + 1) * local]].to(self.acc.device)
+            k = 1 if cfg.method == "shared" else cfg.configs_per_step
+            picks = _sample_configs(cfg.seed, step, len(self.state.train_set), k)
+            losses = {}
+            for j, pick in enumerate(picks):
+                qc = self._config(self.state.train_set[pick])
+                # Sum (not mean) the K configs' gradients, as the official code; sync only on the last.
+                ctx = self.acc.no_sync(self.model) if j < len(picks) - 1 else contextlib.nullcontext()
+                with ctx:
+                    loss = self._loss(qc, x)
+                    self.acc.backward(loss)
+                losses[qc.hash] = float(self.acc.reduce(loss.detach(), reduction="mean"))
+            gnorm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            self.state.step += 1
+            self.state.seconds += dt
+            self.state.tokens += cfg.batch_size * cfg.seqlen * len(picks)
+            self._append_log({"step": self.state.step, "loss": losses, "grad_norm": float(gnorm),
+                              "tokens_per_s": cfg.batch_size * cfg.seqlen * len(picks) / dt,
+                              "seconds": round(self.state.seconds, 3)})
+            bar.set_postfix(loss=f"{np.mean(list(losses.values())):.3f}")
+            bar.update(1)
+            if cfg.searching and self.state.step % cfg.search_every == 0 and self.state.step < cfg.steps:
+                self._search_round()
+            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps:
+                self.save()
+        bar.close()
+        self.acc.wait_for_everyone()
+        return self.state
+
+    def _loss(self, qc: ModelQuantConfig, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.use_theta:
+            return self.model(input_ids=x, labels=x, config=qc).loss
+        self.coa.applier.apply(qc)
+        for layer in self.coa.layers.values():
+            layer.U = None
+        return self.model(input_ids=x, labels=x).loss
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (a crash between saves)."""
+        path = self.out / LOG
+        if not (self.acc.is_main_process and path.exists()):
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the crash
+            if rec.get("step", 0) <= step and rec.get("after_step", 0) <= step:
+                keep.append(line)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        os.replace(tmp, path)
+
+    # ---- search
+
+    @torch.no_grad()
+    def probe_loss(self, qc: ModelQuantConfig) -> float:
+        """Mean LM loss of ``qc`` with the current adapter on the fixed probe windows (the search's f1)."""
+        was = self.coa.training
+        self.coa.eval()
+        try:
+            x = self.probe.to(self.acc.device)
+            losses = [float(self._loss(qc, x[i : i + 4])) * len(x[i : i + 4]) for i in range(0, len(x), 4)]
+        finally:
+            self.coa.train(was)
+        return sum(losses) / len(x)
+
+    def _search_round(self) -> None:
+        from accelerate.utils import broadcast_object_list
+
+        payload = [None]
+        if self.acc.is_main_process:
+            payload = [self._search_main()]
+        broadcast_object_list(payload)
+        self.state.train_set, self.state.scores, self.state.hv_ref, dt = payload[0]  # type: ignore[misc]
+        self.state.search_seconds += dt
+        self.state.seconds += dt
+        self.state.searches += 1
+
+    def _search_main(self) -> tuple[list[list[int]], dict[str, float], list[float], float]:
+        from coalora.pareto import hypervolume_2d, segment_pareto_filter
+        from coalora.search import SearchSettings, propose
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        pool = [self._config(ids) for ids in self.state.train_set]
+        scores = [self.probe_loss(c) for c in pool]
+        bits = [c.avg_bits for c in pool]
+        rnd = propose([c.index_matrix().numpy() for c in pool], bits, scores, [t.numel for t in self.targets],
+                      SearchSettings(cfg.search_candidates, cfg.search_steps, seed=cfg.seed + self.state.step))
+        new = [ModelQuantConfig(cfg.model, tuple(self.targets),
+                                tuple(QuantConfig.from_index(tuple(int(v) for v in row)) for row in m))
+               for m in rnd.candidates]
+        new_scores = [self.probe_loss(c) for c in new]
+        pool += new
+        scores += new_scores
+        bits += [c.avg_bits for c in new]
+        keep = segment_pareto_filter(bits, scores, cfg.budget_lo, cfg.budget_hi, cfg.segments).tolist()
+        if len(keep) < cfg.configs_per_step:
+            keep = list(range(len(pool)))  # never starve the sampler
+        hv_ref = self.state.hv_ref or [cfg.budget_hi + 0.25, 1.1 * max(scores)]
+        pts = [(b, s) for b, s in zip(bits, scores)]
+        hv = hypervolume_2d([pts[i] for i in keep], hv_ref)
+        dt = time.perf_counter() - t0
+        self._append_log({
+            "event": "search", "after_step": self.state.step, "pool": len(pool), "kept": len(keep),
+            "new": [{"bits": round(c.avg_bits, 4), "loss": s, "hash": c.hash, "kept": (len(pool) - len(new) + i) in keep}
+                    for i, (c, s) in enumerate(zip(new, new_scores))],
+            "encoding": rnd.encoding, "loo_rmse": rnd.loo_rmse, "ref_point": rnd.ref_point,
+            "hypervolume": hv, "hv_ref": hv_ref, "seconds": dt,
+        })
+        self._log(f"search after step {self.state.step}: {len(new)} new, kept {len(keep)}/{len(pool)}, "
+                  f"HV {hv:.4f}, encoding {rnd.encoding} (LOO RMSE {rnd.loo_rmse}) in {dt:.1f} s")
+        return ([list(pool[i].ids) for i in keep], {pool[i].hash: scores[i] for i in keep}, hv_ref, dt)

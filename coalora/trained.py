@@ -1,0 +1,132 @@
+"""A trained CoA-LoRA adapter as one small file: theta and the shared A, B (no optimiser state).
+
+Format: safetensors with ``theta.*`` and ``lora.<module>.lora_A|lora_B`` tensors (bf16 by default:
+half the size, and the adapter's outputs change by far less than quantization does) and JSON
+metadata ``{"format": "coalora.adapter/1", "model", "adapter", "targets", "train"}``. This is what
+``data/default/`` ships and what ``coalora generate`` / the app load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coalora.adapter import AdapterConfig, CoALoRAModel
+from coalora.errors import CoaloraError
+
+FORMAT = "coalora.adapter/1"
+
+
+def _targets_hash(names: list[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def save_trained(coa: CoALoRAModel, path: str | os.PathLike, train_meta: dict[str, Any] | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write ``coa``'s theta and LoRA weights (cast to ``dtype``) atomically."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    names = [t.name for t in coa.targets]
+    meta = {
+        "model": coa.model_name,
+        "adapter": coa.adapter_config.to_dict(),
+        "targets": len(names),
+        "targets_hash": _targets_hash(names),
+        "dtype": str(dtype).removeprefix("torch."),
+        "train": train_meta or {},
+    }
+    tensors = {k: v.to(dtype).contiguous().cpu() for k, v in coa.trainable_state().items()}
+    tmp = p.with_name(f".{p.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    os.replace(tmp, p)
+    return p
+
+
+def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a trained-adapter file (clear errors for anything unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise CoaloraError(f"no trained adapter at {p} (train one with `coalora train`, or `make train-default`)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CoaloraError(f"trained adapter {p} is corrupt or truncated ({e})") from None
+    if md.get("format") != FORMAT:
+        raise CoaloraError(f"{p} is not a coalora adapter (format {md.get('format')!r}, expected {FORMAT!r})")
+    try:
+        meta = json.loads(md["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CoaloraError(f"trained adapter {p} has unreadable metadata") from None
+    return tensors, meta
+
+
+def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, **kwargs) -> CoALoRAModel:
+    """Wrap ``model`` (a loaded ``model_name``) with the trained adapter at ``path``.
+
+    Raises :class:`CoaloraError` if the file is for another model, another set of target modules
+    or is damaged. ``kwargs`` go to :class:`CoALoRAModel` (e.g. ``cache_bytes``).
+    """
+    from coalora.models import find_targets
+
+    tensors, meta = read_trained(path)
+    if meta.get("model") != model_name:
+        raise CoaloraError(f"adapter {path} was trained for model {meta.get('model')!r}, not {model_name!r}")
+    targets = list(targets if targets is not None else find_targets(model))
+    if meta.get("targets_hash") != _targets_hash([t.name for t in targets]):
+        raise CoaloraError(f"adapter {path} does not match the target modules of {model_name}")
+    try:
+        adapter = AdapterConfig(**meta["adapter"])
+    except (KeyError, TypeError) as e:
+        raise CoaloraError(f"adapter {path} has an invalid adapter description ({e})") from None
+    coa = CoALoRAModel(model, model_name, targets, adapter, initialize=False, **kwargs)
+    w = next(model.parameters())
+    coa.load_trainable_state({k: v.to(dtype=w.dtype) for k, v in tensors.items()})
+    coa.trained_meta = meta  # type: ignore[attr-defined]
+    return coa
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+                      extra: dict[str, Any] | None = None) -> Path:
+    """Write the adapter of a training checkpoint as a trained-adapter file (no model load needed)."""
+    from safetensors.torch import save_file
+
+    from coalora.checkpoint import load_checkpoint
+
+    tensors, meta = load_checkpoint(checkpoint)
+    names = meta["targets"]
+    state = meta["state"]
+    info = {
+        "model": meta["train_config"]["model"],
+        "adapter": meta["adapter"],
+        "targets": len(names),
+        "targets_hash": _targets_hash(names),
+        "dtype": str(dtype).removeprefix("torch."),
+        "train": {
+            "config": meta["train_config"],
+            "step": state["step"],
+            "seconds": state["seconds"],
+            "search_seconds": state["search_seconds"],
+            "tokens": state["tokens"],
+            "searches": state["searches"],
+            "train_set": state["train_set"],
+            **(extra or {}),
+        },
+    }
+    body = {k: v.to(dtype).contiguous() for k, v in tensors.items() if k.startswith(("theta.", "lora."))}
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    save_file(body, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(info)})
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,146 @@
+"""Training on the tiny model: loss falls, resume is exact, search keeps a valid set, bad checkpoints fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coalora.errors import CoaloraError
+from coalora.train import TrainConfig, Trainer
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A local text corpus (bytes tokenizer): ~12k tokens, enough for many 32-token windows."""
+    p = tmp_path / "corpus.txt"
+    lines = [f"the {w} of {v} is {w}{v}; " for w in ("king", "queen", "fool", "ghost") for v in range(40)]
+    p.write_text(" ".join(lines * 4))
+    return str(p)
+
+
+def _cfg(corpus, **kw):
+    base = dict(model="tiny-llama", corpus=corpus, rank=4, seqlen=32, batch_size=4, steps=6, lr=3e-3,
+                initial_budgets=6, weighting="none", search_every=0, probe_windows=4, checkpoint_every=3, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(cfg, out):
+    return Trainer(cfg, out, progress=False).run()
+
+
+def test_training_lowers_the_loss_of_every_training_config(corpus, tmp_home, tmp_path):
+    cfg = _cfg(corpus, steps=40)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer._setup()
+    configs = trainer._initial
+    before = [trainer.probe_loss(c) for c in configs]
+    trainer2 = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer2.run()
+    after = [trainer2.probe_loss(c) for c in configs]
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r]
+    assert len(steps) == 40 and all(len(r["loss"]) == 2 for r in steps)  # K = 2 configs per step
+    assert all(r["tokens_per_s"] > 0 and r["grad_norm"] >= 0 for r in steps)
+
+
+def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_home, tmp_path):
+    straight = Trainer(_cfg(corpus, steps=6), tmp_path / "a", progress=False)
+    straight.run()
+    Trainer(_cfg(corpus, steps=3), tmp_path / "b", progress=False).run()  # "interrupted" after step 3
+    resumed = Trainer(_cfg(corpus, steps=6), tmp_path / "b", progress=False)
+    resumed.run()
+    sa, sb = straight.coa.trainable_state(), resumed.coa.trainable_state()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"step"' in x]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if '"step"' in x]
+    assert la == lb
+
+
+def test_search_rounds_keep_a_valid_training_set(corpus, tmp_home, tmp_path):
+    cfg = _cfg(corpus, steps=4, search_every=2, search_candidates=2, search_steps=3, segments=10)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    state = trainer.run()
+    assert state.searches == 1  # after step 2 (none after the last step)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    search = [r for r in log if r.get("event") == "search"][0]
+    assert search["encoding"] in ("index", "bits") and set(search["loo_rmse"]) == {"index", "bits"}
+    assert search["hypervolume"] > 0
+    for ids in state.train_set:
+        c = trainer._config(ids)
+        assert cfg.budget_lo <= c.avg_bits <= cfg.budget_hi
+    assert len(state.train_set) >= cfg.configs_per_step
+
+
+def test_resume_refuses_other_options_and_corrupt_files(corpus, tmp_home, tmp_path):
+    run = tmp_path / "run"
+    _run(_cfg(corpus, steps=3), run)
+    with pytest.raises(CoaloraError, match="rank=4, not 8"):
+        _run(_cfg(corpus, steps=6, rank=8), run)
+    ck = run / "checkpoint.safetensors"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])  # truncated
+    with pytest.raises(CoaloraError, match="corrupt or truncated"):
+        _run(_cfg(corpus, steps=6), run)
+    ck.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CoaloraError, match="corrupt or truncated"):
+        _run(_cfg(corpus, steps=6), run)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"method": "dora"}, "unknown method"),
+        ({"rank": 0}, "rank must be a positive integer"),
+        ({"budget_lo": 1.0}, "budget range"),
+        ({"method": "qlora"}, "exactly one budget"),
+        ({"budgets": (9.0,)}, "outside the feasible range"),
+        ({"search_every": -1}, "search_every"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+    ],
+)
+def test_train_config_validation(corpus, kw, match):
+    with pytest.raises(CoaloraError, match=match):
+        _cfg(corpus, **kw)
+
+
+def test_cli_train_reports_errors_without_traceback(corpus, tmp_home, tmp_path, capsys):
+    from coalora.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "r"), "--model", "tiny-llama", "--rank", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: rank must be a positive integer") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (no GPU: MULTI_CPU, gloo) gives the loss curve of 1 process x batch 4."""
+    env = {**os.environ, "COALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    common = ["--model", "tiny-llama", "--corpus", corpus, "--rank", "4", "--seqlen", "32", "--batch-size", "4",
+              "--steps", "5", "--lr", "3e-3", "--initial-budgets", "6", "--weighting", "none", "--search-every", "0",
+              "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "coalora", "train", "--out", str(tmp_path / "one"), *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "coalora", "train", "--out", str(tmp_path / "two"), *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+    def curve(d):
+        recs = [json.loads(x) for x in (Path(d) / "log.jsonl").read_text().splitlines()]
+        return [sum(r["loss"].values()) for r in recs if "step" in r]
+
+    start = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2
+    c1, c2 = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert len(c1) == len(c2) == 5
+    assert max(abs(a - b) for a, b in zip(c1, c2)) < 1e-4, (c1, c2)
