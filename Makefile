@@ -33,6 +33,13 @@ test-fast: $(STAMP)
 bench: setup
 	$(PY) -m bench
 
+# The shipped default adapter (data/default/): CoA-LoRA on SmolLM2-135M, CPU recipe (TrainConfig
+# defaults, ~80 min on 2 cores). Resumable: rerun after an interruption. Then the adapter file.
+COALORA_HOME ?= $(HOME)/.cache/coalora
+train-default: setup
+	$(PY) -m coalora train --out $(COALORA_HOME)/runs/default
+	$(PY) -m coalora export-trained --run $(COALORA_HOME)/runs/default --out data/default/smollm2-135m-coalora.safetensors
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coalora ui tests bench scripts app.py
 

@@ -224,6 +224,24 @@ def cmd_export_trained(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from coalora.compare import CompareConfig, run_compare
+
+    opts = {k: v for k, v in vars(args).items() if k in _COMPARE_FIELDS and v is not None}
+    for k in ("eval_budgets", "methods"):
+        if k in opts:
+            opts[k] = tuple(opts[k])
+    res = run_compare(CompareConfig(**opts), args.out, log=_log, progress=not args.no_progress)
+    from coalora.compare import markdown_table
+
+    print(markdown_table(res))
+    return 0
+
+
+_COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_size", "per_config_steps", "coalora_steps",
+                   "search_every", "eval_budgets", "seen", "ood", "eval_windows", "eval_seqlen", "methods", "seed")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import main as serve_main  # app.py is the one place that builds and launches the UI
 
@@ -304,7 +322,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     )
     sp.add_argument("--out", required=True, help="run directory (checkpoint.safetensors, log.jsonl)")
     sp.add_argument("--model", help="registry name or local checkpoint directory (default smollm2-135m)")
-    sp.add_argument("--method", choices=["coalora", "qlora", "shared"], help="default coalora")
+    sp.add_argument("--method", choices=["coalora", "qlora", "lqlora", "shared"], help="default coalora; the others are the baselines")
     sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     sp.add_argument("--alpha", type=float, help="LoRA alpha, scaling alpha/rank (default 16)")
     sp.add_argument("--init", choices=["lq", "peft"], help="A, B init: SVD of the reference residual (lq) or PEFT's")
@@ -344,6 +362,28 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
              "Write the adapter of a training run (theta + shared LoRA, bf16) as one small file.")
     sp.add_argument("--run", required=True, help="training run directory (holds checkpoint.safetensors)")
     sp.add_argument("--out", required=True, help="output .safetensors file")
+
+    sp = add("compare", cmd_compare,
+             "Compare CoA-LoRA with QLoRA, LQ-LoRA, Shared-LoRA and no adapter on unseen, seen and random "
+             "configurations (perplexity, hypervolume, training time). Resumable: rerun to continue.")
+    sp.add_argument("--out", required=True, help="output directory (runs/, compare.json, compare.parquet, compare.md)")
+    sp.add_argument("--model")
+    sp.add_argument("--corpus", help="training corpus (default shakespeare)")
+    sp.add_argument("--eval-corpus", dest="eval_corpus", help="evaluation corpus, eval split (default shakespeare)")
+    sp.add_argument("--rank", type=int)
+    sp.add_argument("--seqlen", type=int)
+    sp.add_argument("--batch-size", dest="batch_size", type=int)
+    sp.add_argument("--per-config-steps", dest="per_config_steps", type=int, help="steps of each per-config baseline")
+    sp.add_argument("--coalora-steps", dest="coalora_steps", type=int, help="steps of the CoA-LoRA run")
+    sp.add_argument("--search-every", dest="search_every", type=int)
+    sp.add_argument("--eval-budgets", dest="eval_budgets", type=float, nargs="+")
+    sp.add_argument("--seen", type=int)
+    sp.add_argument("--ood", type=int)
+    sp.add_argument("--eval-windows", dest="eval_windows", type=int)
+    sp.add_argument("--eval-seqlen", dest="eval_seqlen", type=int)
+    sp.add_argument("--methods", nargs="+", choices=["coalora", "qlora", "lqlora", "shared", "none"])
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--no-progress", action="store_true")
 
     sp = add("serve", cmd_serve, "Serve the Gradio app (default http://127.0.0.1:7860).")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 keeps it private)")

@@ -236,7 +236,8 @@ def find_targets(model: nn.Module, target_modules: tuple[str, ...] = LLAMA_TARGE
 def target_modules_of(model: nn.Module, targets: list[Target]) -> dict[str, nn.Linear]:
     """Map target names to the live ``nn.Linear`` modules."""
     modules = dict(model.named_modules())
-    return {t.name: modules[t.name] for t in targets}  # type: ignore[misc]
+    # A wrapped target (coalora's CoALoRALinear, peft's LoRA layer) keeps the Linear as base_layer.
+    return {t.name: getattr(modules[t.name], "base_layer", modules[t.name]) for t in targets}  # type: ignore[misc]
 
 
 def describe(model: nn.Module) -> dict:

@@ -32,7 +32,7 @@ from coalora.adapter import AdapterConfig, CoALoRAModel
 from coalora.config import MAX_BITS, MIN_BITS, ModelQuantConfig, QuantConfig
 from coalora.errors import CoaloraError
 
-METHODS = ("coalora", "qlora", "shared")
+METHODS = ("coalora", "qlora", "lqlora", "shared")
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
 
@@ -43,8 +43,9 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     method: str = "coalora"
-    """``coalora`` (theta + search), ``qlora`` (one config, plain LoRA), ``shared`` (one plain LoRA over
-    a fixed set of configs, one per step)."""
+    """``coalora`` (theta + search); baselines: ``qlora`` (one config, Q = quant(W), plain LoRA),
+    ``lqlora`` (one config, LQ-LoRA's decomposition W ~ Q + L1 L2 as base and init), ``shared`` (one
+    plain LoRA over a fixed set of configs, one per step)."""
     rank: int = 8
     """LoRA rank: 8 is SmolLM2's hidden size (576) over 64, the paper's r/d for LLaMA-2-7B (64/4096)."""
     alpha: float = 16.0
@@ -98,8 +99,8 @@ class TrainConfig:
         for b in self.budgets:
             if not MIN_BITS <= b <= MAX_BITS:
                 raise CoaloraError(f"budget {b} is outside the feasible range {MIN_BITS:.4f}..{MAX_BITS:.4f}")
-        if self.method == "qlora" and len(self.budgets) != 1:
-            raise CoaloraError("method qlora trains one adapter for one configuration: give exactly one budget")
+        if self.method in ("qlora", "lqlora") and len(self.budgets) != 1:
+            raise CoaloraError(f"method {self.method} trains one adapter for one configuration: give exactly one budget")
         if self.method == "shared" and len(self.budgets) < 2:
             raise CoaloraError("method shared trains one LoRA over several fixed configurations: give 2+ budgets")
         AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)  # validates the adapter fields
@@ -193,12 +194,16 @@ class Trainer:
         self.model_raw, self.tok = load_model(cfg.model, device=str(self.acc.device))
         self.targets = find_targets(self.model_raw)
         # The allocator's error table needs the plain model: build the initial set before wrapping.
-        self._initial = None if self.checkpoint_path().exists() else self._initial_train_set()
+        # (LQ-LoRA also needs its configuration on resume: its base weights derive from it.)
+        fresh = not self.checkpoint_path().exists()
+        self._initial = self._initial_train_set() if fresh or cfg.method == "lqlora" else None
         self.coa = CoALoRAModel(self.model_raw, cfg.model, self.targets, cfg.adapter,
                                 cache_bytes=int(cfg.cache_gib * (1 << 30)), seed=cfg.seed)
         if not cfg.use_theta:
             for p in self.coa.theta.parameters():
                 p.requires_grad_(False)
+        if cfg.method == "lqlora":
+            self._lq_init(self._initial)
         ids = data.tokenize(self.tok, data.load_corpus(cfg.corpus, "train"))
         wins = data.windows(ids, cfg.seqlen)
         if len(wins) < cfg.probe_windows + cfg.batch_size:
@@ -228,6 +233,22 @@ class Trainer:
                 seen.add(c.hash)
                 configs.append(c)
         return configs
+
+    @torch.no_grad()
+    def _lq_init(self, configs: list[ModelQuantConfig]) -> None:
+        """LQ-LoRA baseline: base Q = quant_c(W - L1 L2), LoRA = (L2, L1) / sqrt(s), per matrix."""
+        from coalora.lq import lq_decompose
+
+        (qc,) = configs
+        s = self.cfg.adapter.scaling
+        for t, c in zip(self.targets, qc.configs):
+            w = self.coa.applier.originals[t.name]
+            res = lq_decompose(w, c, self.cfg.rank)
+            # The applier quantizes its "originals": W - L1 L2 makes it produce exactly Q.
+            self.coa.applier.originals[t.name] = (w.float() - res.l1 @ res.l2).to(w.dtype)
+            layer = self.coa.layers[t.name]
+            layer.lora_A.copy_(res.l2 / s**0.5)
+            layer.lora_B.copy_(res.l1 / s**0.5)
 
     def _config(self, ids: list[int]) -> ModelQuantConfig:
         return ModelQuantConfig.from_ids(self.cfg.model, self.targets, ids)

@@ -144,3 +144,48 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tm
     c1, c2 = curve(tmp_path / "one"), curve(tmp_path / "two")
     assert len(c1) == len(c2) == 5
     assert max(abs(a - b) for a, b in zip(c1, c2)) < 1e-4, (c1, c2)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"method": "qlora", "budgets": (3.0,), "init": "peft"},
+        {"method": "lqlora", "budgets": (3.0,)},
+        {"method": "shared", "budgets": (2.5, 3.0, 3.5, 4.0), "init": "peft"},
+    ],
+)
+def test_baselines_train_through_the_same_loop(corpus, tmp_home, tmp_path, kw):
+    cfg = _cfg(corpus, steps=12, **kw)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer._setup()
+    configs = trainer._initial
+    assert len(configs) == len(kw["budgets"])
+    before = [trainer.probe_loss(c) for c in configs]
+    theta_before = {k: v.clone() for k, v in trainer.coa.theta.state_dict().items()}
+    state = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert state.step == 12
+    after_trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    after_trainer._setup()
+    assert after_trainer._resume()
+    after = [after_trainer.probe_loss(c) for c in configs]
+    assert sum(after) < sum(before), (before, after)
+    # baselines are plain LoRA: theta is never trained and U is never used
+    for k, v in after_trainer.coa.theta.state_dict().items():
+        assert torch.equal(v, theta_before[k])
+    assert all(layer.U is None for layer in after_trainer.coa.layers.values())
+
+
+def test_lqlora_base_is_the_lq_quantized_part(corpus, tmp_home, tmp_path):
+    from coalora.lq import lq_decompose
+
+    trainer = Trainer(_cfg(corpus, method="lqlora", budgets=(3.0,)), tmp_path / "run", progress=False)
+    trainer._setup()
+    (qc,) = trainer._initial
+    trainer.coa.applier.apply(qc)
+    t = trainer.targets[0]
+    w = trainer.coa.applier.model.get_submodule(t.name).base_layer.weight
+    from coalora.models import tiny_llama
+
+    original = tiny_llama(seed=0).get_submodule(t.name).weight.detach()  # what load_model("tiny-llama") builds
+    res = lq_decompose(original, qc[t.name], 4)
+    torch.testing.assert_close(w, res.q)

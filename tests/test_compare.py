@@ -1,0 +1,57 @@
+"""The comparison harness end to end on the tiny model (minutes of compute become seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from coalora.compare import CompareConfig, far_random_configs, hypervolume_normalised
+from coalora.errors import CoaloraError
+
+
+def test_far_random_configs_are_far_and_in_range():
+    numels = [100] * 20
+    train = np.zeros((3, 20), dtype=int)
+    ids = far_random_configs(numels, train, n=5, seed=0)
+    assert len(ids) == 5
+    for x in ids:
+        assert (np.array(x) != 0).mean() >= 0.9
+
+
+def test_normalised_hypervolume_bounds():
+    assert hypervolume_normalised([(2.25, 10.0)], 2.25, 7.25, 1000.0, 10.0) == pytest.approx(1.0)
+    assert hypervolume_normalised([(8.0, 10.0)], 2.25, 7.25, 1000.0, 10.0) == 0.0
+    assert hypervolume_normalised([(4.75, 100.0)], 2.25, 7.25, 1000.0, 10.0) == pytest.approx(0.25)
+
+
+def test_compare_config_validation():
+    with pytest.raises(CoaloraError, match="unknown comparison method"):
+        CompareConfig(methods=("coalora", "dora"))
+    with pytest.raises(CoaloraError, match="needs the coalora run"):
+        CompareConfig(methods=("qlora",))
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_tiny(tmp_path, tmp_home):
+    from coalora.compare import run_compare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(" ".join(f"line {i} of the play, said the king;" for i in range(2000)))
+    cfg = CompareConfig(model="tiny-llama", corpus=str(corpus), eval_corpus=str(corpus), rank=4, seqlen=32, per_config_steps=2,
+                        coalora_steps=4, search_every=2, eval_budgets=(3.0, 4.0), seen=2, ood=2,
+                        eval_windows=2, eval_seqlen=32)
+    res = run_compare(cfg, tmp_path / "cmp", log=lambda m: None, progress=False)
+    kinds = {(p.method, p.kind) for p in res.points}
+    assert {("coalora", "unseen"), ("coalora", "seen"), ("coalora", "ood"), ("qlora", "own"), ("lqlora", "own"),
+            ("shared", "unseen"), ("none", "unseen")} <= kinds
+    assert set(res.train_seconds) == {"coalora", "qlora", "lqlora", "shared"}
+    assert all(0.0 <= v <= 1.0 for v in res.hypervolume.values())
+    body = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert body["hv_reference"]["ppl_ref"] == 1000.0
+    import duckdb
+
+    n = duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'cmp' / 'compare.parquet'}'").fetchall()[0][0]
+    assert n == len(res.points)
+    assert "| hypervolume |" in (tmp_path / "cmp" / "compare.md").read_text()
