@@ -20,15 +20,9 @@ FORMAT = "coalora.checkpoint/1"
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically."""
-    from safetensors.torch import save_file
+    from coalora.files import save_safetensors_atomic
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    body = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(body, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    os.replace(tmp, p)
-    return p
+    return save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "meta": json.dumps(meta)})
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -19,7 +19,6 @@ fixed reference point (recorded), normalised to [0, 1].
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -263,13 +262,13 @@ def write_results(res: CompareResult, out: Path) -> None:
     import duckdb
     import pandas as pd
 
+    from coalora.files import write_json_atomic, write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     body = {"config": res.config, "device": res.device, "train_seconds": res.train_seconds,
             "hypervolume": res.hypervolume, "hv_reference": res.hv_reference,
             "points": [asdict(p) for p in res.points], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = out / ".compare.json.tmp"
-    tmp.write_text(json.dumps(body, indent=2) + "\n")
-    os.replace(tmp, out / "compare.json")
+    write_json_atomic(out / "compare.json", body)
     tmp_parquet = out / ".compare.parquet.tmp"
     con = duckdb.connect()
     try:
@@ -278,7 +277,7 @@ def write_results(res: CompareResult, out: Path) -> None:
     finally:
         con.close()
     os.replace(tmp_parquet, out / "compare.parquet")
-    (out / "compare.md").write_text(markdown_table(res))
+    write_text_atomic(out / "compare.md", markdown_table(res))
 
 
 def markdown_table(res: CompareResult) -> str:

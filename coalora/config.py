@@ -293,12 +293,9 @@ class ModelQuantConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON file atomically (a temp file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        from coalora.files import write_json_atomic
+
+        return write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike, targets: list[Target] | tuple[Target, ...], model: str | None = None) -> ModelQuantConfig:

@@ -118,9 +118,10 @@ def model_error_table(
 ) -> torch.Tensor:
     """The ``[N, 432]`` error table of a model (float64), from the cache when possible."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from coalora.error_table import error_table
+    from coalora.files import save_safetensors_atomic
 
     if weighting not in WEIGHTINGS:
         raise CoaloraError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
@@ -154,10 +155,7 @@ def model_error_table(
     weights = {name: lin.weight.detach() for name, lin in target_modules_of(model, list(targets)).items()}
     table = error_table(weights, importance, progress=progress)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"errors": table.contiguous()}, str(tmp), metadata={"model": model_name, "weighting": weighting})
-        os.replace(tmp, path)
+        save_safetensors_atomic({"errors": table}, path, metadata={"model": model_name, "weighting": weighting})
     return table
 
 

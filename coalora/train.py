@@ -31,6 +31,7 @@ import torch
 from coalora.adapter import AdapterConfig, CoALoRAModel
 from coalora.config import MAX_BITS, MIN_BITS, ModelQuantConfig, QuantConfig
 from coalora.errors import CoaloraError
+from coalora.files import write_text_atomic
 
 METHODS = ("coalora", "qlora", "lqlora", "shared")
 CHECKPOINT = "checkpoint.safetensors"
@@ -381,9 +382,7 @@ class Trainer:
                 continue  # a line cut by the crash
             if rec.get("step", 0) <= step and rec.get("after_step", 0) <= step:
                 keep.append(line)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
     # ---- search
 

@@ -29,10 +29,8 @@ def _targets_hash(names: list[str]) -> str:
 def save_trained(coa: CoALoRAModel, path: str | os.PathLike, train_meta: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write ``coa``'s theta and LoRA weights (cast to ``dtype``) atomically."""
-    from safetensors.torch import save_file
+    from coalora.files import save_safetensors_atomic
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     names = [t.name for t in coa.targets]
     meta = {
         "model": coa.model_name,
@@ -42,11 +40,8 @@ def save_trained(coa: CoALoRAModel, path: str | os.PathLike, train_meta: dict[st
         "dtype": str(dtype).removeprefix("torch."),
         "train": train_meta or {},
     }
-    tensors = {k: v.to(dtype).contiguous().cpu() for k, v in coa.trainable_state().items()}
-    tmp = p.with_name(f".{p.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    os.replace(tmp, p)
-    return p
+    tensors = {k: v.to(dtype) for k, v in coa.trainable_state().items()}
+    return save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "meta": json.dumps(meta)})
 
 
 def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -99,9 +94,8 @@ def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                       extra: dict[str, Any] | None = None) -> Path:
     """Write the adapter of a training checkpoint as a trained-adapter file (no model load needed)."""
-    from safetensors.torch import save_file
-
     from coalora.checkpoint import load_checkpoint
+    from coalora.files import save_safetensors_atomic
 
     tensors, meta = load_checkpoint(checkpoint)
     names = meta["targets"]
@@ -123,10 +117,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dty
             **(extra or {}),
         },
     }
-    body = {k: v.to(dtype).contiguous() for k, v in tensors.items() if k.startswith(("theta.", "lora."))}
-    p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    save_file(body, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(info)})
-    os.replace(tmp, p)
-    return p
+    body = {k: v.to(dtype) for k, v in tensors.items() if k.startswith(("theta.", "lora."))}
+    return save_safetensors_atomic(body, out, metadata={"format": FORMAT, "meta": json.dumps(info)})

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from coalora.apply import ConfigApplier
     from coalora.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
     from coalora.evaluate import evaluate_corpus
+    from coalora.files import write_json_atomic
     from coalora.models import find_targets, load_model
     from coalora.sensitivity import model_error_table
 
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "presets": presets,
         "torch_threads": torch.get_num_threads(),
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = write_json_atomic(args.out, out)
 
     print("| budget | allocated avg bits | allocated ppl | best uniform <= those bits | uniform bits | uniform ppl |")
     print("|---|---|---|---|---|---|")

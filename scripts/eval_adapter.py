@@ -1,0 +1,86 @@
+"""Perplexity of a trained CoA-LoRA adapter vs the bare quantized model at allocator budgets.
+
+For each budget the (fast) allocator's configuration is generated on the fly: no fine-tuning for
+that configuration. Marks whether the configuration was in the adapter's final training set
+("seen") or not ("unseen"). Writes JSON and prints a markdown table.
+
+    python scripts/eval_adapter.py --adapter data/default/smollm2-135m-coalora.safetensors \\
+        [--budgets 2.5,3,3.5,4,5,6] [--windows 16] [--out data/default/eval.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--budgets", default="2.5,3,3.5,4,5,6")
+    p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from coalora import data
+    from coalora.allocate import allocate_many
+    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.evaluate import perplexity
+    from coalora.files import write_json_atomic
+    from coalora.models import find_targets, load_model
+    from coalora.sensitivity import model_error_table
+    from coalora.trained import load_trained
+
+    model, tok = load_model(args.model)
+    targets = find_targets(model)
+    table = model_error_table(model, args.model, targets, "fisher", tokenizer=tok, progress=False)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], budgets, method="fast")
+    configs = [ModelQuantConfig.from_ids(args.model, targets, list(a.choice)) for a in allocs]
+    coa = load_trained(args.adapter, model, args.model)
+    meta = coa.trained_meta  # type: ignore[attr-defined]
+    seen = {ModelQuantConfig.from_ids(args.model, targets, ids).hash for ids in meta["train"].get("train_set", [])}
+    wins = data.windows(data.tokenize(tok, data.load_corpus("shakespeare", "eval")), args.seqlen, args.windows)
+    coa.eval()
+    rows = []
+    for b, qc in zip(budgets, configs):
+        with torch.no_grad():
+            coa.set_config(qc)
+            with_adapter = perplexity(coa.model, wins, progress=False).ppl
+            saved = {n: layer.lora_B.detach().clone() for n, layer in coa.layers.items()}
+            for layer in coa.layers.values():
+                layer.lora_B.zero_()
+            bare = perplexity(coa.model, wins, progress=False).ppl
+            for n, layer in coa.layers.items():
+                layer.lora_B.copy_(saved[n])
+        rows.append({"budget": b, "avg_bits": qc.avg_bits, "hash": qc.hash, "seen": qc.hash in seen,
+                     "ppl_quantized": bare, "ppl_coalora": with_adapter})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    with torch.no_grad():
+        coa.applier.restore()
+        for layer in coa.layers.values():
+            layer.lora_B.zero_()
+        fp = perplexity(coa.model, wins, progress=False).ppl
+    out = {"adapter": args.adapter, "model": args.model, "eval": {"windows": args.windows, "seqlen": args.seqlen},
+           "unquantized_ppl": fp, "rows": rows}
+    if args.out:
+        write_json_atomic(args.out, out)
+    print("| budget | avg bits | in training set | ppl quantized | ppl + CoA-LoRA |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['budget']} | {r['avg_bits']:.3f} | {'seen' if r['seen'] else 'unseen'} | "
+              f"{r['ppl_quantized']:.2f} | {r['ppl_coalora']:.2f} |")
+    print(f"unquantized: {fp:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
