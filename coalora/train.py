@@ -282,9 +282,12 @@ class Trainer:
         if not path.exists():
             return False
         tensors, meta = load_checkpoint(path)
-        saved = TrainConfig.from_dict(meta.get("train_config", {}))
-        # Everything that changes the result must match; steps may grow (train longer).
-        mismatch = [k for k, v in saved.to_dict().items() if k not in ("steps", "checkpoint_every") and v != self.cfg.to_dict()[k]]
+        if not {"train_config", "targets", "state", "optimizer"} <= set(meta) or "rng.torch" not in tensors:
+            raise CoaloraError(f"{path} is not a complete training checkpoint; delete it to start over")
+        saved = TrainConfig.from_dict(meta["train_config"])
+        # Everything that changes the result must match; steps may change (train longer, or stop earlier).
+        free = ("steps", "checkpoint_every", "cache_gib")
+        mismatch = [k for k, v in saved.to_dict().items() if k not in free and v != self.cfg.to_dict()[k]]
         if mismatch:
             k = mismatch[0]
             raise CoaloraError(f"{path} was trained with {k}={saved.to_dict()[k]!r}, not {self.cfg.to_dict()[k]!r}; "
