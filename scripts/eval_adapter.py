@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="2.5,3,3.5,4,5,6")
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--seen", action="store_true",
+                   help="also evaluate the training-set configuration nearest to each budget (seen vs unseen)")
     p.add_argument("--out")
     args = p.parse_args(argv)
 
@@ -47,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = [ModelQuantConfig.from_ids(args.model, targets, list(a.choice)) for a in allocs]
     coa = load_trained(args.adapter, model, args.model)
     meta = coa.trained_meta  # type: ignore[attr-defined]
-    seen = {ModelQuantConfig.from_ids(args.model, targets, ids).hash for ids in meta["train"].get("train_set", [])}
+    train_set = [ModelQuantConfig.from_ids(args.model, targets, ids) for ids in meta["train"].get("train_set", [])]
+    seen = {c.hash for c in train_set}
+    if args.seen and train_set:
+        extra = [min(train_set, key=lambda c, b=b: abs(c.avg_bits - b)) for b in budgets]
+        budgets, configs = budgets + budgets, configs + extra
     wins = data.windows(data.tokenize(tok, data.load_corpus("shakespeare", "eval")), args.seqlen, args.windows)
     coa.eval()
     rows = []
