@@ -20,21 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from coalora.allocate import SMOLLM2_SHAPES  # noqa: E402
 from coalora.config import PRESETS  # noqa: E402
 from coalora.error_table import DEFAULT_SAMPLE_FRACTION, error_table  # noqa: E402
 from coalora.quant import fake_quantize  # noqa: E402
 
-# (out, in) per decoder block of SmolLM2-135M: hidden 576, kv width 192, MLP 1536.
-BLOCK_SHAPES = {
-    "q_proj": (576, 576),
-    "k_proj": (192, 576),
-    "v_proj": (192, 576),
-    "o_proj": (576, 576),
-    "gate_proj": (1536, 576),
-    "up_proj": (1536, 576),
-    "down_proj": (576, 1536),
-}
 N_BLOCKS = 30
+BLOCK_SHAPES = SMOLLM2_SHAPES  # (out, in) per decoder block: hidden 576, kv width 192, MLP 1536
 
 
 def smollm2_like(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -16,8 +16,9 @@ For deployment, U folds into A (A' = U A) and the result is an ordinary LoRA ada
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -109,8 +110,11 @@ class CoALoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(rank, base_layer.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, dtype=w.dtype, device=w.device))
         self.U: torch.Tensor | None = None
+        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base_layer(x)
         # Fold U into A first (A' = U A, [r, d_in]): r*r*d_in flops per layer, negligible next to the
         # tokens, and the same arithmetic order as the exported PEFT adapter, so both agree to float
         # rounding (x A^T U^T B^T in another order drifts by ~1e-4 in the logits over 30 blocks).
@@ -214,6 +218,17 @@ class CoALoRAModel(nn.Module):
         us = self.u_matrices(config)
         for i, t in enumerate(self.targets):
             self.layers[t.name].U = us[i]
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the bare (quantized) base model: every LoRA term is skipped inside the block."""
+        for layer in self.layers.values():
+            layer.enabled = False
+        try:
+            yield
+        finally:
+            for layer in self.layers.values():
+                layer.enabled = True
 
     def forward(self, *args, config: ModelQuantConfig | None = None, **kwargs):
         if config is not None:

@@ -6,7 +6,6 @@ save leaves the previous checkpoint intact. A truncated or foreign file gives on
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,37 +13,19 @@ from typing import Any
 import torch
 
 from coalora.errors import CoaloraError
+from coalora.files import load_tagged, save_tagged
 
 FORMAT = "coalora.checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically."""
-    from coalora.files import save_safetensors_atomic
-
-    return save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    return save_tagged(tensors, path, FORMAT, meta)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint; every way it can be unreadable raises :class:`CoaloraError`."""
-    from safetensors import SafetensorError, safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise CoaloraError(f"no checkpoint at {p}")
-    try:
-        with safe_open(str(p), framework="pt", device=str(device)) as f:
-            md = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CoaloraError(f"checkpoint {p} is corrupt or truncated ({e}); delete it to start over") from None
-    if md.get("format") != FORMAT:
-        raise CoaloraError(f"{p} is not a coalora checkpoint (format {md.get('format')!r}, expected {FORMAT!r})")
-    try:
-        meta = json.loads(md["meta"])
-    except (KeyError, json.JSONDecodeError):
-        raise CoaloraError(f"checkpoint {p} has unreadable metadata; delete it to start over") from None
-    return tensors, meta
+    return load_tagged(path, FORMAT, "checkpoint", damaged_hint="; delete it to start over", device=str(device))
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

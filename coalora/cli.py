@@ -69,11 +69,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
     if args.adapter:
+        import torch
+
         from coalora.trained import load_trained
 
         coa = load_trained(args.adapter, model, args.model)
         coa.eval()
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             coa.set_config(qcfg)
         _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) with the CoA-LoRA adapter {args.adapter}")
     elif qcfg is not None:

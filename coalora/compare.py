@@ -206,17 +206,10 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
             coa.set_config(qc)
         score("coalora", kind, b, qc, coa.model)
     if "none" in cfg.methods:
-        for layer in coa.layers.values():
-            layer.U = None
-        saved = {n: (layer.lora_B.detach().clone()) for n, layer in coa.layers.items()}
-        with torch.no_grad():
-            for layer in coa.layers.values():
-                layer.lora_B.zero_()  # B = 0: the adapter contributes nothing
+        with torch.no_grad(), coa.disabled():
             for kind, b, qc in groups:
                 coa.applier.apply(qc)
                 score("none", kind, b, qc, coa.model)
-            for n, layer in coa.layers.items():
-                layer.lora_B.copy_(saved[n])
     del coa_tr, coa
 
     # 4. Baselines (each in its own resumable run).

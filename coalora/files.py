@@ -39,3 +39,38 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, p)
     return p
+
+
+def save_tagged(tensors: dict, path: str | os.PathLike, fmt: str, meta: dict[str, Any]) -> Path:
+    """safetensors file whose metadata holds ``{"format": fmt, "meta": <JSON of meta>}`` (atomic)."""
+    return save_safetensors_atomic(tensors, path, metadata={"format": fmt, "meta": json.dumps(meta)})
+
+
+def load_tagged(path: str | os.PathLike, fmt: str, what: str, missing_hint: str = "", damaged_hint: str = "",
+                device: str = "cpu") -> tuple[dict, dict[str, Any]]:
+    """Inverse of :func:`save_tagged`; every way the file can be unusable raises one ``CoaloraError``.
+
+    ``what`` names the file kind in messages ("checkpoint", "trained adapter"); the hints say how
+    to fix a missing or damaged file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from coalora.errors import CoaloraError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CoaloraError(f"no {what} at {p}{missing_hint}")
+    try:
+        with safe_open(str(p), framework="pt", device=str(device)) as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CoaloraError(f"{what} {p} is corrupt or truncated ({e}){damaged_hint}") from None
+    if md.get("format") != fmt:
+        kind = fmt.split("/")[0].replace(".", " ")  # "coalora.checkpoint/1" -> "coalora checkpoint"
+        raise CoaloraError(f"{p} is not a {kind} (format {md.get('format')!r}, expected {fmt!r})")
+    try:
+        meta = json.loads(md["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CoaloraError(f"{what} {p} has unreadable metadata{damaged_hint}") from None
+    return tensors, meta

@@ -2,7 +2,7 @@
 
 Alternating: Q_0 = 0; for t = 1..T: (L1, L2) = rank-r SVD of W - Q_{t-1} (sqrt(S) split to both
 factors); Q_t = quant_c(W - L1 L2); stop when the error ||W - Q_t - L1 L2||_F rises. Unlike the
-official code (which returns the iterate whose error rose, see its TODO), this returns the best
+official code (which returns the iterate whose error rose, as a note there admits), this returns the best
 iterate. Used for the LQ-LoRA baseline: the frozen base is Q and the LoRA starts at (L2, L1).
 """
 

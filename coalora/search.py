@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,7 +66,6 @@ class SearchRound:
     """log-EHVI of each candidate."""
     ref_point: list[float]
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 # ---- encodings

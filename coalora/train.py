@@ -259,12 +259,17 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / CHECKPOINT
 
+    @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW itself (accelerate may wrap it)."""
+        return getattr(self.opt, "optimizer", self.opt)
+
     def save(self) -> None:
         from coalora.checkpoint import optimizer_to_tensors, save_checkpoint
 
         if not self.acc.is_main_process:
             return
-        opt_t, opt_meta = optimizer_to_tensors(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt)
+        opt_t, opt_meta = optimizer_to_tensors(self._torch_optimizer)
         tensors = {**self.coa.trainable_state(), **opt_t, "rng.torch": torch.get_rng_state()}
         meta = {
             "train_config": self.cfg.to_dict(),
@@ -295,7 +300,7 @@ class Trainer:
         if meta.get("targets") != [t.name for t in self.targets]:
             raise CoaloraError(f"{path} is for another model (its target modules differ)")
         self.coa.load_trainable_state({k: v for k, v in tensors.items() if k.startswith(("theta.", "lora."))})
-        optimizer_from_tensors(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt,
+        optimizer_from_tensors(self._torch_optimizer,
                                {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
         self.state = TrainState(**meta["state"])

@@ -9,7 +9,6 @@ metadata ``{"format": "coalora.adapter/1", "model", "adapter", "targets", "train
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from coalora.adapter import AdapterConfig, CoALoRAModel
 from coalora.errors import CoaloraError
+from coalora.files import load_tagged, save_tagged
 
 FORMAT = "coalora.adapter/1"
 
@@ -26,44 +26,31 @@ def _targets_hash(names: list[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def save_trained(coa: CoALoRAModel, path: str | os.PathLike, train_meta: dict[str, Any] | None = None,
-                 dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write ``coa``'s theta and LoRA weights (cast to ``dtype``) atomically."""
-    from coalora.files import save_safetensors_atomic
-
-    names = [t.name for t in coa.targets]
+def _write(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *, model: str, adapter: dict[str, Any],
+           names: list[str], dtype: torch.dtype, train: dict[str, Any]) -> Path:
     meta = {
-        "model": coa.model_name,
-        "adapter": coa.adapter_config.to_dict(),
+        "model": model,
+        "adapter": adapter,
         "targets": len(names),
         "targets_hash": _targets_hash(names),
         "dtype": str(dtype).removeprefix("torch."),
-        "train": train_meta or {},
+        "train": train,
     }
-    tensors = {k: v.to(dtype) for k, v in coa.trainable_state().items()}
-    return save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    body = {k: v.to(dtype) for k, v in tensors.items() if k.startswith(("theta.", "lora."))}
+    return save_tagged(body, path, FORMAT, meta)
+
+
+def save_trained(coa: CoALoRAModel, path: str | os.PathLike, train_meta: dict[str, Any] | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write ``coa``'s theta and LoRA weights (cast to ``dtype``) atomically."""
+    return _write(coa.trainable_state(), path, model=coa.model_name, adapter=coa.adapter_config.to_dict(),
+                  names=[t.name for t in coa.targets], dtype=dtype, train=train_meta or {})
 
 
 def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a trained-adapter file (clear errors for anything unreadable)."""
-    from safetensors import SafetensorError, safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise CoaloraError(f"no trained adapter at {p} (train one with `coalora train`, or `make train-default`)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            md = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CoaloraError(f"trained adapter {p} is corrupt or truncated ({e})") from None
-    if md.get("format") != FORMAT:
-        raise CoaloraError(f"{p} is not a coalora adapter (format {md.get('format')!r}, expected {FORMAT!r})")
-    try:
-        meta = json.loads(md["meta"])
-    except (KeyError, json.JSONDecodeError):
-        raise CoaloraError(f"trained adapter {p} has unreadable metadata") from None
-    return tensors, meta
+    return load_tagged(path, FORMAT, "trained adapter",
+                       missing_hint=" (train one with `coalora train`, or `make train-default`)")
 
 
 def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, **kwargs) -> CoALoRAModel:
@@ -95,27 +82,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dty
                       extra: dict[str, Any] | None = None) -> Path:
     """Write the adapter of a training checkpoint as a trained-adapter file (no model load needed)."""
     from coalora.checkpoint import load_checkpoint
-    from coalora.files import save_safetensors_atomic
 
     tensors, meta = load_checkpoint(checkpoint)
-    names = meta["targets"]
     state = meta["state"]
-    info = {
-        "model": meta["train_config"]["model"],
-        "adapter": meta["adapter"],
-        "targets": len(names),
-        "targets_hash": _targets_hash(names),
-        "dtype": str(dtype).removeprefix("torch."),
-        "train": {
-            "config": meta["train_config"],
-            "step": state["step"],
-            "seconds": state["seconds"],
-            "search_seconds": state["search_seconds"],
-            "tokens": state["tokens"],
-            "searches": state["searches"],
-            "train_set": state["train_set"],
-            **(extra or {}),
-        },
+    train = {
+        "config": meta["train_config"],
+        **{k: state[k] for k in ("step", "seconds", "search_seconds", "tokens", "searches", "train_set")},
+        **(extra or {}),
     }
-    body = {k: v.to(dtype) for k, v in tensors.items() if k.startswith(("theta.", "lora."))}
-    return save_safetensors_atomic(body, out, metadata={"format": FORMAT, "meta": json.dumps(info)})
+    return _write(tensors, out, model=meta["train_config"]["model"], adapter=meta["adapter"],
+                  names=meta["targets"], dtype=dtype, train=train)

@@ -61,19 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             coa.set_config(qc)
             with_adapter = perplexity(coa.model, wins, progress=False).ppl
-            saved = {n: layer.lora_B.detach().clone() for n, layer in coa.layers.items()}
-            for layer in coa.layers.values():
-                layer.lora_B.zero_()
-            bare = perplexity(coa.model, wins, progress=False).ppl
-            for n, layer in coa.layers.items():
-                layer.lora_B.copy_(saved[n])
+            with coa.disabled():
+                bare = perplexity(coa.model, wins, progress=False).ppl
         rows.append({"budget": b, "avg_bits": qc.avg_bits, "hash": qc.hash, "seen": qc.hash in seen,
                      "ppl_quantized": bare, "ppl_coalora": with_adapter})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    with torch.no_grad():
+    with torch.no_grad(), coa.disabled():
         coa.applier.restore()
-        for layer in coa.layers.values():
-            layer.lora_B.zero_()
         fp = perplexity(coa.model, wins, progress=False).ppl
     out = {"adapter": args.adapter, "model": args.model, "eval": {"windows": args.windows, "seqlen": args.seqlen},
            "unquantized_ppl": fp, "rows": rows}

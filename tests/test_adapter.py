@@ -141,3 +141,22 @@ def test_only_adapter_parameters_train():
     coa, targets = _coa()
     names = {n for n, p in coa.named_parameters() if p.requires_grad}
     assert names and all(("lora_" in n) or n.startswith("theta.") for n in names)
+
+
+def test_disabled_runs_the_bare_quantized_model():
+    coa, targets = _coa(init="lq")
+    cfg = _random_config(targets, 6)
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        with_adapter = coa(input_ids=ids, config=cfg).logits
+        with coa.disabled():
+            bare = coa.model(input_ids=ids).logits
+        again = coa.model(input_ids=ids).logits
+    from coalora.apply import ConfigApplier
+
+    ref_model = tiny_llama(seed=0)
+    ConfigApplier(ref_model, "tiny-llama", find_targets(ref_model)).apply(cfg)
+    with torch.no_grad():
+        ref = ref_model(input_ids=ids).logits
+    assert torch.equal(bare, ref)
+    assert torch.equal(again, with_adapter) and not torch.equal(bare, with_adapter)

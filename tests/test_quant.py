@@ -71,19 +71,6 @@ def test_codebook_is_a_copy():
     assert nf_codebook(4)[0].item() == -1.0
 
 
-@pytest.mark.parametrize(
-    "config, bits",
-    [
-        (QuantConfig(4, 8, "fp32", 64, 256), 4.126953125),
-        (QuantConfig(2, 2, "bf16", 64, 256), 2.0322265625),
-        (QuantConfig(8, 8, "fp32", 16, 16), 8.625),
-        (QuantConfig(3, 4, "fp16", 32, 64), 3 + 4 / 32 + 16 / (32 * 64)),
-    ],
-)
-def test_bits_formula(config, bits):
-    assert config.bits == bits
-
-
 # ------------------------------------------------------------------------------------------ nearest code
 
 
