@@ -244,6 +244,183 @@ _COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_si
                    "search_every", "eval_budgets", "seen", "ood", "eval_windows", "eval_seqlen", "methods", "seed")
 
 
+def _explorer(args: argparse.Namespace, store=None):
+    from coalora.explorer import Explorer
+
+    adapter = None if args.adapter == "none" else args.adapter
+    return Explorer(args.model, adapter=adapter, store=store)
+
+
+def _pick_config(args: argparse.Namespace, ex):
+    """The configuration named by exactly one of --config / --preset / --budget / --hash."""
+    from coalora.config import ModelQuantConfig, resolve_preset
+
+    given = [k for k in ("config", "preset", "budget", "hash") if getattr(args, k, None) is not None]
+    if len(given) != 1:
+        raise CoaloraError("give exactly one of --config FILE, --preset NAME, --budget BITS or --hash HASH")
+    if args.config:
+        return ModelQuantConfig.load(args.config, ex.targets, model=ex.model_name)
+    if args.preset:
+        return ModelQuantConfig.uniform(ex.model_name, ex.targets, resolve_preset(args.preset))
+    if args.hash:
+        return ex.config(args.hash)
+    return ex.allocate(args.budget)
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from coalora.front import check_budget
+
+    _check_positive(args, "seqlen", "windows")
+    if args.budget is not None:
+        check_budget(args.budget)
+    ex = _explorer(args)
+    if ex.store.warning:
+        _log(f"warning: {ex.store.warning}")
+    if args.validate:
+        from coalora.front import FrontQuery
+
+        q = FrontQuery(ex.model_name, args.method, ex.eval_set, args.seqlen, args.windows,
+                       ex.adapter_id if args.method == "coalora" else None)
+        v = ex.front_service().validate(q, folds=args.folds)
+        if args.json:
+            _print_json(v)
+        else:
+            print(f"GP on {v['n']} stored {args.method} evaluations ({v['folds']}-fold): Spearman {v['spearman']:.3f}, "
+                  f"RMSE of log ppl {v['rmse_log_ppl']:.4f}")
+        return 0
+    res = ex.front(args.method, args.budget, args.seqlen, args.windows)
+    if args.json:
+        _print_json(res.to_json())
+        return 0
+    print(f"{ex.model_name} / {args.method} on {res.query['eval_set']} ({args.windows} x {args.seqlen}): "
+          f"{len(res.measured)} measured, {res.n_candidates} candidates, GP {res.refit}, {res.seconds:.2f} s")
+    print(f"hypervolume (avg bits, log ppl) to ({res.hv_reference['bits']}, ppl {res.hv_reference['ppl']:.0f}): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in res.hypervolume.items()))
+    if res.front:
+        print("predicted front (bits: ppl [-2 sigma, +2 sigma], measured):")
+        step = max(1, len(res.front) // 20)
+        for p in res.front[::step]:
+            meas = f"  measured {p.ppl:.2f}" if p.ppl is not None else ""
+            print(f"  {p.avg_bits:6.3f}: {p.pred_ppl:10.2f} [{p.pred_lo:.2f}, {p.pred_hi:.2f}]  {p.config_hash}{meas}")
+    if res.best is not None:
+        b = res.best
+        print(f"best within {args.budget} bits: {b.config_hash} at {b.avg_bits:.3f} bits, predicted ppl {b.pred_ppl:.2f} "
+              f"[{b.pred_lo:.2f}, {b.pred_hi:.2f}]" + (f", measured {b.ppl:.2f}" if b.ppl is not None else ""))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Grow the stored front: evaluate the EHVI proposals, refit, repeat."""
+    from tqdm.auto import tqdm
+
+    _check_positive(args, "rounds", "evaluate", "seqlen", "windows")
+    ex = _explorer(args)
+    if ex.store.read_only:
+        raise CoaloraError(ex.store.warning or "the results store is read-only")
+    rows = []
+    for r in range(args.rounds):
+        res = ex.front(args.method, None, args.seqlen, args.windows)
+        if not res.proposals:
+            seeds = [ex.allocate(b) for b in (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0)][: max(3, args.evaluate)]
+            todo = [(c.hash, c) for c in seeds]
+        else:
+            todo = [(p.config_hash, None) for p in res.proposals[: args.evaluate]]
+        for h, c in tqdm(todo, desc=f"search round {r + 1}", unit="config", disable=args.no_progress):
+            ex.evaluate(c if c is not None else ex.config(h), args.method, args.seqlen, args.windows)
+        after = ex.front(args.method, None, args.seqlen, args.windows)
+        hv = after.hypervolume.get("measured", 0.0)
+        ex.store.add_search_round(f"front-search:{ex.model_name}:{args.method}", len(ex.store.search_rounds(
+            f"front-search:{ex.model_name}:{args.method}")), ex.model_name, -1, hv, "bits", None, len(after.measured),
+            len(todo), after.seconds)
+        rows.append({"round": r + 1, "evaluated": len(todo), "measured": len(after.measured), "hypervolume": hv})
+        _log(f"round {r + 1}: evaluated {len(todo)}, {len(after.measured)} measured, hypervolume {hv:.3f}")
+    if args.json:
+        _print_json(rows)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    ex = _explorer(args)
+    cfg = _pick_config(args, ex)
+    path = ex.export(cfg, args.out, make_zip=args.zip, force=args.force, measure=not args.no_eval,
+                     seqlen=args.seqlen, windows=args.windows)
+    from coalora.bundle import read_bundle_meta
+
+    _, meta = read_bundle_meta(path)
+    out = {"out": str(path), "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "packed_bytes": meta["packed_bytes"],
+           "size_vs_bits": meta["packed_bytes"] / meta["bits_bytes"], "measured": meta["measured"],
+           "predicted": meta["predicted"]}
+    if args.json:
+        _print_json(out)
+    else:
+        m = f", measured ppl {meta['measured']['ppl']:.3f}" if meta["measured"] else ""
+        print(f"exported {cfg.hash} ({cfg.avg_bits:.4f} avg bits) to {path}: packed weights {meta['packed_bytes'] / 1e6:.2f} MB "
+              f"({out['size_vs_bits']:.4f} x avg_bits * params / 8){m}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from coalora.bundle import load_bundle
+
+    b = load_bundle(args.bundle)
+    meta = b.meta
+    out = {"bundle": str(b.path), "model": meta["model"], "config_hash": b.config.hash, "avg_bits": b.config.avg_bits,
+           "adapter": meta["adapter"], "recorded": meta["measured"], "reproduced": None}
+    if args.eval:
+        from coalora import data
+        from coalora.evaluate import perplexity
+
+        m = meta["measured"]
+        if not m:
+            raise CoaloraError("this bundle has no recorded perplexity to reproduce (it was exported with --no-eval)")
+        corpus = data.load_corpus("shakespeare", "eval")
+        if corpus.id != m["eval_set"]:
+            raise CoaloraError(f"the bundle's perplexity is on {m['eval_set']}, but this machine's eval set is {corpus.id}")
+        w = data.windows(data.tokenize(b.tokenizer, corpus), m["seqlen"], m["windows"])
+        r = perplexity(b.model, w, dataset=corpus.id, progress=not args.no_progress)
+        out["reproduced"] = {"ppl": r.ppl, "relative_diff": abs(r.ppl - m["ppl"]) / m["ppl"]}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"loaded {meta['model']} at {b.config.avg_bits:.4f} avg bits ({b.config.hash})"
+              + (f" with its {meta['adapter']['method']} adapter (rank {meta['adapter']['rank']})" if meta["adapter"] else ""))
+        if out["reproduced"]:
+            print(f"perplexity {out['reproduced']['ppl']:.4f} (recorded {meta['measured']['ppl']:.4f}, relative "
+                  f"difference {out['reproduced']['relative_diff']:.2e})")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from coalora.store import Store
+
+    if args.action != "info" and not args.file:
+        raise CoaloraError(f"results {args.action} needs --file (a .parquet or .csv path)")
+    with Store(fallback=args.action != "import") as st:
+        if args.action == "export":
+            path = st.export_table(args.table, args.file)
+            print(f"wrote {st.count(args.table)} rows of {args.table} to {path}")
+        elif args.action == "import":
+            n = st.import_table(args.table, args.file)
+            print(f"added {n} new rows to {args.table} (rows already stored were kept)")
+        else:
+            rows = {t: st.count(t) for t in ("models", "configs", "adapters", "evaluations", "search_rounds")}
+            if args.json:
+                _print_json({"path": st.path, "rows": rows})
+            else:
+                print(f"{st.path}: " + ", ".join(f"{v} {k}" for k, v in rows.items()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").is_file():
+        raise CoaloraError("the benchmarks live in the source checkout (bench/); run coalora bench from a git clone")
+    return subprocess.call([sys.executable, "-m", "bench", *args.names], cwd=root)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import main as serve_main  # app.py is the one place that builds and launches the UI
 
@@ -259,6 +436,12 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # parser
+
+
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model", default="smollm2-135m", help="registry name (see coalora models)")
+    sp.add_argument("--adapter", default="default", help="trained CoA-LoRA file; 'default' = the shipped one, "
+                    "'none' = quantization only")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
@@ -386,6 +569,63 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--methods", nargs="+", choices=["coalora", "qlora", "lqlora", "shared", "none"])
     sp.add_argument("--seed", type=int)
     sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("front", cmd_front,
+             "The GP-predicted Pareto front (avg bits vs perplexity) from stored evaluations; with --budget, the best "
+             "predicted configuration within it; with --validate, the GP's held-out accuracy.")
+    _model_args(sp)
+    sp.add_argument("--method", default="coalora", choices=["coalora", "qlora", "lqlora", "shared", "none"])
+    sp.add_argument("--budget", type=float, help="average bits per weight (2.03 .. 8.625)")
+    sp.add_argument("--seqlen", type=int, default=256, help="perplexity convention of the stored points: window length")
+    sp.add_argument("--windows", type=int, default=8, help="... and number of windows")
+    sp.add_argument("--validate", action="store_true", help="k-fold Spearman and RMSE of log ppl on stored evaluations")
+    sp.add_argument("--folds", type=int, default=5)
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("search", cmd_search,
+             "Grow the stored front: evaluate the configurations with the highest expected hypervolume improvement, "
+             "store them, refit, repeat.")
+    _model_args(sp)
+    sp.add_argument("--method", default="coalora", choices=["coalora", "none"])
+    sp.add_argument("--rounds", type=int, default=1)
+    sp.add_argument("--evaluate", type=int, default=4, help="configurations evaluated per round")
+    sp.add_argument("--seqlen", type=int, default=256)
+    sp.add_argument("--windows", type=int, default=8)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("export", cmd_export,
+             "Export a configuration as a bundle: PEFT adapter, packed quantized weights, coalora_config.json, "
+             "GPTQModel/HQQ maps, README.")
+    _model_args(sp)
+    sp.add_argument("--config", help="configuration file (coalora.quant_config/1 JSON)")
+    sp.add_argument("--preset", help="uniform preset, e.g. nf4-dq")
+    sp.add_argument("--budget", type=float, help="the allocator's configuration at this many average bits")
+    sp.add_argument("--hash", help="a stored or front configuration, by hash")
+    sp.add_argument("--out", required=True, help="bundle directory (with --zip: DIR.zip)")
+    sp.add_argument("--zip", action="store_true", help="write one zip file instead of a directory")
+    sp.add_argument("--force", action="store_true", help="replace an existing bundle")
+    sp.add_argument("--no-eval", action="store_true", help="do not measure the perplexity when none is stored")
+    sp.add_argument("--seqlen", type=int, default=256)
+    sp.add_argument("--windows", type=int, default=8)
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("load", cmd_load, "Rebuild a bundle's quantized model and adapter (checking every file's hash); "
+             "--eval re-measures the recorded perplexity.")
+    sp.add_argument("bundle", help="bundle directory or zip file")
+    sp.add_argument("--eval", action="store_true", help="re-measure the perplexity and compare with the recorded one")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("results", cmd_results, "The results store ($COALORA_HOME/results.duckdb): row counts, or export/import "
+             "a table as Parquet or CSV.")
+    sp.add_argument("action", choices=["info", "export", "import"])
+    sp.add_argument("--table", default="evaluations", choices=["models", "configs", "adapters", "evaluations", "search_rounds"])
+    sp.add_argument("--file", help="a .parquet or .csv file (export: written; import: read)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("bench", cmd_bench, "Run the benchmarks under bench/ (all, or the named ones) and write bench/results/latest.json.")
+    sp.add_argument("names", nargs="*", help="e.g. forward quant apply allocate adapter train")
 
     sp = add("serve", cmd_serve, "Serve the Gradio app (default http://127.0.0.1:7860).")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 keeps it private)")

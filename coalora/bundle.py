@@ -1,0 +1,287 @@
+"""Export bundles: one chosen configuration with its generated adapter, ready to ship (spec S6).
+
+A bundle directory holds
+
+* ``adapter/``: the generated LoRA in PEFT's format (``PeftModel.from_pretrained`` loads it on the
+  base model with this configuration applied);
+* ``quantized_weights.safetensors``: every target matrix bit-packed under its configuration
+  (codes, double-quantized scales; :func:`coalora.quant.pack`), about ``avg_bits * params / 8``
+  bytes; embeddings, norms and ``lm_head`` come from the base model, identified by its weights hash;
+* ``coalora_config.json``: the configuration (coalora.quant_config/1), average bits, predicted and
+  measured perplexity with their convention, model id and weights hash, coalora version, the
+  sha256 of every other file, and conversion notes;
+* ``gptq_dynamic.json``: the per-module map as a GPTQModel ``dynamic`` dict (bits, group_size);
+  ``hqq_quant_config.json``: HQQ's per-tag map, written only when it is lossless (every block
+  shares one config per module type);
+* ``README.md``: how to load it.
+
+:func:`load_bundle` rebuilds the quantized model with its adapter from the bundle alone (plus the
+registry's base model), after checking every file against its recorded hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coalora import __version__
+from coalora.config import ModelQuantConfig
+from coalora.errors import CoaloraError
+
+FORMAT = "coalora.bundle/1"
+CONFIG_FILE = "coalora_config.json"
+WEIGHTS_FILE = "quantized_weights.safetensors"
+ADAPTER_DIR = "adapter"
+PPL_CONVENTION = "token-level perplexity exp(mean NLL) over non-overlapping windows of seqlen tokens"
+_BLOCK_PREFIX = re.compile(r"^.*?\blayers\.\d+\.")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the base model with the configuration (and adapter) applied."""
+
+    model: Any
+    """The quantized model, wrapped in a ``PeftModel`` when the bundle has an adapter."""
+    tokenizer: Any
+    config: ModelQuantConfig
+    meta: dict[str, Any]
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gptq_dynamic(config: ModelQuantConfig) -> dict[str, dict[str, int]]:
+    """GPTQModel's ``dynamic`` per-module overrides: ``{"+:^<module>$": {"bits": b0, "group_size": B0}}``."""
+    return {f"+:^{re.escape(t.name)}$": {"bits": c.b0, "group_size": c.B0} for t, c in zip(config.targets, config.configs)}
+
+
+def hqq_tag_map(config: ModelQuantConfig) -> tuple[dict[str, dict[str, int]] | None, str | None]:
+    """HQQ's per-tag quant config (``{"self_attn.q_proj": {"nbits", "group_size"}}``), or (None, why not).
+
+    A tag names a module type across all blocks, so the map is lossless only when every block
+    uses the same (b0, B0) for that type.
+    """
+    tags: dict[str, set[tuple[int, int]]] = {}
+    for t, c in zip(config.targets, config.configs):
+        tags.setdefault(_BLOCK_PREFIX.sub("", t.name), set()).add((c.b0, c.B0))
+    mixed = sorted(tag for tag, v in tags.items() if len(v) > 1)
+    if mixed:
+        return None, (f"HQQ's per-tag map is not written: {', '.join(mixed)} use different (bits, group size) in "
+                      "different blocks, which a per-tag map cannot express")
+    return {tag: {"nbits": b0, "group_size": bs} for tag, ((b0, bs),) in tags.items()}, None
+
+
+def _readme(meta: dict[str, Any]) -> str:
+    m = meta["measured"]
+    ppl = f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens)" if m else "not measured"
+    return f"""# coalora bundle: {meta['model']} at {meta['avg_bits']:.3f} average bits
+
+Configuration `{meta['config_hash']}` ({meta['config']['format']}), adapter: {meta['adapter']['method'] if meta['adapter'] else 'none'}.
+Measured perplexity: {ppl}. Convention: {PPL_CONVENTION}.
+
+## Load it
+
+```python
+from coalora.bundle import load_bundle
+
+b = load_bundle("{'.'}")          # checks every file's sha256, rebuilds weights + adapter
+b.model                         # a PeftModel over the quantized {meta['model']}
+```
+
+or from the command line: `coalora load .` (add `--eval` to re-measure the perplexity).
+
+With plain `peft`: load the base model, replace each target weight by the dequantized
+`quantized_weights.safetensors` entry (`coalora.quant.unpack(...).dequantize()`), then
+`PeftModel.from_pretrained(model, "adapter")`.
+
+`gptq_dynamic.json` is the per-module (bits, group size) map in GPTQModel's `dynamic` form
+(GPTQ re-quantizes with its own integer grid; NF-k codes and double-quantized scales do not carry
+over). See `coalora_config.json` for notes on each conversion.
+"""
+
+
+def export_bundle(
+    model_name: str,
+    config: ModelQuantConfig,
+    originals: dict[str, torch.Tensor],
+    out: str | os.PathLike,
+    *,
+    weights_hash: str,
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    adapter: dict[str, Any] | None = None,
+    predicted: dict[str, float] | None = None,
+    measured: dict[str, Any] | None = None,
+    make_zip: bool = False,
+    force: bool = False,
+) -> Path:
+    """Write a bundle directory (atomically: built in a temp dir, then renamed) and optionally a zip.
+
+    ``originals``: the unquantized target weights ``{module: [d_out, d_in]}``; ``lora``: the
+    generated adapter ``{module: (A [r, d_in], B [d_out, r])}`` with ``adapter`` = ``{"id", "method",
+    "rank", "alpha"}``; ``measured``: ``{"ppl", "nll", "eval_set", "seqlen", "windows", "tokens"}``.
+    Returns the directory (or the zip file with ``make_zip``).
+    """
+    from coalora.export_peft import save_peft_adapter
+    from coalora.files import save_safetensors_atomic
+    from coalora.quant import pack, quantize
+
+    out = Path(out)
+    final = out.with_name(out.name + ".zip") if make_zip else out
+    if final.exists() and not force:
+        raise CoaloraError(f"{final} already exists; choose another --out or pass --force to replace it")
+    if config.model != model_name:
+        raise CoaloraError(f"configuration is for model {config.model!r}, not {model_name!r}")
+    missing = [t.name for t in config.targets if t.name not in originals]
+    if missing:
+        raise CoaloraError(f"no weight for module {missing[0]!r} of {model_name}")
+    if lora is not None and (adapter is None or "rank" not in adapter or "alpha" not in adapter):
+        raise CoaloraError("an adapter needs its description: {'id', 'method', 'rank', 'alpha'}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        for t, c in zip(config.targets, config.configs):
+            for k, v in pack(quantize(originals[t.name].float(), c)).items():
+                tensors[f"{t.name}.{k}"] = v
+        save_safetensors_atomic(tensors, tmp / WEIGHTS_FILE, metadata={"format": "coalora.packed/1"})
+        if lora is not None:
+            save_peft_adapter(lora, tmp / ADAPTER_DIR, rank=int(adapter["rank"]), alpha=float(adapter["alpha"]),
+                              base_model=model_name)
+        (tmp / "gptq_dynamic.json").write_text(json.dumps(gptq_dynamic(config), indent=2) + "\n")
+        notes = ["GPTQModel dynamic: bits and group_size per module carry over exactly; GPTQ's integer grid "
+                 "replaces the NF-k codebook and its scales are not double-quantized (b1, b2, B1 are dropped)"]
+        hqq, why = hqq_tag_map(config)
+        if hqq is not None:
+            (tmp / "hqq_quant_config.json").write_text(json.dumps(hqq, indent=2) + "\n")
+            notes.append("HQQ per-tag map: lossless for (nbits, group_size); HQQ's own zero/scale quantization differs")
+        else:
+            notes.append(why)
+        params = sum(t.numel for t in config.targets)
+        packed = (tmp / WEIGHTS_FILE).stat().st_size
+        meta = {
+            "format": FORMAT,
+            "model": model_name,
+            "weights_hash": weights_hash,
+            "coalora_version": __version__,
+            "config": config.to_json(),
+            "config_hash": config.hash,
+            "avg_bits": config.avg_bits,
+            "packed_bytes": packed,
+            "bits_bytes": params * config.avg_bits / 8,
+            "adapter": adapter if lora is not None else None,
+            "predicted": predicted,
+            "measured": ({**measured, "convention": PPL_CONVENTION} if measured else None),
+            "conversion_notes": notes,
+        }
+        (tmp / "README.md").write_text(_readme(meta))
+        meta["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if make_zip:
+            ztmp = final.with_name(f".{final.name}.tmp")
+            with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
+                for p in sorted(tmp.rglob("*")):
+                    if p.is_file():
+                        z.write(p, str(p.relative_to(tmp)))
+            os.replace(ztmp, final)
+            shutil.rmtree(tmp)
+        else:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_bundle_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(bundle directory, its verified metadata); a zip is unpacked into a temp directory first.
+
+    Every file listed in ``coalora_config.json`` must exist with its recorded sha256.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CoaloraError(f"no bundle at {p}")
+    if p.is_file():
+        if not zipfile.is_zipfile(p):
+            raise CoaloraError(f"{p} is neither a bundle directory nor a zip file")
+        d = Path(tempfile.mkdtemp(prefix="coalora-bundle-"))
+        with zipfile.ZipFile(p) as z:
+            for name in z.namelist():
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise CoaloraError(f"{p}: unsafe path {name!r} in the zip")
+            z.extractall(d)
+        p = d
+    cfg = p / CONFIG_FILE
+    if not cfg.is_file():
+        raise CoaloraError(f"{p} is not a coalora bundle: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CoaloraError(f"{cfg}: malformed JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CoaloraError(f"{cfg}: format is {got!r}; this coalora reads {FORMAT!r}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise CoaloraError(f"{cfg}: no file list with hashes (key 'files'); the bundle is incomplete")
+    for rel, digest in files.items():
+        f = p / rel
+        if ".." in Path(rel).parts or not f.is_file():
+            raise CoaloraError(f"bundle {p}: file {rel} is missing; re-export the bundle")
+        if _sha256(f) != digest:
+            raise CoaloraError(f"bundle {p}: file {rel} was altered (its sha256 differs from the recorded one); "
+                               "re-export the bundle")
+    return p, meta
+
+
+def load_bundle(path: str | os.PathLike, device: str | None = None) -> Bundle:
+    """Rebuild the quantized model with its adapter from a bundle (directory or zip)."""
+    from safetensors.torch import load_file
+
+    from coalora.models import find_targets, load_model, target_modules_of
+    from coalora.quant import PACK_KEYS, unpack
+    from coalora.sensitivity import weights_fingerprint
+
+    p, meta = read_bundle_meta(path)
+    name = meta.get("model")
+    model, tok = load_model(name, device=device) if isinstance(name, str) else (None, None)
+    if model is None:
+        raise CoaloraError(f"{p / CONFIG_FILE}: key 'model' must name a registry model")
+    targets = find_targets(model)
+    if weights_fingerprint(model, targets) != meta.get("weights_hash"):
+        raise CoaloraError(f"bundle {p} was made from other weights of {name} (weights hash "
+                           f"{meta.get('weights_hash')}); re-export it from this model")
+    config = ModelQuantConfig.from_json(meta.get("config"), targets, model=name, where=f"{p / CONFIG_FILE}: config")
+    packed = load_file(str(p / WEIGHTS_FILE))
+    modules = target_modules_of(model, targets)
+    with torch.no_grad():
+        for t, c in zip(targets, config.configs):
+            qt = unpack({k: packed.get(f"{t.name}.{k}") for k in PACK_KEYS if f"{t.name}.{k}" in packed})
+            if qt.config != c or tuple(qt.shape) != tuple(modules[t.name].weight.shape):
+                raise CoaloraError(f"bundle {p}: packed weight of {t.name} does not match its configuration")
+            w = modules[t.name].weight
+            w.copy_(qt.dequantize().reshape(w.shape).to(w.dtype))
+    if meta.get("adapter") is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(p / ADAPTER_DIR))
+    model.eval()
+    return Bundle(model, tok, config, meta, p)

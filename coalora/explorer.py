@@ -1,0 +1,241 @@
+"""One model, its trained CoA-LoRA adapter, the results store and the front: what the app and the
+CLI's ``front``, ``search``, ``export`` commands work through.
+
+An :class:`Explorer` loads the model once and keeps it; every configuration is applied in place
+(only changed matrices are re-quantized: :class:`coalora.apply.ConfigApplier`). Quick evaluations
+are cached in the store by their full key, so asking twice costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coalora.config import ModelQuantConfig
+from coalora.errors import CoaloraError
+from coalora.store import Evaluation, Store
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
+METHODS = ("coalora", "none")
+"""Methods an explorer can evaluate itself (the baselines' points come from `coalora compare`)."""
+
+
+def default_adapter(model_name: str) -> Path | None:
+    """The shipped trained adapter of a registry model (``data/default/<model>-coalora.safetensors``), if any."""
+    p = DEFAULT_DIR / f"{model_name.replace('/', '--')}-coalora.safetensors"
+    return p if p.is_file() else None
+
+
+def file_id(path: str | os.PathLike) -> str:
+    """An adapter's id: sha256 of its file, 16 hex digits (so results never outlive their adapter)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Explorer:
+    """A loaded model with its (optional) trained adapter, a store and a front service.
+
+    ``adapter``: path of a trained CoA-LoRA file; ``"default"`` picks the shipped one (none for
+    models without one: then only the ``none`` method, a quantization-only front, is available).
+    """
+
+    def __init__(self, model_name: str = "smollm2-135m", adapter: str | os.PathLike | None = "default",
+                 store: Store | None = None, corpus: str = "shakespeare", device: str | None = None) -> None:
+        from coalora import data
+        from coalora.models import find_targets, load_model
+        from coalora.sensitivity import weights_fingerprint
+
+        self.model_name = model_name
+        self.model, self.tokenizer = load_model(model_name, device=device)
+        self.targets = find_targets(self.model)
+        self.weights_hash = weights_fingerprint(self.model, self.targets)
+        self.store = store if store is not None else Store()
+        self.corpus = data.load_corpus(corpus, "eval")
+        self._ids = None
+        self.lock = threading.RLock()
+        """Held while the model's weights are in use (apply + eval + export): one heavy job at a time."""
+        path = default_adapter(model_name) if adapter == "default" else adapter
+        self.adapter_path = Path(path) if path else None
+        self.coa = None
+        self.adapter_id = ""
+        if self.adapter_path is not None:
+            from coalora.trained import load_trained
+
+            self.coa = load_trained(self.adapter_path, self.model, model_name, self.targets)
+            self.coa.eval()
+            self.adapter_id = file_id(self.adapter_path)
+            applier = self.coa.applier
+        else:
+            from coalora.apply import ConfigApplier
+
+            applier = ConfigApplier(self.model, model_name, self.targets)
+        self.applier = applier
+        self._front = None
+        if not self.store.read_only:
+            self.store.add_model(model_name, self.weights_hash, len(self.targets), sum(t.numel for t in self.targets))
+            if self.coa is not None:
+                self.store.add_adapter(self.adapter_id, model_name, "coalora", str(self.adapter_path), self.adapter_id,
+                                       {k: v for k, v in self.coa.trained_meta.items() if k in ("adapter", "train")})
+
+    # ---- configurations
+
+    @property
+    def eval_set(self) -> str:
+        return self.corpus.id
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return METHODS if self.coa is not None else ("none",)
+
+    def error_table(self) -> np.ndarray:
+        from coalora.sensitivity import model_error_table
+
+        with self.lock:
+            self.applier.restore()  # the table is of the original weights
+            return model_error_table(self.model, self.model_name, self.targets, "fisher", tokenizer=self.tokenizer,
+                                     progress=False).numpy()
+
+    def front_service(self):
+        from coalora.front import FrontService
+
+        if self._front is None:
+            self._front = FrontService(self.store, self.model_name, self.targets, self.error_table())
+        return self._front
+
+    def config(self, config_hash: str) -> ModelQuantConfig:
+        return self.front_service().config(config_hash)
+
+    def allocate(self, budget: float) -> ModelQuantConfig:
+        """The fast allocator's configuration at ``budget`` average bits."""
+        from coalora.allocate import allocate
+        from coalora.front import CONFIG_BITS, check_budget
+
+        svc = self.front_service()
+        a = allocate(svc.table, svc.numels, CONFIG_BITS, check_budget(budget), method="fast")
+        return ModelQuantConfig.from_ids(self.model_name, self.targets, list(a.choice))
+
+    def parse_config(self, obj: Any, where: str = "config") -> ModelQuantConfig:
+        return ModelQuantConfig.from_json(obj, self.targets, model=self.model_name, where=where)
+
+    # ---- adapters and evaluation
+
+    def _check_method(self, method: str) -> None:
+        if method not in self.methods:
+            why = "" if self.coa is not None else f" ({self.model_name} has no trained CoA-LoRA adapter here)"
+            raise CoaloraError(f"method {method!r} cannot be evaluated here; use one of {', '.join(self.methods)}{why}")
+
+    def generate(self, config: ModelQuantConfig) -> tuple[dict, float]:
+        """The plain LoRA for ``config`` and the milliseconds theta took (no weights touched)."""
+        if self.coa is None:
+            raise CoaloraError(f"{self.model_name} has no trained CoA-LoRA adapter, so there is no adapter to generate")
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            lora = self.coa.generate(config)
+        return lora, (time.perf_counter() - t0) * 1000
+
+    def windows(self, seqlen: int, windows: int):
+        from coalora import data
+        from coalora.models import context_length
+
+        if not (2 <= seqlen <= context_length(self.model)):
+            raise CoaloraError(f"seqlen must be in [2, {context_length(self.model)}], got {seqlen}")
+        if not (1 <= windows <= 4096):
+            raise CoaloraError(f"windows must be in [1, 4096], got {windows}")
+        if self._ids is None:
+            self._ids = data.tokenize(self.tokenizer, self.corpus)
+        return data.windows(self._ids, seqlen, windows)
+
+    def cached(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8) -> Evaluation | None:
+        return self.store.find_evaluation(self.model_name, config.hash, self.adapter_id if method == "coalora" else "",
+                                          method, self.eval_set, seqlen, windows)
+
+    def evaluate(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8,
+                 progress: Callable[[float], None] | bool = False) -> tuple[Evaluation, bool]:
+        """Perplexity of ``config`` (with the adapter for ``coalora``); returns (evaluation, from_cache).
+
+        The result is stored (when the store is writable), so the next call is a lookup.
+        """
+        import torch
+
+        from coalora.evaluate import perplexity
+
+        self._check_method(method)
+        if config.model != self.model_name:
+            raise CoaloraError(f"configuration is for model {config.model!r}, not {self.model_name!r}")
+        hit = self.cached(config, method, seqlen, windows)
+        if hit is not None:
+            return hit, True
+        w = self.windows(seqlen, windows)
+        with self.lock, torch.no_grad():
+            t0 = time.perf_counter()
+            if method == "coalora":
+                self.coa.set_config(config)
+                r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
+            elif self.coa is not None:
+                with self.coa.disabled():
+                    self.applier.apply(config)
+                    r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
+            else:
+                self.applier.apply(config)
+                r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
+            seconds = time.perf_counter() - t0
+        ev = Evaluation(self.model_name, config.hash, method, self.adapter_id if method == "coalora" else "",
+                        self.eval_set, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds)
+        if not self.store.read_only:
+            self.store.add_evaluation(ev, config=config)
+        return ev, False
+
+    # ---- front
+
+    def front(self, method: str = "coalora", budget: float | None = None, seqlen: int = 256, windows: int = 8):
+        from coalora.front import FrontQuery
+
+        if method not in ("coalora", "qlora", "lqlora", "shared", "none"):
+            raise CoaloraError(f"unknown method {method!r}; use coalora, qlora, lqlora, shared or none")
+        q = FrontQuery(self.model_name, method, self.eval_set, seqlen, windows,
+                       self.adapter_id if method == "coalora" else None)
+        return self.front_service().front(q, budget)
+
+    # ---- export
+
+    def export(self, config: ModelQuantConfig, out: str | os.PathLike, *, make_zip: bool = False, force: bool = False,
+               measure: bool = True, seqlen: int = 256, windows: int = 8) -> Path:
+        """Write the bundle of ``config`` (with the generated adapter when there is one)."""
+        from coalora.bundle import export_bundle
+
+        method = "coalora" if self.coa is not None else "none"
+        ev = self.cached(config, method, seqlen, windows)
+        if ev is None and measure:
+            ev, _ = self.evaluate(config, method, seqlen, windows)
+        measured = None if ev is None else {"ppl": ev.ppl, "nll": ev.nll, "eval_set": ev.eval_set, "seqlen": ev.seqlen,
+                                            "windows": ev.windows, "tokens": ev.tokens}
+        predicted = None
+        try:
+            res = self.front(method)
+            pts = {p.config_hash: p for p in res.front + res.measured + res.proposals}
+            if config.hash in pts and pts[config.hash].pred_ppl is not None:
+                p = pts[config.hash]
+                predicted = {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi, "band": "+-2 sigma of log ppl"}
+        except CoaloraError:
+            pass  # no front yet: the bundle simply has no prediction
+        lora, adapter = None, None
+        if self.coa is not None:
+            lora, _ = self.generate(config)
+            a = self.coa.adapter_config
+            adapter = {"id": self.adapter_id, "method": "coalora", "rank": a.rank, "alpha": a.alpha}
+        with self.lock:
+            return export_bundle(self.model_name, config, dict(self.applier.originals), out,
+                                 weights_hash=self.weights_hash, lora=lora, adapter=adapter, predicted=predicted,
+                                 measured=measured, make_zip=make_zip, force=force)

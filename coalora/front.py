@@ -1,0 +1,461 @@
+"""The GP-predicted Pareto front of average bits vs. perplexity, from stored evaluations.
+
+For one (model, method, eval set, seqlen, windows) the service
+
+1. fits a botorch ``SingleTaskGP`` to the stored log-perplexities (= mean token NLL, the quantity
+   the search's probe loss measures) on the configuration encoding the CoA-LoRA search chose
+   (``bits``: each matrix's bits per parameter; method.md 5, spec S5);
+2. scores a candidate set: the allocator's solutions on a dense budget grid (2.05..8.6 bits),
+   random neighbours of each (a few matrices moved by one weight-bit step) and every measured
+   configuration;
+3. returns the measured points, the non-dominated set of the *predicted* means with a +-2 sigma
+   band, hypervolumes (measured and predicted, one recorded reference point), EHVI proposals
+   (unmeasured candidates whose evaluation would most grow the front, scored by the search's
+   qLogEHVI), and for a budget the best predicted configuration within it.
+
+Refits are incremental: a few new evaluations only condition the GP on them (hyperparameters
+kept); many new ones refit from the previous hyperparameters (a warm start).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from coalora.config import ALL_CONFIGS, FIELD_VALUES, MAX_BITS, MIN_BITS, ModelQuantConfig
+from coalora.errors import CoaloraError
+
+CONFIG_BITS = np.array([c.bits for c in ALL_CONFIGS])
+CONFIG_B0 = np.array([FIELD_VALUES[0].index(c.b0) for c in ALL_CONFIGS])
+HV_BITS_REF = 8.75
+"""Reference point of every front hypervolume: (8.75 bits, ppl 1000) in (avg bits, log ppl)."""
+HV_PPL_REF = 1000.0
+FIT_MAXITER = 50
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    budget_lo: float = 2.05
+    budget_hi: float = 8.6
+    grid: int = 132
+    """Allocator budgets spread over [budget_lo, budget_hi]."""
+    neighbours: int = 22
+    """Random neighbours per allocator solution (132 x 23 = 3,036 candidates)."""
+    moves: int = 3
+    """Matrices changed per neighbour."""
+    proposals: int = 8
+    """EHVI proposals returned (0 skips the acquisition)."""
+    refit_fraction: float = 0.1
+    """Refit hyperparameters only when more than this fraction of the points is new."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (MIN_BITS <= self.budget_lo < self.budget_hi <= MAX_BITS):
+            raise CoaloraError(f"front budget range must lie in [{MIN_BITS:.3f}, {MAX_BITS:.3f}] bits")
+        if self.grid < 2 or self.neighbours < 0 or self.moves < 1 or self.proposals < 0:
+            raise CoaloraError("front grid must be >= 2; neighbours and proposals >= 0; moves >= 1")
+
+
+@dataclass(frozen=True)
+class FrontQuery:
+    """Which stored evaluations a front is fitted on (one perplexity convention)."""
+
+    model: str
+    method: str = "coalora"
+    eval_set: str | None = None
+    """None: the eval set with the most stored evaluations for this model and method."""
+    seqlen: int = 256
+    windows: int = 8
+    adapter_id: str | None = None
+
+
+@dataclass
+class FrontPoint:
+    config_hash: str
+    avg_bits: float
+    ppl: float | None = None
+    """Measured perplexity, when stored."""
+    pred_ppl: float | None = None
+    """exp of the GP's posterior mean of log ppl."""
+    pred_lo: float | None = None
+    """exp(mean - 2 sigma)."""
+    pred_hi: float | None = None
+    source: str = "measured"
+    """``measured``, ``allocator``, ``neighbour`` or ``ehvi``."""
+
+
+@dataclass
+class FrontResult:
+    query: dict[str, Any]
+    measured: list[FrontPoint]
+    front: list[FrontPoint]
+    """Predicted non-dominated set over the candidates, by increasing bits."""
+    hypervolume: dict[str, float]
+    hv_reference: dict[str, float]
+    best: FrontPoint | None = None
+    budget: float | None = None
+    proposals: list[FrontPoint] = field(default_factory=list)
+    n_candidates: int = 0
+    encoding: str = "bits"
+    refit: str = ""
+    """``full``, ``warm``, ``condition`` or ``cached``: what the last fit did."""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _encode(ids: np.ndarray) -> torch.Tensor:
+    """GP inputs ``[c, N]`` in [0, 1] (the search's ``bits`` encoding) from config ids ``[c, N]``."""
+    return torch.from_numpy((CONFIG_BITS[ids] - MIN_BITS) / (MAX_BITS - MIN_BITS))
+
+
+class FrontService:
+    """Front queries for one model (see the module docstring).
+
+    ``table`` is the model's ``[N, 432]`` error table (for the allocator's candidates), ``targets``
+    its target matrices in model order. Thread-safe for reads if the store is.
+    """
+
+    def __init__(self, store, model: str, targets, table: np.ndarray | torch.Tensor,
+                 settings: FrontSettings | None = None) -> None:
+        self.store = store
+        self.model = model
+        self.targets = tuple(targets)
+        self.table = np.asarray(table, dtype=np.float64)
+        if self.table.shape != (len(self.targets), len(ALL_CONFIGS)):
+            raise CoaloraError(f"error table shape {self.table.shape} does not match {len(self.targets)} targets")
+        self.settings = settings or FrontSettings()
+        self.numels = np.array([t.numel for t in self.targets], dtype=np.float64)
+        self._cand: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+        self._fits: dict[tuple, tuple[frozenset, Any]] = {}
+
+    # ---- candidates
+
+    def avg_bits(self, ids: np.ndarray) -> np.ndarray:
+        return CONFIG_BITS[ids] @ self.numels / self.numels.sum()
+
+    def candidates(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(ids ``[c, N]``, avg bits ``[c]``, source per row), computed once per service."""
+        if self._cand is None:
+            from coalora.allocate import allocate_many
+
+            s = self.settings
+            budgets = np.linspace(s.budget_lo, s.budget_hi, s.grid).tolist()
+            sols = np.array([a.choice for a in allocate_many(self.table, self.numels, CONFIG_BITS, budgets, method="fast")])
+            rng = np.random.default_rng(s.seed)
+            rows, src = [sols], ["allocator"] * len(sols)
+            for base in sols:
+                nb = np.repeat(base[None], s.neighbours, 0)
+                for r in range(s.neighbours):
+                    for m in rng.choice(len(base), size=min(s.moves, len(base)), replace=False):
+                        b0 = CONFIG_B0[nb[r, m]] + rng.choice((-1, 1))
+                        b0 = min(max(b0, 0), CONFIG_B0.max())
+                        nb[r, m] = rng.choice(np.flatnonzero(CONFIG_B0 == b0))
+                rows.append(nb)
+                src += ["neighbour"] * s.neighbours
+            ids = np.concatenate(rows)
+            _, first = np.unique(ids, axis=0, return_index=True)
+            first.sort()
+            self._cand = (ids[first], self.avg_bits(ids[first]), [src[i] for i in first])
+        return self._cand
+
+    # ---- data and fit
+
+    def _resolve(self, q: FrontQuery) -> FrontQuery:
+        if q.model != self.model:
+            raise CoaloraError(f"this front service is for {self.model}, not {q.model}")
+        if q.eval_set is not None:
+            return q
+        evs = self.store.evaluations(model=q.model, method=q.method, seqlen=q.seqlen, windows=q.windows,
+                                     adapter_id=q.adapter_id)
+        if not evs:
+            return q
+        sets: dict[str, int] = {}
+        for e in evs:
+            sets[e.eval_set] = sets.get(e.eval_set, 0) + 1
+        return FrontQuery(q.model, q.method, max(sets, key=sets.get), q.seqlen, q.windows, q.adapter_id)
+
+    def measured(self, q: FrontQuery) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Stored (config hashes, ids ``[n, N]``, log ppl ``[n]``) for a resolved query.
+
+        Several adapters' evaluations of one configuration (without ``adapter_id``) are averaged in
+        log space; configurations of another target layout are skipped.
+        """
+        evs = self.store.evaluations(model=q.model, method=q.method, eval_set=q.eval_set, seqlen=q.seqlen,
+                                     windows=q.windows, adapter_id=q.adapter_id)
+        configs = self.store.configs(q.model)
+        by_hash: dict[str, list[float]] = {}
+        for e in evs:
+            if e.config_hash in configs and len(configs[e.config_hash]) == len(self.targets) and math.isfinite(e.nll):
+                by_hash.setdefault(e.config_hash, []).append(e.nll)
+        hashes = sorted(by_hash)
+        ids = np.array([configs[h] for h in hashes], dtype=np.int64).reshape(len(hashes), len(self.targets))
+        return hashes, ids, np.array([float(np.mean(by_hash[h])) for h in hashes])
+
+    def fit(self, q: FrontQuery):
+        """The GP for a resolved query, refitted incrementally; returns (gp, how) or (None, reason)."""
+        hashes, ids, y = self.measured(q)
+        if len(hashes) < 3:
+            return None, f"{len(hashes)} stored evaluations (a GP needs at least 3)"
+        key = (q.model, q.method, q.eval_set, q.seqlen, q.windows, q.adapter_id)
+        have = frozenset(hashes)
+        prev = self._fits.get(key)
+        if prev is not None and prev[0] == have:
+            return prev[1], "cached"
+        x, yt = _encode(ids), torch.from_numpy(y)
+        if prev is not None and prev[0] <= have:
+            # A few new points: keep the hyperparameters and only condition on the data; many: warm refit.
+            refit = len(have - prev[0]) > self.settings.refit_fraction * len(prev[0])
+            gp, how = fit_gp(x, yt, warm=prev[1], optimize=refit), ("warm" if refit else "condition")
+        else:
+            gp, how = fit_gp(x, yt), "full"
+        self._fits[key] = (have, gp)
+        return gp, how
+
+    # ---- queries
+
+    def front(self, query: FrontQuery, budget: float | None = None) -> FrontResult:
+        """The front for ``query``; with ``budget``, also the best predicted configuration within it."""
+        t0 = time.perf_counter()
+        if budget is not None:
+            check_budget(budget)
+        q = self._resolve(query)
+        hashes, ids, y = self.measured(q)
+        bits_m = self.avg_bits(ids) if len(ids) else np.zeros(0)
+        measured = [FrontPoint(h, float(b), float(math.exp(v))) for h, b, v in zip(hashes, bits_m, y)]
+        ref = {"bits": HV_BITS_REF, "ppl": HV_PPL_REF, "space": "(avg bits, log ppl)"}
+        hv = {"measured": _hv(bits_m, y)}
+        gp, how = self.fit(q)
+        res = FrontResult(asdict(q), measured, [], hv, ref, budget=budget, refit=how)
+        if gp is None:
+            res.refit = "none: " + how
+            res.seconds = time.perf_counter() - t0
+            return res
+
+        cids, cbits, csrc = self.candidates()
+        # Measured configurations enter with their measured value and no uncertainty (the GP smooths
+        # them by its noise estimate); candidates that were measured are dropped as duplicates.
+        done = {row.tobytes() for row in ids}
+        fresh = np.array([row.tobytes() not in done for row in cids], dtype=bool)
+        cids, cbits, csrc = cids[fresh], cbits[fresh], [s for s, f in zip(csrc, fresh) if f]
+        all_ids = np.concatenate([cids, ids]) if len(ids) else cids
+        all_bits = np.concatenate([cbits, bits_m])
+        all_src = csrc + ["measured"] * len(ids)
+        mean, std = _predict(gp, _encode(all_ids))
+        mean[len(cids):], std[len(cids):] = y, 0.0
+        res.n_candidates = len(all_ids)
+        mask = _pareto(all_bits, mean)
+        order = np.flatnonzero(mask)[np.argsort(all_bits[mask])]
+        meas = dict(zip(hashes, y))
+        hash_of = self._hasher(all_ids)
+        res.front = [self._point(hash_of(i), all_bits[i], mean[i], std[i], all_src[i], meas) for i in order]
+        hv["predicted"] = _hv(all_bits[mask], mean[mask])
+        if budget is not None:
+            ok = np.flatnonzero(all_bits <= budget + 1e-9)
+            if len(ok):
+                # mean + 1 sigma, not the mean: among thousands of candidates the lowest mean is
+                # mostly the most optimistic guess (the winner's curse); this picks a likely-good one.
+                i = ok[np.argmin(mean[ok] + std[ok])]
+                res.best = self._point(hash_of(i), all_bits[i], mean[i], std[i], all_src[i], meas)
+        if self.settings.proposals:
+            n = len(cids)
+            res.proposals = self._proposals(cids, cbits, mean[:n], std[:n], bits_m, y, hash_of, set(hashes))
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def best_config(self, query: FrontQuery, budget: float) -> tuple[ModelQuantConfig, FrontPoint]:
+        """The best predicted configuration within ``budget`` (the app's budget marker)."""
+        res = self.front(query, budget)
+        if res.best is None:
+            raise CoaloraError(f"no front for {query.model}/{query.method} yet: {res.refit}; evaluate a few "
+                               "configurations first (coalora eval, or Quick eval in the app)")
+        return self.config(res.best.config_hash), res.best
+
+    def config(self, config_hash: str) -> ModelQuantConfig:
+        """A configuration by hash: a stored one, or a candidate of this service."""
+        stored = self.store.config_ids(config_hash)
+        if stored is not None:
+            return ModelQuantConfig.from_ids(self.model, self.targets, stored[1])
+        cids, _, _ = self.candidates()
+        for row in cids:
+            c = ModelQuantConfig.from_ids(self.model, self.targets, row.tolist())
+            if c.hash == config_hash:
+                return c
+        raise CoaloraError(f"unknown configuration {config_hash!r} for {self.model}: not stored and not a front candidate")
+
+    def validate(self, query: FrontQuery, folds: int = 5, seed: int = 0) -> dict[str, float]:
+        """K-fold predictive accuracy on stored evaluations: Spearman and RMSE of log ppl."""
+        from scipy.stats import spearmanr
+
+        q = self._resolve(query)
+        hashes, ids, y = self.measured(q)
+        if len(hashes) < max(folds, 6):
+            raise CoaloraError(f"{len(hashes)} stored evaluations for {q.model}/{q.method} on {q.eval_set}; "
+                               f"validation needs at least {max(folds, 6)}")
+        x = _encode(ids)
+        perm = np.random.default_rng(seed).permutation(len(y))
+        pred = np.empty(len(y))
+        for k in range(folds):
+            test = perm[k::folds]
+            train = np.setdiff1d(perm, test)
+            gp = fit_gp(x[train], torch.from_numpy(y[train]))
+            pred[test] = _predict(gp, x[test])[0]
+        rho = float(spearmanr(pred, y).statistic)
+        return {"n": len(y), "folds": folds, "spearman": rho, "rmse_log_ppl": float(np.sqrt(np.mean((pred - y) ** 2))),
+                "eval_set": q.eval_set, "method": q.method}
+
+    # ---- helpers
+
+    def _hasher(self, ids: np.ndarray):
+        cache: dict[int, str] = {}
+
+        def hash_of(i: int) -> str:
+            if i not in cache:
+                cache[i] = ModelQuantConfig.from_ids(self.model, self.targets, ids[i].tolist()).hash
+            return cache[i]
+        return hash_of
+
+    @staticmethod
+    def _point(h: str, bits: float, mu: float, sd: float, src: str, meas: dict[str, float]) -> FrontPoint:
+        m = meas.get(h)
+        return FrontPoint(h, float(bits), float(math.exp(m)) if m is not None else None, float(math.exp(mu)),
+                          float(math.exp(mu - 2 * sd)), float(math.exp(mu + 2 * sd)), "measured" if m is not None else src)
+
+    def _proposals(self, cids, cbits, mean, std, bits_m, y, hash_of, measured: set[str]) -> list[FrontPoint]:
+        """Unmeasured candidates with the highest expected hypervolume improvement over the measured front."""
+        front = _pareto(bits_m, y)
+        ehvi = expected_hvi(cbits, mean, std, bits_m[front], y[front], (HV_BITS_REF, math.log(HV_PPL_REF)),
+                            seed=self.settings.seed)
+        out: list[FrontPoint] = []
+        for i in np.argsort(-ehvi):
+            if ehvi[i] <= 0:
+                break
+            h = hash_of(int(i))
+            if h in measured:
+                continue
+            out.append(self._point(h, cbits[i], mean[i], std[i], "ehvi", {}))
+            if len(out) == self.settings.proposals:
+                break
+        return out
+
+
+def fit_gp(x: torch.Tensor, y: torch.Tensor, warm=None, optimize: bool = True, maxiter: int = FIT_MAXITER):
+    """A ``SingleTaskGP`` (the search's surrogate: ARD RBF, standardised outcome) on ``[n, d]`` inputs.
+
+    ``warm``: a previous GP whose hyperparameters start the fit (or are kept, with ``optimize=False``).
+    L-BFGS stops after ``maxiter`` iterations: on 210-dim inputs the default (to convergence) costs
+    ~25x more for no better held-out accuracy (measured on 300 configurations).
+    """
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    gp = SingleTaskGP(x, y[:, None], outcome_transform=Standardize(m=1))
+    if warm is not None:
+        gp.load_state_dict({k: v for k, v in warm.state_dict().items() if not k.startswith("outcome_transform")},
+                           strict=False)
+    if optimize:
+        import warnings
+
+        from botorch.exceptions.warnings import OptimizationWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizationWarning)  # stopping at maxiter is intended
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp),
+                             optimizer_kwargs={"options": {"maxiter": maxiter}})
+    gp.eval()
+    return gp
+
+
+def check_budget(budget: float) -> float:
+    """A budget in average bits per weight, or one clear error."""
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise CoaloraError(f"budget must be a number of bits per weight, got {budget!r}") from None
+    if not math.isfinite(b) or not (MIN_BITS <= b <= MAX_BITS):
+        raise CoaloraError(f"budget {budget} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}] "
+                           "(the cheapest and the most precise configuration)")
+    return b
+
+
+def _predict(gp, x: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of log ppl ``[c]`` at inputs ``[c, d]`` (observation noise excluded).
+
+    The marginals only, computed directly from the Cholesky factor of the training covariance:
+    ``gp.posterior`` builds the joint ``c x c`` covariance (or, batched per point, is ~100x
+    slower), and the front needs neither.
+    """
+    with torch.no_grad():
+        xt, yt = gp.train_inputs[0], gp.train_targets  # yt: standardised by the outcome transform
+        k = gp.covar_module(xt).to_dense()
+        k = k + gp.likelihood.noise * torch.eye(len(xt), dtype=k.dtype)
+        chol, info = torch.linalg.cholesky_ex(k)
+        if info:
+            chol = torch.linalg.cholesky(k + 1e-6 * torch.eye(len(xt), dtype=k.dtype))
+        c = gp.mean_module.constant
+        alpha = torch.cholesky_solve((yt - c)[:, None], chol)[:, 0]
+        mus, variances = [], []
+        for i in range(0, len(x), chunk):
+            xc = x[i:i + chunk]
+            ks = gp.covar_module(xc, xt).to_dense()  # [c, n]
+            mus.append(c + ks @ alpha)
+            v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
+            variances.append((gp.covar_module(xc, diag=True) - v.pow(2).sum(0)).clamp_min(0))
+        mu, var = torch.cat(mus), torch.cat(variances)
+        ot = gp.outcome_transform
+        mu, var = mu * ot.stdvs[0, 0] + ot.means[0, 0], var * ot.stdvs[0, 0] ** 2
+    return mu.numpy(), var.sqrt().numpy()
+
+
+def expected_hvi(bits: np.ndarray, mean: np.ndarray, sd: np.ndarray, front_bits: np.ndarray, front_loss: np.ndarray,
+                 ref: tuple[float, float], samples: int = 64, seed: int = 0) -> np.ndarray:
+    """Expected hypervolume improvement ``[c]`` of candidates with exact bits and Gaussian loss.
+
+    2-D minimisation with a deterministic first objective: for a sampled loss y, the improvement is
+    the integral over heights t in [y, ref_loss) of the width ``min(ref_bits, g(t)) - bits`` (>= 0),
+    where g(t) is the fewest bits of a front point with loss <= t: a step function, so the
+    integral is exact per sample; the expectation is a mean over ``samples`` quasi-random normals.
+    """
+    from scipy.stats import norm
+
+    order = np.argsort(front_loss)
+    fl, fb = front_loss[order], np.minimum.accumulate(front_bits[order])  # g on [fl[k], fl[k+1])
+    edges = np.concatenate([fl, [ref[1]]])
+    edges = np.minimum(edges, ref[1])
+    z = norm.ppf((np.arange(samples) + 0.5) / samples)[None, :]
+    y = np.minimum(mean[:, None] + sd[:, None] * z, ref[1])  # [c, s]
+    # below the best front loss nothing is dominated: width ref_bits - bits
+    total = np.clip(ref[0] - bits, 0, None)[:, None] * np.clip(fl[0] - y, 0, None) if len(fl) else \
+        np.clip(ref[0] - bits, 0, None)[:, None] * (ref[1] - y)
+    for k in range(len(fl)):
+        lo, hi = edges[k], edges[k + 1]
+        width = np.clip(min(ref[0], fb[k]) - bits, 0, None)[:, None]
+        total = total + width * np.clip(hi - np.maximum(y, lo), 0, None)
+    return total.mean(1)
+
+
+def _pareto(bits: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Non-dominated mask by a sort (O(n log n)); ties in bits keep the lowest loss."""
+    order = np.lexsort((loss, bits))
+    mask = np.zeros(len(bits), dtype=bool)
+    best = math.inf
+    for i in order:
+        if loss[i] < best:
+            mask[i] = True
+            best = loss[i]
+    return mask
+
+
+def _hv(bits: np.ndarray, log_ppl: np.ndarray) -> float:
+    from coalora.pareto import hypervolume_2d
+
+    pts = [(float(b), float(v)) for b, v in zip(bits, log_ppl) if math.isfinite(v)]
+    return float(hypervolume_2d(pts, (HV_BITS_REF, math.log(HV_PPL_REF)))) if pts else 0.0

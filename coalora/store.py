@@ -1,0 +1,448 @@
+"""The results store: every evaluation, configuration, adapter and search round, in one DuckDB file.
+
+The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). Rules:
+
+* **Idempotent writes.** An evaluation's key is (model, config hash, adapter id, method, eval set,
+  seqlen, windows); writing the same key twice leaves one row (the first: a cached result is never
+  silently replaced). Every write is one transaction, so a killed process leaves no partial row.
+* **Seeded.** A new store loads the Parquet files shipped in ``data/seed/`` (the measured SmolLM2
+  results), so a fresh clone starts with a populated front.
+* **Versioned.** ``meta.schema_version`` plus a list of migrations; a store written by a newer
+  coalora is refused with a message rather than misread.
+* **One writer process.** DuckDB lets one process hold the file read-write, and then no other
+  process may open it at all (stack.md). A second process gets a read-only *snapshot copy* and a
+  warning (or, with ``fallback=False``, one clear error); writes to a snapshot raise. Within one
+  process, share one :class:`Store`: each thread gets its own cursor and writes are serialised.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from coalora import __version__
+from coalora.errors import CoaloraError
+
+SCHEMA_VERSION = 1
+STORE_FILE = "results.duckdb"
+TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds")
+SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
+"""Parquet seeds shipped with the source tree (absent in a wheel install: the store then starts empty)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One measured perplexity (token-level, non-overlapping windows: stack.md's convention)."""
+
+    model: str
+    config_hash: str
+    method: str
+    """``coalora``, ``qlora``, ``lqlora``, ``shared`` or ``none`` (the quantized model alone)."""
+    adapter_id: str
+    """Which adapter (file hash or run name); ``""`` for no adapter."""
+    eval_set: str
+    """Dataset id with its content hash, e.g. ``shakespeare:eval@3f2a9c1b``."""
+    seqlen: int
+    windows: int
+    tokens: int
+    ppl: float
+    nll: float
+    avg_bits: float
+    seconds: float = 0.0
+    version: str = __version__
+
+    def __post_init__(self) -> None:
+        for name in ("ppl", "nll", "avg_bits", "seconds"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v):
+                raise CoaloraError(f"evaluation {name} must be a number, got {v!r}")
+        if self.seqlen < 1 or self.windows < 1 or self.tokens < 1:
+            raise CoaloraError("evaluation seqlen, windows and tokens must be positive")
+
+    @property
+    def key(self) -> tuple:
+        return (self.model, self.config_hash, self.adapter_id, self.method, self.eval_set, self.seqlen, self.windows)
+
+
+EVAL_KEY = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows")
+
+# Migration k brings a store from version k-1 to k; each runs in one transaction.
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE models (model VARCHAR PRIMARY KEY, weights_hash VARCHAR, n_targets INTEGER,"
+        " target_params BIGINT, created_at TIMESTAMP DEFAULT current_timestamp)",
+        "CREATE TABLE configs (config_hash VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, avg_bits DOUBLE NOT NULL,"
+        " ids VARCHAR NOT NULL, created_at TIMESTAMP DEFAULT current_timestamp)",
+        "CREATE TABLE adapters (adapter_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, method VARCHAR NOT NULL,"
+        " path VARCHAR, sha256 VARCHAR, meta VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp)",
+        "CREATE TABLE evaluations (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL, adapter_id VARCHAR NOT NULL,"
+        " method VARCHAR NOT NULL, eval_set VARCHAR NOT NULL, seqlen INTEGER NOT NULL, windows INTEGER NOT NULL,"
+        " tokens BIGINT NOT NULL, ppl DOUBLE NOT NULL, nll DOUBLE NOT NULL, avg_bits DOUBLE NOT NULL,"
+        " seconds DOUBLE, version VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp,"
+        f" PRIMARY KEY ({', '.join(EVAL_KEY)}))",
+        "CREATE TABLE search_rounds (run VARCHAR NOT NULL, round INTEGER NOT NULL, model VARCHAR, after_step INTEGER,"
+        " hypervolume DOUBLE, encoding VARCHAR, loo_index DOUBLE, loo_bits DOUBLE, pool INTEGER, kept INTEGER,"
+        " seconds DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (run, round))",
+    ],
+}
+_PRIMARY_KEYS = {"models": ("model",), "configs": ("config_hash",), "adapters": ("adapter_id",),
+                 "evaluations": EVAL_KEY, "search_rounds": ("run", "round")}
+
+
+def default_path() -> Path:
+    from coalora import assets
+
+    return assets.home() / STORE_FILE
+
+
+class Store:
+    """A DuckDB results store (see the module docstring).
+
+    ``Store()`` opens ``$COALORA_HOME/results.duckdb`` (created and seeded on first use);
+    ``Store(":memory:")`` is a throwaway one. Use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, seed_dir: str | os.PathLike | None = SEED_DIR,
+                 fallback: bool = True, read_only: bool = False) -> None:
+        import duckdb
+
+        self.path = str(path) if path is not None else str(default_path())
+        self.read_only = read_only
+        self.warning: str | None = None
+        self._snapshot: str | None = None
+        self._local = threading.local()
+        self._write_lock = threading.RLock()
+        memory = self.path == ":memory:"
+        if not memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if read_only and not Path(self.path).exists():
+                raise CoaloraError(f"no results store at {self.path}")
+        try:
+            self._con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as e:
+            msg = str(e)
+            if "lock" not in msg.lower():
+                raise CoaloraError(_damaged(self.path, msg)) from None
+            holder = _lock_holder(msg)
+            if not fallback:
+                raise CoaloraError(f"results store {self.path} is in use by another process{holder}; close it "
+                                   "(for example the running app) or point COALORA_HOME elsewhere") from None
+            self._con = self._open_snapshot(holder)
+        try:
+            self._migrate(seed_dir)
+        except duckdb.Error as e:  # the file opened but cannot be read (e.g. truncated)
+            self.close()
+            raise CoaloraError(_damaged(self.path, str(e))) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- opening
+
+    def _open_snapshot(self, holder: str):
+        """A read-only copy of the locked file (and its WAL), for a second process that only reads."""
+        import duckdb
+
+        tmp = tempfile.mkdtemp(prefix="coalora-store-")
+        dst = os.path.join(tmp, STORE_FILE)
+        shutil.copyfile(self.path, dst)
+        if os.path.exists(self.path + ".wal"):
+            shutil.copyfile(self.path + ".wal", dst + ".wal")
+        self._snapshot = tmp
+        self.read_only = True
+        self.warning = (f"results store {self.path} is in use by another process{holder}; showing a read-only "
+                        "snapshot (new results are not recorded by this process)")
+        try:
+            return duckdb.connect(dst, read_only=False)  # a private copy: writable file, but we refuse writes
+        except duckdb.Error as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CoaloraError(f"results store {self.path} is locked{holder} and its snapshot is unreadable "
+                               f"({_first_line(str(e))}); close the other process and retry") from None
+
+    def _migrate(self, seed_dir) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise CoaloraError(f"results store {self.path} has schema version {version}, newer than this coalora "
+                               f"({__version__}, schema {SCHEMA_VERSION}); upgrade coalora or use another COALORA_HOME")
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only and not self._snapshot:
+            raise CoaloraError(f"results store {self.path} needs a schema upgrade ({version} -> {SCHEMA_VERSION}); "
+                               "open it once read-write")
+        with self._transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for sql in _MIGRATIONS[v]:
+                    cur.execute(sql)
+            cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [str(SCHEMA_VERSION)])
+            if version == 0 and seed_dir is not None:
+                self._seed(cur, Path(seed_dir))
+
+    def _seed(self, cur, seed_dir: Path) -> None:
+        """Insert the shipped ``<table>.parquet`` files (inside the creating transaction)."""
+        for table in TABLES:
+            f = seed_dir / f"{table}.parquet"
+            if f.is_file():
+                self._insert_from_file(cur, table, f)
+
+    def schema_version(self) -> int:
+        cur = self._cursor()
+        has_meta = cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+        if not has_meta:
+            return 0
+        row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        con = getattr(self, "_con", None)
+        if con is not None:
+            con.close()
+            self._con = None
+        if self._snapshot:
+            shutil.rmtree(self._snapshot, ignore_errors=True)
+            self._snapshot = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing
+
+    def _cursor(self):
+        if self._con is None:
+            raise CoaloraError("the results store is closed")
+        cur = getattr(self._local, "cur", None)
+        if cur is None or getattr(self._local, "con", None) is not self._con:
+            cur = self._local.cur = self._con.cursor()
+            self._local.con = self._con
+        return cur
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One write transaction; serialised across threads (DuckDB would abort conflicting ones)."""
+        with self._write_lock:
+            cur = self._cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise CoaloraError(self.warning or f"results store {self.path} was opened read-only; nothing was recorded")
+
+    # ---- writes
+
+    def add_model(self, model: str, weights_hash: str, n_targets: int, target_params: int) -> None:
+        self._check_writable()
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO models (model, weights_hash, n_targets, target_params) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (model) DO UPDATE SET weights_hash = excluded.weights_hash, "
+                        "n_targets = excluded.n_targets, target_params = excluded.target_params",
+                        [model, weights_hash, n_targets, target_params])
+
+    def add_config(self, config) -> str:
+        """Record a :class:`~coalora.config.ModelQuantConfig` (by hash); returns the hash."""
+        self._check_writable()
+        with self._transaction() as cur:
+            _insert_config(cur, config)
+        return config.hash
+
+    def add_adapter(self, adapter_id: str, model: str, method: str, path: str = "", sha256: str = "",
+                    meta: dict | None = None) -> None:
+        import json
+
+        self._check_writable()
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO adapters (adapter_id, model, method, path, sha256, meta) VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (adapter_id) DO NOTHING",
+                        [adapter_id, model, method, path, sha256, json.dumps(meta or {})])
+
+    def add_evaluation(self, ev: Evaluation, config=None) -> bool:
+        """Record ``ev`` (and its configuration, when given) in one transaction.
+
+        Returns True if a row was added, False if the key was already stored (the stored row stays).
+        """
+        self._check_writable()
+        if config is not None and config.hash != ev.config_hash:
+            raise CoaloraError(f"evaluation is of config {ev.config_hash} but config {config.hash} was given")
+        row = asdict(ev)
+        cols = [f.name for f in fields(Evaluation)]
+        with self._transaction() as cur:
+            if config is not None:
+                _insert_config(cur, config)
+            before = cur.execute(f"SELECT count(*) FROM evaluations WHERE {' AND '.join(f'{k} = ?' for k in EVAL_KEY)}",
+                                 [row[k] for k in EVAL_KEY]).fetchone()[0]
+            if before:
+                return False
+            cur.execute(f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                        "ON CONFLICT DO NOTHING", [row[c] for c in cols])
+        return True
+
+    def add_search_round(self, run: str, round: int, model: str, after_step: int, hypervolume: float,
+                         encoding: str = "", loo: dict[str, float] | None = None, pool: int = 0, kept: int = 0,
+                         seconds: float = 0.0) -> None:
+        self._check_writable()
+        loo = loo or {}
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO search_rounds (run, round, model, after_step, hypervolume, encoding, loo_index, "
+                        "loo_bits, pool, kept, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [run, round, model, after_step, hypervolume, encoding, loo.get("index"), loo.get("bits"),
+                         pool, kept, seconds])
+
+    # ---- reads
+
+    def find_evaluation(self, model: str, config_hash: str, adapter_id: str, method: str, eval_set: str,
+                        seqlen: int, windows: int) -> Evaluation | None:
+        """The stored evaluation with this key, or None (the quick-eval cache lookup)."""
+        cols = [f.name for f in fields(Evaluation)]
+        row = self._cursor().execute(
+            f"SELECT {', '.join(cols)} FROM evaluations WHERE {' AND '.join(f'{k} = ?' for k in EVAL_KEY)}",
+            [model, config_hash, adapter_id, method, eval_set, seqlen, windows]).fetchone()
+        return Evaluation(**dict(zip(cols, row))) if row else None
+
+    def evaluations(self, model: str | None = None, method: str | None = None, eval_set: str | None = None,
+                    seqlen: int | None = None, windows: int | None = None, adapter_id: str | None = None) -> list[Evaluation]:
+        """Stored evaluations matching every given filter, oldest first."""
+        cols = [f.name for f in fields(Evaluation)]
+        where, args = _where(model=model, method=method, eval_set=eval_set, seqlen=seqlen, windows=windows,
+                             adapter_id=adapter_id)
+        rows = self._cursor().execute(f"SELECT {', '.join(cols)} FROM evaluations{where} ORDER BY created_at, config_hash",
+                                      args).fetchall()
+        return [Evaluation(**dict(zip(cols, r))) for r in rows]
+
+    def config_ids(self, config_hash: str) -> tuple[str, list[int]] | None:
+        """(model, per-target config ids) of a stored configuration, or None."""
+        import json
+
+        row = self._cursor().execute("SELECT model, ids FROM configs WHERE config_hash = ?", [config_hash]).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def configs(self, model: str) -> dict[str, list[int]]:
+        """Every stored configuration of ``model``: hash -> per-target config ids."""
+        import json
+
+        rows = self._cursor().execute("SELECT config_hash, ids FROM configs WHERE model = ?", [model]).fetchall()
+        return {h: json.loads(ids) for h, ids in rows}
+
+    def search_rounds(self, run: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        where, args = _where(run=run, model=model)
+        cur = self._cursor().execute(f"SELECT * FROM search_rounds{where} ORDER BY run, round", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def count(self, table: str) -> int:
+        _check_table(table)
+        return int(self._cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def models(self) -> list[str]:
+        rows = self._cursor().execute(
+            "SELECT model FROM models UNION SELECT DISTINCT model FROM evaluations ORDER BY 1").fetchall()
+        return [r[0] for r in rows]
+
+    # ---- export / import
+
+    def export_table(self, table: str, path: str | os.PathLike) -> Path:
+        """Write ``table`` to ``path`` (``.parquet`` or ``.csv``, by extension), atomically."""
+        _check_table(table)
+        p = Path(path)
+        fmt = _file_format(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp")
+        opts = "(FORMAT PARQUET)" if fmt == "parquet" else "(FORMAT CSV, HEADER TRUE)"
+        self._cursor().execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO '{_sql_path(tmp)}' {opts}")
+        os.replace(tmp, p)
+        return p
+
+    def import_table(self, table: str, path: str | os.PathLike) -> int:
+        """Add the rows of a Parquet/CSV file to ``table`` (existing keys are kept). Returns rows added."""
+        self._check_writable()
+        _check_table(table)
+        p = Path(path)
+        if not p.is_file():
+            raise CoaloraError(f"no file {p} to import")
+        _file_format(p)
+        with self._transaction() as cur:
+            before = cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            self._insert_from_file(cur, table, p)
+            after = cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return int(after - before)
+
+    def _insert_from_file(self, cur, table: str, p: Path) -> None:
+        import duckdb
+
+        # CSV: a quoted empty string ("" for "no adapter") must stay a string, not become NULL.
+        src = (f"read_parquet('{_sql_path(p)}')" if _file_format(p) == "parquet"
+               else f"read_csv('{_sql_path(p)}', header = true, allow_quoted_nulls = false)")
+        cols = [r[0] for r in cur.execute(f"DESCRIBE {table}").fetchall()]
+        try:
+            have = [r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+            missing = [c for c in _PRIMARY_KEYS[table] if c not in have]
+            if missing:
+                raise CoaloraError(f"{p} cannot go into table {table}: it lacks column(s) {', '.join(missing)}")
+            use = [c for c in cols if c in have]
+            cur.execute(f"INSERT INTO {table} ({', '.join(use)}) SELECT {', '.join(use)} FROM {src} "
+                        "ON CONFLICT DO NOTHING")
+        except duckdb.Error as e:
+            raise CoaloraError(f"cannot import {p} into {table}: {_first_line(str(e))}") from None
+
+
+# ---- helpers
+
+def _insert_config(cur, config) -> None:
+    import json
+
+    cur.execute("INSERT INTO configs (config_hash, model, avg_bits, ids) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [config.hash, config.model, config.avg_bits, json.dumps(list(config.ids))])
+
+
+def _where(**filters) -> tuple[str, list]:
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
+def _check_table(table: str) -> None:
+    if table not in TABLES:
+        raise CoaloraError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+
+
+def _file_format(p: Path) -> str:
+    ext = p.suffix.lower()
+    if ext not in (".parquet", ".csv"):
+        raise CoaloraError(f"{p}: use a .parquet or .csv file")
+    return ext[1:]
+
+
+def _sql_path(p: Path) -> str:
+    return str(p).replace("'", "''")
+
+
+def _first_line(msg: str) -> str:
+    return msg.strip().splitlines()[0] if msg.strip() else msg
+
+
+def _damaged(path: str, msg: str) -> str:
+    return (f"results store {path} cannot be opened ({_first_line(msg)}): it is damaged or not a DuckDB file. "
+            f"Move it aside (mv {path} {path}.bad) and coalora starts a fresh store, seeded from data/seed/")
+
+
+def _lock_holder(msg: str) -> str:
+    m = re.search(r"PID (\d+)", msg)
+    return f" (PID {m.group(1)})" if m else ""

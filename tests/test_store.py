@@ -1,0 +1,413 @@
+"""The DuckDB results store: round trips, idempotent writes, seeding, export/import, threads, locks, bad files."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from coalora.config import ALL_CONFIGS, ModelQuantConfig
+from coalora.errors import CoaloraError
+from coalora.store import SCHEMA_VERSION, TABLES, Evaluation, Store
+
+
+@functools.cache
+def _targets():
+    from coalora.models import find_targets, tiny_llama
+
+    return tuple(find_targets(tiny_llama(seed=0)))
+
+
+def _cfg(seed=0, model="tiny-llama"):
+    rng = random.Random(seed)
+    targets = _targets()
+    return ModelQuantConfig.from_ids(model, targets, [rng.randrange(len(ALL_CONFIGS)) for _ in targets])
+
+
+def _ev(config_hash="c" * 16, model="tiny-llama", method="coalora", adapter_id="a1", eval_set="shakespeare:eval@1",
+        seqlen=256, windows=8, ppl=12.5, nll=2.5, **kw):
+    return Evaluation(model=model, config_hash=config_hash, method=method, adapter_id=adapter_id, eval_set=eval_set,
+                      seqlen=seqlen, windows=windows, tokens=seqlen * windows, ppl=ppl, nll=nll, avg_bits=3.25, **kw)
+
+
+def _store(tmp_path, name="results.duckdb", **kw):
+    kw.setdefault("seed_dir", None)
+    return Store(tmp_path / name, **kw)
+
+
+def _fill(store):
+    """A few rows in every table; returns the evaluations added."""
+    cfg = _cfg(1)
+    store.add_model("tiny-llama", "w" * 8, 14, 12345)
+    store.add_adapter("a1", "tiny-llama", "coalora", path="/x/a1.safetensors", sha256="s" * 8, meta={"rank": 4})
+    evs = [_ev(cfg.hash, seqlen=256, windows=8, ppl=11.0),
+           _ev(cfg.hash, method="none", adapter_id="", ppl=20.0),
+           _ev("d" * 16, model="other", method="qlora", ppl=13.0)]
+    assert store.add_evaluation(evs[0], cfg)
+    for ev in evs[1:]:
+        assert store.add_evaluation(ev)
+    store.add_search_round("run1", 0, "tiny-llama", 100, 0.5, encoding="onehot", loo={"index": 0.1, "bits": 0.2},
+                           pool=64, kept=8, seconds=1.5)
+    store.add_search_round("run1", 1, "tiny-llama", 200, 0.6)
+    return evs
+
+
+def _counts(store):
+    return {t: store.count(t) for t in TABLES}
+
+
+# ---- round trip
+
+
+def test_evaluation_round_trips_with_its_config(tmp_path):
+    cfg = _cfg(3)
+    ev = _ev(cfg.hash, seconds=4.0)
+    with _store(tmp_path) as s:
+        assert s.add_evaluation(ev, cfg) is True
+        got = s.find_evaluation(*ev.key)
+        assert got == ev
+        assert s.find_evaluation(*ev.key[:-1], ev.windows + 1) is None
+        assert s.config_ids(cfg.hash) == ("tiny-llama", list(cfg.ids))
+        assert s.config_ids("nope") is None
+        assert s.configs("tiny-llama") == {cfg.hash: list(cfg.ids)}
+        assert s.configs("other") == {}
+
+
+def test_evaluations_filter_by_every_field(tmp_path):
+    with _store(tmp_path) as s:
+        evs = [_ev(model="m1", method="coalora", adapter_id="a1", eval_set="e1", seqlen=256, windows=8),
+               _ev(model="m1", method="qlora", adapter_id="a2", eval_set="e1", seqlen=256, windows=8),
+               _ev(model="m2", method="coalora", adapter_id="a1", eval_set="e2", seqlen=512, windows=8),
+               _ev(model="m1", method="coalora", adapter_id="", eval_set="e1", seqlen=256, windows=16)]
+        for ev in evs:
+            assert s.add_evaluation(ev)
+        assert {e.key for e in s.evaluations()} == {e.key for e in evs}
+        assert {e.key for e in s.evaluations(model="m1")} == {evs[0].key, evs[1].key, evs[3].key}
+        assert {e.key for e in s.evaluations(method="qlora")} == {evs[1].key}
+        assert {e.key for e in s.evaluations(eval_set="e2")} == {evs[2].key}
+        assert {e.key for e in s.evaluations(seqlen=512)} == {evs[2].key}
+        assert {e.key for e in s.evaluations(windows=16)} == {evs[3].key}
+        assert {e.key for e in s.evaluations(adapter_id="")} == {evs[3].key}
+        assert {e.key for e in s.evaluations(model="m1", method="coalora", windows=8)} == {evs[0].key}
+        assert s.evaluations(model="m3") == []
+        assert s.models() == ["m1", "m2"]
+
+
+def test_models_lists_registered_and_evaluated_models(tmp_path):
+    with _store(tmp_path) as s:
+        assert s.models() == []
+        s.add_model("zeta", "h", 1, 10)
+        s.add_evaluation(_ev(model="alpha"))
+        s.add_model("alpha", "h2", 2, 20)
+        assert s.models() == ["alpha", "zeta"]
+
+
+def test_search_rounds_round_trip(tmp_path):
+    with _store(tmp_path) as s:
+        s.add_search_round("r1", 0, "tiny-llama", 50, 0.25, encoding="onehot", loo={"index": 0.9, "bits": 0.8},
+                           pool=32, kept=4, seconds=2.0)
+        s.add_search_round("r1", 1, "tiny-llama", 100, 0.5)
+        s.add_search_round("r2", 0, "other", 10, 0.1)
+        s.add_search_round("r1", 0, "tiny-llama", 999, 9.9)  # same key: kept as first written
+        rows = s.search_rounds(run="r1")
+        assert [(r["run"], r["round"]) for r in rows] == [("r1", 0), ("r1", 1)]
+        r0 = rows[0]
+        assert (r0["model"], r0["after_step"], r0["hypervolume"], r0["encoding"]) == ("tiny-llama", 50, 0.25, "onehot")
+        assert (r0["loo_index"], r0["loo_bits"], r0["pool"], r0["kept"], r0["seconds"]) == (0.9, 0.8, 32, 4, 2.0)
+        assert rows[1]["loo_index"] is None
+        assert [r["run"] for r in s.search_rounds(model="other")] == ["r2"]
+        assert len(s.search_rounds()) == 3
+
+
+# ---- idempotency
+
+
+def test_same_key_twice_keeps_one_row_and_the_first_ppl(tmp_path):
+    with _store(tmp_path) as s:
+        assert s.add_evaluation(_ev(ppl=10.0)) is True
+        assert s.add_evaluation(_ev(ppl=99.0)) is False
+        assert s.count("evaluations") == 1
+        assert s.find_evaluation(*_ev().key).ppl == 10.0
+        assert s.add_evaluation(_ev(windows=9, ppl=11.0)) is True
+        assert s.count("evaluations") == 2
+        assert s.find_evaluation(*_ev(windows=9).key).ppl == 11.0
+
+
+def test_same_config_twice_is_one_row(tmp_path):
+    cfg = _cfg(5)
+    with _store(tmp_path) as s:
+        assert s.add_config(cfg) == cfg.hash
+        s.add_config(cfg)
+        s.add_evaluation(_ev(cfg.hash), cfg)
+        assert s.count("configs") == 1
+
+
+# ---- seeding
+
+
+def test_new_store_is_seeded_from_parquet_once(tmp_path):
+    seed = tmp_path / "seed"
+    with _store(tmp_path, "src.duckdb") as src:
+        evs = _fill(src)
+        want = _counts(src)
+        for t in TABLES:
+            src.export_table(t, seed / f"{t}.parquet")
+    assert all(want.values())
+    path = tmp_path / "seeded.duckdb"
+    with Store(path, seed_dir=seed) as s:
+        assert _counts(s) == want
+        assert {e.key for e in s.evaluations()} == {e.key for e in evs}
+        assert s.find_evaluation(*evs[1].key) == evs[1]
+    with Store(path, seed_dir=seed) as s:  # reopening does not seed again
+        assert _counts(s) == want
+        s._cursor().execute("DELETE FROM evaluations")
+    with Store(path, seed_dir=seed) as s:  # nor re-add rows deleted since
+        assert s.count("evaluations") == 0
+        assert s.count("configs") == want["configs"]
+
+
+def test_missing_seed_files_give_an_empty_store(tmp_path):
+    (tmp_path / "empty_seed").mkdir()
+    with Store(tmp_path / "r.duckdb", seed_dir=tmp_path / "empty_seed") as s:
+        assert all(n == 0 for n in _counts(s).values())
+
+
+# ---- export / import
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv"])
+def test_export_import_round_trips(tmp_path, ext):
+    with _store(tmp_path, "a.duckdb") as a:
+        evs = _fill(a)
+        files = {t: a.export_table(t, tmp_path / "out" / f"{t}.{ext}") for t in TABLES}
+        want = _counts(a)
+        want_rounds = a.search_rounds()
+        assert a.import_table("evaluations", files["evaluations"]) == 0  # all already there
+    with _store(tmp_path, "b.duckdb") as b:
+        for t in TABLES:
+            assert b.import_table(t, files[t]) == want[t]
+        assert _counts(b) == want
+        for ev in evs:
+            assert b.find_evaluation(*ev.key) == ev
+        empty = b.find_evaluation(*evs[1].key)
+        assert empty.adapter_id == "" and b.evaluations(adapter_id="") == [evs[1]]
+        assert b.config_ids(evs[0].config_hash) == ("tiny-llama", list(_cfg(1).ids))
+        assert [(r["run"], r["round"], r["hypervolume"]) for r in b.search_rounds()] == \
+            [(r["run"], r["round"], r["hypervolume"]) for r in want_rounds]
+        for t in TABLES:
+            assert b.import_table(t, files[t]) == 0
+        assert _counts(b) == want
+
+
+def test_export_import_keeps_config_ids(tmp_path):
+    cfg = _cfg(7)
+    with _store(tmp_path, "a.duckdb") as a:
+        a.add_config(cfg)
+        f = a.export_table("configs", tmp_path / "configs.csv")
+    with _store(tmp_path, "b.duckdb") as b:
+        assert b.import_table("configs", f) == 1
+        assert b.config_ids(cfg.hash) == ("tiny-llama", list(cfg.ids))
+
+
+def test_import_rejects_bad_files_and_tables(tmp_path):
+    with _store(tmp_path) as s:
+        _fill(s)
+        f = s.export_table("search_rounds", tmp_path / "rounds.parquet")
+        with pytest.raises(CoaloraError, match="lacks column"):
+            s.import_table("evaluations", f)
+        bad = tmp_path / "rows.json"
+        bad.write_text("[]")
+        with pytest.raises(CoaloraError, match=r"\.parquet or \.csv"):
+            s.import_table("evaluations", bad)
+        with pytest.raises(CoaloraError, match=r"\.parquet or \.csv"):
+            s.export_table("evaluations", tmp_path / "out.json")
+        with pytest.raises(CoaloraError, match="no file"):
+            s.import_table("evaluations", tmp_path / "missing.csv")
+        with pytest.raises(CoaloraError, match="unknown table"):
+            s.export_table("nope", tmp_path / "x.csv")
+        with pytest.raises(CoaloraError, match="unknown table"):
+            s.import_table("nope", f)
+        with pytest.raises(CoaloraError, match="unknown table"):
+            s.count("evaluations; DROP TABLE models")
+        assert s.count("models") == 1
+
+
+# ---- threads
+
+
+def _run_threads(n, fn):
+    errors = []
+
+    def wrap(i):
+        try:
+            fn(i)
+        except BaseException as e:  # noqa: BLE001 - collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_threads_share_one_store(tmp_path):
+    with _store(tmp_path) as s:
+        errors = _run_threads(8, lambda i: [s.add_evaluation(_ev(config_hash=f"{i:08d}{j:08d}")) for j in range(25)])
+        assert errors == []
+        assert s.count("evaluations") == 200
+        assert len(s.evaluations()) == 200
+
+
+def test_threads_writing_one_key_leave_one_row(tmp_path):
+    results = []
+    with _store(tmp_path) as s:
+        errors = _run_threads(8, lambda i: results.append(s.add_evaluation(_ev(ppl=10.0 + i))))
+        assert errors == []
+        assert s.count("evaluations") == 1
+        assert sorted(results) == [False] * 7 + [True]
+
+
+# ---- a second process
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from coalora.errors import CoaloraError
+    from coalora.store import Evaluation, Store
+
+    path = sys.argv[1]
+    s = Store(path, seed_dir=None)
+    print("warning:", s.warning)
+    print("read_only:", s.read_only)
+    print("rows:", s.count("evaluations"))
+    try:
+        s.add_evaluation(Evaluation("m", "h", "none", "", "e", 1, 1, 1, 1.0, 0.0, 3.0))
+        print("write: ok")
+    except CoaloraError as e:
+        print("write error:", e)
+    s.close()
+    try:
+        Store(path, seed_dir=None, fallback=False)
+        print("strict: opened")
+    except CoaloraError as e:
+        print("strict error:", e)
+""")
+
+
+def test_second_process_gets_a_read_only_snapshot(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    with _store(tmp_path, "locked.duckdb") as s:
+        _fill(s)
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        lines = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())
+        assert "in use by another process" in lines["warning"] and "read-only snapshot" in lines["warning"]
+        assert lines["read_only"] == "True"
+        assert lines["rows"] == "3"
+        assert "write" not in lines and "in use by another process" in lines["write error"]
+        assert "strict" not in lines and "in use by another process" in lines["strict error"]
+        assert "\n" not in lines["strict error"]
+        assert "Traceback" not in out.stderr
+        assert s.count("evaluations") == 3  # the child's write did not land
+        assert s.add_evaluation(_ev(windows=99))  # and this process still writes
+
+
+# ---- bad files and versions
+
+
+def test_garbage_file_is_reported_as_damaged(tmp_path):
+    path = tmp_path / "results.duckdb"
+    path.write_bytes(os.urandom(64) * 64)
+    with pytest.raises(CoaloraError, match="damaged or not a DuckDB file"):
+        Store(path, seed_dir=None)
+
+
+def test_truncated_store_is_a_coalora_error(tmp_path):
+    path = tmp_path / "results.duckdb"
+    with Store(path, seed_dir=None) as s:
+        _fill(s)
+        s._cursor().execute("CHECKPOINT")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CoaloraError, match="damaged or not a DuckDB file"):
+        Store(path, seed_dir=None)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    import duckdb
+
+    path = tmp_path / "results.duckdb"
+    with Store(path, seed_dir=None) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    con.close()
+    with pytest.raises(CoaloraError, match="newer"):
+        Store(path, seed_dir=None)
+
+
+def test_reopening_keeps_rows_and_version(tmp_path):
+    with _store(tmp_path) as s:
+        evs = _fill(s)
+    with _store(tmp_path) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.find_evaluation(*evs[0].key) == evs[0]
+
+
+# ---- validation, transactions, read-only
+
+
+@pytest.mark.parametrize("kw", [{"ppl": float("nan")}, {"windows": 0}, {"seqlen": 0}, {"nll": "1.0"}])
+def test_bad_evaluations_are_refused(kw):
+    with pytest.raises(CoaloraError):
+        _ev(**kw)
+
+
+def test_failed_write_leaves_no_partial_row(tmp_path):
+    cfg = _cfg(2)
+    with _store(tmp_path) as s:
+        with pytest.raises(CoaloraError, match="config"):
+            s.add_evaluation(_ev("0" * 16), cfg)
+        assert s.count("evaluations") == 0 and s.count("configs") == 0
+        # a failure inside the transaction rolls back the config insert too
+        with pytest.raises(RuntimeError):
+            with s._transaction() as cur:
+                cur.execute("INSERT INTO configs (config_hash, model, avg_bits, ids) VALUES ('x', 'm', 3.0, '[]')")
+                raise RuntimeError("killed")
+        assert s.count("configs") == 0
+        assert s.add_evaluation(_ev(cfg.hash), cfg)  # and the store still works
+        assert s.count("evaluations") == 1 and s.count("configs") == 1
+
+
+def test_read_only_store_refuses_writes(tmp_path):
+    path = tmp_path / "results.duckdb"
+    with Store(path, seed_dir=None) as s:
+        _fill(s)
+    with Store(path, seed_dir=None, read_only=True) as ro:
+        assert ro.read_only and ro.count("evaluations") == 3
+        for write in (lambda: ro.add_evaluation(_ev(windows=5)), lambda: ro.add_model("m", "h", 1, 1),
+                      lambda: ro.add_config(_cfg(0)), lambda: ro.add_adapter("x", "m", "qlora"),
+                      lambda: ro.add_search_round("r", 0, "m", 0, 0.0),
+                      lambda: ro.import_table("models", tmp_path / "m.csv")):
+            with pytest.raises(CoaloraError, match="read-only"):
+                write()
+        assert ro.count("evaluations") == 3
+    with pytest.raises(CoaloraError, match="no results store"):
+        Store(tmp_path / "missing.duckdb", seed_dir=None, read_only=True)
+
+
+def test_closed_store_raises(tmp_path):
+    s = _store(tmp_path)
+    s.close()
+    with pytest.raises(CoaloraError, match="closed"):
+        s.count("evaluations")
