@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.coalora-installed
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup assets run test test-fast bench lint train-default clean-venv
+.PHONY: setup assets run test test-fast bench lint train-default seed clean-venv
 
 setup: $(STAMP) assets
 
@@ -39,6 +39,11 @@ COALORA_HOME ?= $(HOME)/.cache/coalora
 train-default: setup
 	$(PY) -m coalora train --out $(COALORA_HOME)/runs/default
 	$(PY) -m coalora export-trained --run $(COALORA_HOME)/runs/default --out data/default/smollm2-135m-coalora.safetensors
+
+# The results store's seed (data/seed/*.parquet): measured fronts of the default adapter and the bare
+# quantized model (~10 min on 2 cores). See data/README.md.
+seed: setup
+	$(PY) scripts/seed_results.py --out data/seed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coalora ui tests bench scripts app.py

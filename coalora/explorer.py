@@ -84,7 +84,10 @@ class Explorer:
         if not self.store.read_only:
             self.store.add_model(model_name, self.weights_hash, len(self.targets), sum(t.numel for t in self.targets))
             if self.coa is not None:
-                self.store.add_adapter(self.adapter_id, model_name, "coalora", str(self.adapter_path), self.adapter_id,
+                shown = self.adapter_path.resolve()
+                if shown.is_relative_to(DEFAULT_DIR.parent.parent):  # the shipped file: a path that travels
+                    shown = shown.relative_to(DEFAULT_DIR.parent.parent)
+                self.store.add_adapter(self.adapter_id, model_name, "coalora", str(shown), self.adapter_id,
                                        {k: v for k, v in self.coa.trained_meta.items() if k in ("adapter", "train")})
 
     # ---- configurations

@@ -99,8 +99,11 @@ _PRIMARY_KEYS = {"models": ("model",), "configs": ("config_hash",), "adapters": 
 
 
 def default_path() -> Path:
+    """``$COALORA_STORE`` if set, else ``$COALORA_HOME/results.duckdb``."""
     from coalora import assets
 
+    if os.environ.get("COALORA_STORE"):
+        return Path(os.environ["COALORA_STORE"]).expanduser()
     return assets.home() / STORE_FILE
 
 

@@ -35,3 +35,74 @@ def test_models_lists_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "tiny-llama" in out
+
+
+# ---- store, front, search, export, load (tiny-llama with a trained-format adapter; a private store)
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    import torch
+
+    from coalora.adapter import AdapterConfig, CoALoRAModel
+    from coalora.models import find_targets, tiny_llama
+    from coalora.trained import save_trained
+
+    monkeypatch.setenv("COALORA_STORE", str(tmp_path / "results.duckdb"))
+    model = tiny_llama(seed=0)
+    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4))
+    adapter = save_trained(coa, tmp_path / "tiny.safetensors", dtype=torch.float32)
+    return tmp_path, ["--model", "tiny-llama", "--adapter", str(adapter)]
+
+
+@pytest.mark.integration  # reads the prepared Shakespeare corpus
+def test_search_front_export_load_results_end_to_end(tiny_setup, capsys):
+    import json
+
+    tmp, model_args = tiny_setup
+    assert main(["search", *model_args, "--rounds", "2", "--evaluate", "3", "--seqlen", "64", "--windows", "2",
+                 "--json", "--no-progress"]) == 0
+    rounds = json.loads(capsys.readouterr().out)
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["measured"] >= 6
+
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--budget", "4.0", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert len(front["measured"]) == rounds[1]["measured"] and front["front"]
+    assert front["best"]["avg_bits"] <= 4.0
+
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--budget", "1.0"]) == 2
+    assert "outside the feasible range" in capsys.readouterr().err
+
+    out = tmp / "bundle"
+    assert main(["export", *model_args, "--hash", front["best"]["config_hash"], "--out", str(out), "--seqlen", "64",
+                 "--windows", "2", "--json"]) == 0
+    exp = json.loads(capsys.readouterr().out)
+    assert exp["measured"]["seqlen"] == 64 and exp["config_hash"] == front["best"]["config_hash"]
+
+    assert main(["load", str(out), "--eval", "--json", "--no-progress"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["reproduced"]["relative_diff"] < 1e-3
+
+    assert main(["results", "export", "--table", "evaluations", "--file", str(tmp / "ev.csv")]) == 0
+    assert main(["results", "import", "--table", "evaluations", "--file", str(tmp / "ev.csv")]) == 0
+    assert "added 0 new rows" in capsys.readouterr().out
+    assert main(["results", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # the export measured its configuration unless the front's best was already a measured one
+    assert info["rows"]["evaluations"] == rounds[1]["measured"] + (front["best"]["ppl"] is None)
+
+
+def test_export_needs_exactly_one_configuration(tiny_setup, capsys):
+    tmp, model_args = tiny_setup
+    assert main(["export", *model_args, "--out", str(tmp / "b"), "--budget", "3", "--preset", "nf4-dq"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_load_of_a_missing_bundle_is_one_line(tmp_path, capsys):
+    assert main(["load", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no bundle at {tmp_path / 'nothing'}"
+
+
+def test_results_import_needs_a_file(tiny_setup, capsys):
+    assert main(["results", "import"]) == 2
+    assert "needs --file" in capsys.readouterr().err

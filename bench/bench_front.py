@@ -1,0 +1,79 @@
+"""Benchmark coalora.front: the GP-predicted front over stored evaluations (issue target: < 3 s on
+2 cores for 300 stored evaluations and ~3,000 candidates).
+
+A SmolLM2-shaped problem (210 matrices, the synthetic error table of
+:func:`coalora.allocate.synthetic_instance`), an in-memory store filled with n evaluations of
+candidate configurations (log ppl from the table's error plus noise), then per n in 100/300/1000:
+the cold query (full GP fit + prediction + EHVI proposals), a query after one new evaluation
+(conditioning only) and a cached query. Candidate generation (once per model) is timed apart.
+Prints ONE JSON object.
+
+    python bench/bench_front.py [--sizes 100 300 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from coalora.allocate import SMOLLM2_SHAPES, synthetic_instance  # noqa: E402
+from coalora.config import ModelQuantConfig  # noqa: E402
+from coalora.front import FrontQuery, FrontService  # noqa: E402
+from coalora.models import Target  # noqa: E402
+from coalora.store import Evaluation, Store  # noqa: E402
+
+MODEL = "smollm2-shaped"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    table, _, _ = synthetic_instance(seed=0)
+    targets = [Target(f"model.layers.{b}.{kind}", b, kind, shape) for b in range(30) for kind, shape in SMOLLM2_SHAPES.items()]
+    rng = np.random.default_rng(0)
+    out: dict = {"threads": 2, "matrices": len(targets), "sizes": {}}
+    for n in args.sizes:
+        store = Store(":memory:", seed_dir=None)
+        svc = FrontService(store, MODEL, targets, table)
+        t0 = time.perf_counter()
+        cids, _, _ = svc.candidates()
+        out["candidates"] = len(cids)
+        out["candidates_seconds"] = time.perf_counter() - t0
+        rows = cids[rng.choice(len(cids), n + 1, replace=n + 1 > len(cids))]
+
+        def add(ids, store=store) -> None:
+            c = ModelQuantConfig.from_ids(MODEL, targets, ids.tolist())
+            y = math.log(30.0) + 40 * float(table[np.arange(len(ids)), ids].sum()) / len(ids) + rng.normal(0, 0.01)
+            store.add_evaluation(Evaluation(MODEL, c.hash, "coalora", "a", "bench", 256, 8, 2040, math.exp(y), y,
+                                            c.avg_bits), config=c)
+
+        for ids in rows[:n]:
+            add(ids)
+        q = FrontQuery(MODEL, eval_set="bench")
+        r_cold = svc.front(q, budget=3.0)
+        add(rows[n])
+        r_new = svc.front(q, budget=3.0)
+        r_cached = svc.front(q, budget=3.0)
+        out["sizes"][str(n)] = {"measured": len(r_new.measured), "candidates": r_cold.n_candidates,
+                                "cold_seconds": r_cold.seconds, "after_one_new_seconds": r_new.seconds,
+                                "after_one_new_refit": r_new.refit, "cached_seconds": r_cached.seconds}
+        print(f"n={n}: cold {r_cold.seconds:.2f} s, +1 eval ({r_new.refit}) {r_new.seconds:.2f} s, "
+              f"cached {r_cached.seconds:.2f} s", file=sys.stderr)
+        store.close()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,173 @@
+"""Export bundles: export -> load gives the same logits, plain peft loads the adapter, the
+GPTQModel/HQQ maps, size vs bits, and every damaged-bundle case is one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from coalora.adapter import AdapterConfig, CoALoRAModel
+from coalora.bundle import WEIGHTS_FILE, gptq_dynamic, hqq_tag_map, load_bundle, read_bundle_meta
+from coalora.config import ModelQuantConfig, resolve_preset
+from coalora.errors import CoaloraError
+from coalora.explorer import Explorer
+from coalora.models import find_targets, tiny_llama
+from coalora.store import Store
+from coalora.trained import save_trained
+
+
+@pytest.fixture
+def explorer(tmp_path):
+    """tiny-llama with a (randomly perturbed, so non-trivial) CoA-LoRA adapter and a local corpus."""
+    torch.manual_seed(0)
+    model = tiny_llama(seed=0)
+    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4))
+    with torch.no_grad():
+        for p in coa.theta.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for layer in coa.layers.values():
+            layer.lora_B.add_(torch.randn_like(layer.lora_B) * 0.05)
+    path = save_trained(coa, tmp_path / "tiny.safetensors", dtype=torch.float32)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 200)
+    store = Store(tmp_path / "r.duckdb", seed_dir=None)
+    ex = Explorer("tiny-llama", adapter=path, store=store, corpus=str(corpus))
+    yield ex
+    store.close()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_export_then_load_gives_the_same_logits_and_perplexity(explorer, tmp_path):
+    ex = explorer
+    cfg = ex.allocate(3.5)
+    out = ex.export(cfg, tmp_path / "b", seqlen=64, windows=4)
+    ids = ex.windows(64, 2)
+    with torch.no_grad():
+        ex.coa.set_config(cfg)
+    ref = _logits(ex.model, ids)
+    b = load_bundle(out)
+    assert b.config.hash == cfg.hash
+    assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
+    from coalora.evaluate import perplexity
+
+    assert perplexity(b.model, ex.windows(64, 4), progress=False).ppl == pytest.approx(b.meta["measured"]["ppl"], rel=1e-3)
+
+
+def test_plain_peft_loads_the_adapter_on_the_quantized_base(explorer, tmp_path):
+    from peft import PeftModel
+
+    ex = explorer
+    cfg = ex.allocate(4.0)
+    out = ex.export(cfg, tmp_path / "b", measure=False)
+    base = tiny_llama(seed=0)
+    from coalora.apply import ConfigApplier
+
+    ConfigApplier(base, "tiny-llama", find_targets(base)).apply(cfg)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    with torch.no_grad():
+        ex.coa.set_config(cfg)
+    ids = ex.windows(64, 2)
+    assert (_logits(peft_model, ids) - _logits(ex.model, ids)).abs().max() < 1e-4
+
+
+def test_zip_round_trip_and_refusing_to_overwrite(explorer, tmp_path):
+    ex = explorer
+    cfg = ex.allocate(3.0)
+    z = ex.export(cfg, tmp_path / "b", make_zip=True, measure=False)
+    assert z.name == "b.zip" and z.is_file() and not (tmp_path / "b").exists()
+    assert load_bundle(z).config.hash == cfg.hash
+    with pytest.raises(CoaloraError, match="already exists"):
+        ex.export(cfg, tmp_path / "b", make_zip=True, measure=False)
+    assert ex.export(cfg, tmp_path / "b", make_zip=True, measure=False, force=True) == z
+
+
+def test_metadata_records_the_conventions_and_the_size_matches_the_bits(explorer, tmp_path):
+    ex = explorer
+    cfg = ex.allocate(4.5)
+    _, meta = read_bundle_meta(ex.export(cfg, tmp_path / "b", seqlen=64, windows=4))
+    assert meta["model"] == "tiny-llama" and meta["weights_hash"] == ex.weights_hash
+    assert meta["avg_bits"] == pytest.approx(cfg.avg_bits)
+    assert meta["measured"]["seqlen"] == 64 and "non-overlapping" in meta["measured"]["convention"]
+    assert meta["adapter"]["rank"] == 4
+    # tiny matrices carry proportionally more per-tensor metadata than SmolLM2's (+0.02%)
+    assert 1.0 <= meta["packed_bytes"] / meta["bits_bytes"] < 1.1
+    assert set(meta["files"]) >= {WEIGHTS_FILE, "gptq_dynamic.json", "README.md", "adapter/adapter_model.safetensors"}
+
+
+def test_gptq_and_hqq_maps(explorer):
+    targets = explorer.targets
+    uni = ModelQuantConfig.uniform("tiny-llama", targets, resolve_preset("nf4-dq"))
+    dyn = gptq_dynamic(uni)
+    assert len(dyn) == len(targets) and all(v == {"bits": 4, "group_size": 64} for v in dyn.values())
+    assert next(iter(dyn)).startswith("+:^model\\.layers\\.0\\.")
+    hqq, why = hqq_tag_map(uni)
+    assert why is None and hqq["self_attn.q_proj"] == {"nbits": 4, "group_size": 64} and len(hqq) == 7
+    mixed = uni.with_changes({targets[0].name: resolve_preset("nf2-dq")})
+    hqq, why = hqq_tag_map(mixed)
+    assert hqq is None and "self_attn.q_proj" in why
+
+
+@pytest.mark.parametrize("damage", ["missing weights", "altered weights", "missing adapter", "altered config",
+                                    "bad json", "no config"])
+def test_damaged_bundles_are_refused_with_one_clear_error(explorer, tmp_path, damage):
+    out = explorer.export(explorer.allocate(3.0), tmp_path / "b", measure=False)
+    if damage == "missing weights":
+        (out / WEIGHTS_FILE).unlink()
+    elif damage == "altered weights":
+        data = bytearray((out / WEIGHTS_FILE).read_bytes())
+        data[-1] ^= 0xFF
+        (out / WEIGHTS_FILE).write_bytes(bytes(data))
+    elif damage == "missing adapter":
+        shutil.rmtree(out / "adapter")
+    elif damage == "altered config":
+        meta = json.loads((out / "coalora_config.json").read_text())
+        meta["config"]["default"]["b0"] = 8  # a different configuration than the packed weights
+        (out / "coalora_config.json").write_text(json.dumps(meta))
+    elif damage == "bad json":
+        (out / "coalora_config.json").write_text("{not json")
+    else:
+        (out / "coalora_config.json").unlink()
+    with pytest.raises(CoaloraError) as e:
+        load_bundle(out)
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_for_another_model_is_refused(explorer, tmp_path):
+    other = ModelQuantConfig.uniform("smollm2-135m", explorer.targets, resolve_preset("nf4-dq"))
+    with pytest.raises(CoaloraError, match="not 'tiny-llama'"):
+        explorer.export(other, tmp_path / "b", measure=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_export_leaves_nothing_behind(explorer, tmp_path):
+    cfg = explorer.allocate(3.0)
+    originals = dict(explorer.applier.originals)
+    originals.pop(explorer.targets[3].name)
+    from coalora.bundle import export_bundle
+
+    with pytest.raises(CoaloraError, match="no weight for module"):
+        export_bundle("tiny-llama", cfg, originals, tmp_path / "b", weights_hash="x")
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(("b", ".b"))] == []
+
+
+@pytest.mark.integration
+def test_smollm2_bundle_reproduces_logits_and_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("COALORA_STORE", str(tmp_path / "r.duckdb"))
+    ex = Explorer("smollm2-135m", store=Store(tmp_path / "r.duckdb", seed_dir=None))
+    cfg = ex.allocate(3.0)
+    out = ex.export(cfg, tmp_path / "b", seqlen=128, windows=2)
+    _, meta = read_bundle_meta(out)
+    assert abs(meta["packed_bytes"] / meta["bits_bytes"] - 1) < 0.02
+    ids = ex.windows(128, 1)
+    with torch.no_grad():
+        ex.coa.set_config(cfg)
+    ref = _logits(ex.model, ids)
+    b = load_bundle(out)
+    assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
