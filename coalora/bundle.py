@@ -21,11 +21,9 @@ registry's base model), after checking every file against its recorded hash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import torch
 from coalora import __version__
 from coalora.config import ModelQuantConfig
 from coalora.errors import CoaloraError
+from coalora.files import atomic_dir, sha256_file
 
 FORMAT = "coalora.bundle/1"
 CONFIG_FILE = "coalora_config.json"
@@ -56,14 +55,6 @@ class Bundle:
     config: ModelQuantConfig
     meta: dict[str, Any]
     path: Path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gptq_dynamic(config: ModelQuantConfig) -> dict[str, dict[str, int]]:
@@ -153,9 +144,7 @@ def export_bundle(
     if lora is not None and (adapter is None or "rank" not in adapter or "alpha" not in adapter):
         raise CoaloraError("an adapter needs its description: {'id', 'method', 'rank', 'alpha'}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def build(tmp: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for t, c in zip(config.targets, config.configs):
             for k, v in pack(quantize(originals[t.name].float(), c)).items():
@@ -191,23 +180,26 @@ def export_bundle(
             "conversion_notes": notes,
         }
         (tmp / "README.md").write_text(_readme(meta))
-        meta["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if make_zip:
-            ztmp = final.with_name(f".{final.name}.tmp")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not make_zip:
+        with atomic_dir(out) as tmp:
+            build(tmp)
+        return out
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
+        tmp = Path(d)
+        build(tmp)
+        ztmp = final.with_name(f".{final.name}.tmp")
+        try:
             with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
                 for p in sorted(tmp.rglob("*")):
                     if p.is_file():
                         z.write(p, str(p.relative_to(tmp)))
             os.replace(ztmp, final)
-            shutil.rmtree(tmp)
-        else:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        finally:
+            ztmp.unlink(missing_ok=True)
     return final
 
 
@@ -246,7 +238,7 @@ def read_bundle_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         f = p / rel
         if ".." in Path(rel).parts or not f.is_file():
             raise CoaloraError(f"bundle {p}: file {rel} is missing; re-export the bundle")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CoaloraError(f"bundle {p}: file {rel} was altered (its sha256 differs from the recorded one); "
                                "re-export the bundle")
     return p, meta

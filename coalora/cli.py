@@ -277,11 +277,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     if ex.store.warning:
         _log(f"warning: {ex.store.warning}")
     if args.validate:
-        from coalora.front import FrontQuery
-
-        q = FrontQuery(ex.model_name, args.method, ex.eval_set, args.seqlen, args.windows,
-                       ex.adapter_id if args.method == "coalora" else None)
-        v = ex.front_service().validate(q, folds=args.folds)
+        v = ex.front_service().validate(ex.query(args.method, args.seqlen, args.windows), folds=args.folds)
         if args.json:
             _print_json(v)
         else:

@@ -8,7 +8,7 @@ are cached in the store by their full key, so asking twice costs nothing.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import threading
 import time
@@ -35,11 +35,9 @@ def default_adapter(model_name: str) -> Path | None:
 
 def file_id(path: str | os.PathLike) -> str:
     """An adapter's id: sha256 of its file, 16 hex digits (so results never outlive their adapter)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    from coalora.files import sha256_file
+
+    return sha256_file(path)[:16]
 
 
 class Explorer:
@@ -181,18 +179,15 @@ class Explorer:
         if hit is not None:
             return hit, True
         w = self.windows(seqlen, windows)
-        with self.lock, torch.no_grad():
+        # "none" on a model with an adapter: the same weights with the LoRA path switched off
+        bare = self.coa.disabled() if method == "none" and self.coa is not None else contextlib.nullcontext()
+        with self.lock, torch.no_grad(), bare:
             t0 = time.perf_counter()
             if method == "coalora":
                 self.coa.set_config(config)
-                r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
-            elif self.coa is not None:
-                with self.coa.disabled():
-                    self.applier.apply(config)
-                    r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
             else:
                 self.applier.apply(config)
-                r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
+            r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
             seconds = time.perf_counter() - t0
         ev = Evaluation(self.model_name, config.hash, method, self.adapter_id if method == "coalora" else "",
                         self.eval_set, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds)
@@ -203,13 +198,15 @@ class Explorer:
     # ---- front
 
     def front(self, method: str = "coalora", budget: float | None = None, seqlen: int = 256, windows: int = 8):
-        from coalora.front import FrontQuery
-
         if method not in ("coalora", "qlora", "lqlora", "shared", "none"):
             raise CoaloraError(f"unknown method {method!r}; use coalora, qlora, lqlora, shared or none")
-        q = FrontQuery(self.model_name, method, self.eval_set, seqlen, windows,
-                       self.adapter_id if method == "coalora" else None)
-        return self.front_service().front(q, budget)
+        return self.front_service().front(self.query(method, seqlen, windows), budget)
+
+    def query(self, method: str, seqlen: int, windows: int):
+        from coalora.front import FrontQuery
+
+        return FrontQuery(self.model_name, method, self.eval_set, seqlen, windows,
+                          self.adapter_id if method == "coalora" else None)
 
     # ---- export
 
@@ -224,15 +221,9 @@ class Explorer:
             ev, _ = self.evaluate(config, method, seqlen, windows)
         measured = None if ev is None else {"ppl": ev.ppl, "nll": ev.nll, "eval_set": ev.eval_set, "seqlen": ev.seqlen,
                                             "windows": ev.windows, "tokens": ev.tokens}
-        predicted = None
-        try:
-            res = self.front(method)
-            pts = {p.config_hash: p for p in res.front + res.measured + res.proposals}
-            if config.hash in pts and pts[config.hash].pred_ppl is not None:
-                p = pts[config.hash]
-                predicted = {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi, "band": "+-2 sigma of log ppl"}
-        except CoaloraError:
-            pass  # no front yet: the bundle simply has no prediction
+        p = self.front_service().predict(self.query(method, seqlen, windows), config)
+        predicted = None if p is None else {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi,
+                                            "band": "+-2 sigma of log ppl"}
         lora, adapter = None, None
         if self.coa is not None:
             lora, _ = self.generate(config)

@@ -10,11 +10,11 @@ configuration-aware model's outputs. Writes are atomic: a half-written adapter n
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from coalora.files import atomic_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -51,15 +51,7 @@ def save_peft_adapter(
     for name, (a, b) in lora.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().to(dtype).contiguous().cpu()
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().to(dtype).contiguous().cpu()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         cfg.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt", "generator": "coalora"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

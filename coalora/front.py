@@ -198,9 +198,12 @@ class FrontService:
         ids = np.array([configs[h] for h in hashes], dtype=np.int64).reshape(len(hashes), len(self.targets))
         return hashes, ids, np.array([float(np.mean(by_hash[h])) for h in hashes])
 
-    def fit(self, q: FrontQuery):
-        """The GP for a resolved query, refitted incrementally; returns (gp, how) or (None, reason)."""
-        hashes, ids, y = self.measured(q)
+    def fit(self, q: FrontQuery, data: tuple[list[str], np.ndarray, np.ndarray] | None = None):
+        """The GP for a resolved query, refitted incrementally; returns (gp, how) or (None, reason).
+
+        ``data``: the query's :meth:`measured` result, when the caller already has it.
+        """
+        hashes, ids, y = data if data is not None else self.measured(q)
         if len(hashes) < 3:
             return None, f"{len(hashes)} stored evaluations (a GP needs at least 3)"
         key = (q.model, q.method, q.eval_set, q.seqlen, q.windows, q.adapter_id)
@@ -226,12 +229,13 @@ class FrontService:
         if budget is not None:
             check_budget(budget)
         q = self._resolve(query)
-        hashes, ids, y = self.measured(q)
+        data = self.measured(q)
+        hashes, ids, y = data
         bits_m = self.avg_bits(ids) if len(ids) else np.zeros(0)
         measured = [FrontPoint(h, float(b), float(math.exp(v))) for h, b, v in zip(hashes, bits_m, y)]
         ref = {"bits": HV_BITS_REF, "ppl": HV_PPL_REF, "space": "(avg bits, log ppl)"}
         hv = {"measured": _hv(bits_m, y)}
-        gp, how = self.fit(q)
+        gp, how = self.fit(q, data)
         res = FrontResult(asdict(q), measured, [], hv, ref, budget=budget, refit=how)
         if gp is None:
             res.refit = "none: " + how
@@ -268,6 +272,20 @@ class FrontService:
             res.proposals = self._proposals(cids, cbits, mean[:n], std[:n], bits_m, y, hash_of, set(hashes))
         res.seconds = time.perf_counter() - t0
         return res
+
+    def predict(self, query: FrontQuery, config: ModelQuantConfig) -> FrontPoint | None:
+        """The GP's prediction for one configuration (its measured value if stored), or None without a GP."""
+        q = self._resolve(query)
+        data = self.measured(q)
+        gp, _ = self.fit(q, data)
+        if gp is None:
+            return None
+        ids = np.array([config.ids])
+        meas = dict(zip(data[0], data[2]))
+        mean, std = _predict(gp, _encode(ids))
+        if config.hash in meas:
+            mean, std = np.array([meas[config.hash]]), np.zeros(1)
+        return self._point(config.hash, float(self.avg_bits(ids)[0]), mean[0], std[0], "candidate", meas)
 
     def best_config(self, query: FrontQuery, budget: float) -> tuple[ModelQuantConfig, FrontPoint]:
         """The best predicted configuration within ``budget`` (the app's budget marker)."""

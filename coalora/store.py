@@ -289,13 +289,9 @@ class Store:
         with self._transaction() as cur:
             if config is not None:
                 _insert_config(cur, config)
-            before = cur.execute(f"SELECT count(*) FROM evaluations WHERE {' AND '.join(f'{k} = ?' for k in EVAL_KEY)}",
-                                 [row[k] for k in EVAL_KEY]).fetchone()[0]
-            if before:
-                return False
-            cur.execute(f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                        "ON CONFLICT DO NOTHING", [row[c] for c in cols])
-        return True
+            added = cur.execute(f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                                "ON CONFLICT DO NOTHING RETURNING 1", [row[c] for c in cols]).fetchall()
+        return bool(added)
 
     def add_search_round(self, run: str, round: int, model: str, after_step: int, hypervolume: float,
                          encoding: str = "", loo: dict[str, float] | None = None, pool: int = 0, kept: int = 0,
