@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
         floor = float(table.min(1).sum())
         rows = cids[rng.choice(len(cids), n + 1, replace=n + 1 > len(cids))]
 
-        def add(ids, store=store) -> None:
+        def add(ids, store=store, floor=floor) -> None:
             c = ModelQuantConfig.from_ids(MODEL, targets, ids.tolist())
             # log ppl grows with the log of the table error relative to the best possible
             err = float(table[np.arange(len(ids)), ids].sum())
