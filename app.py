@@ -1,4 +1,4 @@
-"""coalora's Gradio app (also a Hugging Face Space entry point): build the UI from ui/ and launch it."""
+"""coalora's Gradio app (also the Hugging Face Space entry point): build the UI from ui/ and launch it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,26 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Serve the coalora explorer.")
-    p.add_argument("--host", default=os.environ.get("COALORA_HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", "7860")))
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--host", default=os.environ.get("COALORA_HOST", "127.0.0.1"),
+                   help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
+    p.add_argument("--model", default=os.environ.get("COALORA_MODEL", "smollm2-135m"), help="the model shown first")
+    p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")
     args = p.parse_args(argv)
-    from ui.layout import build_app
+    from coalora.errors import CoaloraError
 
-    build_app(args.model).launch(server_name=args.host, server_port=args.port)
+    try:
+        from coalora.assets import prepare
+
+        if args.model == "smollm2-135m":
+            prepare(log=lambda m: print(m, file=sys.stderr))  # a fresh Space: fetch the offline model once
+        from ui.layout import build_app, launch_kwargs
+
+        demo = build_app(args.model)
+    except CoaloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
     return 0
 
 

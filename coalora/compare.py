@@ -274,6 +274,28 @@ def write_results(res: CompareResult, out: Path) -> None:
     write_text_atomic(out / "compare.md", markdown_table(res))
 
 
+SHIPPED_RESULTS = Path(__file__).resolve().parent.parent / "data" / "results"
+"""Where the shipped comparison lives (``compare.json``, ``.parquet``, ``.md``; data/README.md)."""
+
+
+def load_results(directory: str | os.PathLike = SHIPPED_RESULTS) -> dict[str, Any] | None:
+    """A written comparison (``compare.json`` plus ``compare.md``'s table as ``"markdown"``), or None if absent."""
+    import json
+
+    d = Path(directory)
+    if not (d / "compare.json").is_file():
+        return None
+    try:
+        body = json.loads((d / "compare.json").read_text())
+        if not isinstance(body, dict) or not isinstance(body.get("points"), list):
+            raise ValueError("no points")
+    except (OSError, ValueError) as e:
+        raise CoaloraError(f"{d / 'compare.json'} is not a coalora comparison ({e}); rerun `coalora compare`") from None
+    md = d / "compare.md"
+    body["markdown"] = md.read_text() if md.is_file() else ""
+    return body
+
+
 def markdown_table(res: CompareResult) -> str:
     methods = sorted({p.method for p in res.points}, key=["coalora", "qlora", "lqlora", "shared", "none"].index)
     budgets = sorted({p.budget for p in res.points if p.budget is not None})

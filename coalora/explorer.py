@@ -25,6 +25,8 @@ from coalora.store import Evaluation, Store
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
 METHODS = ("coalora", "none")
 """Methods an explorer can evaluate itself (the baselines' points come from `coalora compare`)."""
+MAX_PROMPT_CHARS = 2000
+MAX_NEW_TOKENS = 128
 
 
 def default_adapter(model_name: str) -> Path | None:
@@ -79,6 +81,7 @@ class Explorer:
             applier = ConfigApplier(self.model, model_name, self.targets)
         self.applier = applier
         self._front = None
+        self._cand_index: dict[str, list[int]] | None = None
         if not self.store.read_only:
             self.store.add_model(model_name, self.weights_hash, len(self.targets), sum(t.numel for t in self.targets))
             if self.coa is not None:
@@ -114,7 +117,22 @@ class Explorer:
         return self._front
 
     def config(self, config_hash: str) -> ModelQuantConfig:
-        return self.front_service().config(config_hash)
+        """A configuration by hash: a stored one or a front candidate (an index, so a click is instant)."""
+        stored = self.store.config_ids(config_hash)
+        if stored is not None and stored[0] == self.model_name and len(stored[1]) == len(self.targets):
+            return ModelQuantConfig.from_ids(self.model_name, self.targets, stored[1])
+        row = self.candidate_index().get(config_hash)
+        if row is not None:
+            return ModelQuantConfig.from_ids(self.model_name, self.targets, row)
+        return self.front_service().config(config_hash)  # one clear error
+
+    def candidate_index(self) -> dict[str, list[int]]:
+        """Config hash -> ids of every front candidate (built once: ~1 s for SmolLM2's 3,000)."""
+        if self._cand_index is None:
+            cids, _, _ = self.front_service().candidates()
+            self._cand_index = {ModelQuantConfig.from_ids(self.model_name, self.targets, r).hash: r
+                                for r in cids.tolist()}
+        return self._cand_index
 
     def allocate(self, budget: float) -> ModelQuantConfig:
         """The fast allocator's configuration at ``budget`` average bits."""
@@ -123,7 +141,9 @@ class Explorer:
 
         svc = self.front_service()
         a = allocate(svc.table, svc.numels, CONFIG_BITS, check_budget(budget), method="fast")
-        return ModelQuantConfig.from_ids(self.model_name, self.targets, list(a.choice))
+        c = ModelQuantConfig.from_ids(self.model_name, self.targets, [int(i) for i in a.choice])
+        self.candidate_index()[c.hash] = list(c.ids)  # so config(hash) finds it before it is stored
+        return c
 
     def parse_config(self, obj: Any, where: str = "config") -> ModelQuantConfig:
         return ModelQuantConfig.from_json(obj, self.targets, model=self.model_name, where=where)
@@ -194,6 +214,47 @@ class Explorer:
         if not self.store.read_only:
             self.store.add_evaluation(ev, config=config)
         return ev, False
+
+    def sample(self, config: ModelQuantConfig, prompt: str, max_new_tokens: int = 32,
+               method: str = "coalora") -> dict[str, Any]:
+        """Greedy continuations of ``prompt``: under ``config`` (with the adapter for ``coalora``) and
+        from the unquantized model, with the seconds each took.
+
+        Returns ``{"quantized": str, "dense": str, "quantized_s": float, "dense_s": float}``.
+        """
+        import torch
+
+        self._check_method(method)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise CoaloraError("prompt is empty; type a few words to continue")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise CoaloraError(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if not (1 <= int(max_new_tokens) <= MAX_NEW_TOKENS):
+            raise CoaloraError(f"max new tokens must be in [1, {MAX_NEW_TOKENS}], got {max_new_tokens}")
+        ids = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long)
+        device = next(self.model.parameters()).device
+        ids = ids.to(device)
+
+        def run() -> tuple[str, float]:
+            t0 = time.perf_counter()
+            pad = getattr(self.tokenizer, "eos_token_id", None)
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(max_new_tokens),
+                                      do_sample=False, pad_token_id=pad if pad is not None else 0)
+            return self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True), time.perf_counter() - t0
+
+        bare = self.coa.disabled() if self.coa is not None else contextlib.nullcontext()
+        with self.lock, torch.no_grad():
+            if method == "coalora":
+                self.coa.set_config(config)
+                quantized, qs = run()
+            else:
+                self.applier.apply(config)
+                with bare:
+                    quantized, qs = run()
+            self.applier.restore()  # the reference: original weights, no adapter
+            with bare:
+                dense, ds = run()
+        return {"quantized": quantized, "dense": dense, "quantized_s": qs, "dense_s": ds}
 
     # ---- front
 

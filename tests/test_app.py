@@ -1,22 +1,206 @@
+"""The explorer's callbacks (ui/handlers.py) and its named API endpoints, on the tiny model.
+
+The tiny model has no trained adapter, so these also cover the quantization-only path: a model
+with no stored evaluations starts without a GP, the allocator gives a first configuration, and a
+few quick evals build its front.
+"""
+
 from __future__ import annotations
 
+import json
+import zipfile
+
 import gradio as gr
+import pytest
+
+MODEL = "tiny-llama"
+VIEW = dict(budget=3.0, methods=["coalora", "none"], seqlen=128, windows=2)
 
 
-def test_app_builds_and_summarises_the_model():
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    """handlers with a fresh model cache, front cache, store and export directory."""
+    from coalora.store import Store
     from ui import handlers
+
+    models = handlers.Models()
+    models.store = Store(tmp_path / "results.duckdb")
+    monkeypatch.setattr(handlers, "MODELS", models)
+    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
+    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
+    yield handlers
+    models.store.close()
+
+
+def _view(v=VIEW):
+    return [v["budget"], v["methods"], v["seqlen"], v["windows"]]
+
+
+def test_app_builds_with_named_endpoints(app):
     from ui.layout import build_app
 
-    demo = build_app("tiny-llama")
+    demo = build_app(MODEL)
     assert isinstance(demo, gr.Blocks)
-    text = handlers.model_summary("tiny-llama")
-    assert "14 quantizable linear layers" in text
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"front", "select", "select_best", "quick_eval", "sample", "export"} <= names
 
 
-def test_handler_turns_user_errors_into_gradio_errors():
-    import pytest
+def test_model_choices_mark_trained_and_hub_models(app):
+    labels = dict((v, k) for k, v in app.MODELS.choices("smollm2-135m"))
+    assert "trained CoA-LoRA" in labels["smollm2-135m"]
+    assert "needs the hub" in labels["Qwen/Qwen2.5-0.5B"]
+    assert MODEL not in labels  # the test model only shows when it is the app's model
+    assert MODEL in dict((v, k) for k, v in app.MODELS.choices(MODEL))
 
-    from ui import handlers
 
+@pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/tmp", ""])
+def test_only_registry_models_load(app, name):
     with pytest.raises(gr.Error, match="unknown model"):
-        handlers.model_summary("nope")
+        app.model_summary(name)
+
+
+@pytest.mark.parametrize("value, message", [("abc", "bits per weight"), (float("nan"), "finite"),
+                                            (float("inf"), "finite"), (None, "bits per weight")])
+def test_bad_budgets_are_errors(app, value, message):
+    from coalora.errors import CoaloraError
+
+    with pytest.raises(CoaloraError, match=message):
+        app.check_budget(value)
+
+
+def test_out_of_range_budget_is_clamped(app):
+    from coalora.config import MAX_BITS, MIN_BITS
+
+    assert app.check_budget(1.0) == pytest.approx(MIN_BITS)
+    assert app.check_budget(-5) == pytest.approx(MIN_BITS)
+    assert app.check_budget(99) == pytest.approx(MAX_BITS)
+    assert app.check_budget(3.25) == 3.25
+
+
+@pytest.mark.parametrize("seqlen, windows", [(100, 2), (128, 0), (128, 33), (128, 10**9), ("x", 2)])
+def test_bad_eval_settings_are_errors(app, seqlen, windows):
+    with pytest.raises(gr.Error):
+        app.refresh_front(MODEL, 3.0, ["none"], seqlen, windows)
+
+
+@pytest.mark.parametrize("h", ["", "xyz", "0123456789abcdeg", "'; DROP TABLE configs; --", "ffffffffffffffff"])
+def test_bad_or_unknown_hashes_are_errors(app, h):
+    with pytest.raises(gr.Error):
+        app.select(h, MODEL, *_view())
+
+
+def test_quantization_only_front_grows_with_quick_evals(app):
+    fig, rows, md = app.refresh_front(MODEL, *_view())
+    assert rows == [] and "no GP yet" in md  # nothing stored for this model yet
+    hashes = []
+    for budget in (2.5, 4.0, 6.0):
+        sel = app.select_best(MODEL, budget, VIEW["methods"], VIEW["seqlen"], VIEW["windows"])
+        h, summary, adapter_md, heat, details, fig, link = sel
+        assert details["avg_bits"] <= budget + 1e-6 and details["method"] == "none"
+        assert "no trained CoA-LoRA adapter" in adapter_md and details["adapter_ms"] is None
+        assert f"config={h}" in link and "model=tiny-llama" in link
+        assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 7  # blocks x module types
+        result, fig, rows, md, summary, details = app.quick_eval(h, MODEL, budget, *_view()[1:])
+        assert "measured in" in result and details["measured_ppl"] > 1
+        hashes.append(h)
+    assert len(set(hashes)) == 3
+    assert "3 measured" in md and "predicted front of" in md  # a GP now
+    assert rows and all(r[1] == "none" for r in rows)
+    bits = [r[2] for r in rows]
+    assert bits == sorted(bits)  # the predicted front, by increasing bits
+    again = app.quick_eval(hashes[0], MODEL, 2.5, *_view()[1:])
+    assert "cached result" in again[0]
+    # the measured points are on the figure, clickable by their hash
+    custom = {c for t in fig.data if t.customdata is not None for c in t.customdata}
+    assert set(hashes) <= custom
+
+
+def test_select_row_and_api_front(app):
+    for budget in (2.5, 4.0, 6.0):
+        h = app.select_best(MODEL, budget, *_view()[1:])[0]
+        app.quick_eval(h, MODEL, budget, *_view()[1:])
+    _, rows, _ = app.refresh_front(MODEL, *_view())
+
+    class Evt:
+        row_value = rows[0]
+
+    out = app.select_row(rows, MODEL, *_view(), Evt())
+    assert out[0] == rows[0][0]
+    js = app.api_front(MODEL, 4.0, "none", 128, 2)
+    assert len(js["measured"]) == 3 and js["front"] and js["best"]["avg_bits"] <= 4.0
+    with pytest.raises(gr.Error, match="shipped comparison"):
+        app.api_front(MODEL, 4.0, "qlora", 128, 2)
+
+
+def test_sample_and_its_limits(app):
+    h = app.select_best(MODEL, 4.0, *_view()[1:])[0]
+    quant, dense, note = app.sample(h, MODEL, ["none"], "To be", 5)
+    assert quant.startswith("To be") and dense.startswith("To be") and "unquantized" in note
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        app.sample(h, MODEL, ["none"], "  ", 5)
+    with pytest.raises(gr.Error, match="max new tokens"):
+        app.sample(h, MODEL, ["none"], "To be", 10_000)
+    with pytest.raises(gr.Error, match="characters"):
+        app.sample(h, MODEL, ["none"], "x" * 5000, 5)
+
+
+def test_export_serves_a_loadable_bundle_from_the_export_dir(app):
+    from coalora.bundle import read_bundle_meta
+
+    h = app.select_best(MODEL, 4.0, *_view()[1:])[0]
+    paths, note = app.export(h, MODEL, 128, 2)
+    bundle, cfg = paths
+    assert str(bundle).startswith(str(app.EXPORT_DIR)) and bundle.endswith(".zip")
+    assert zipfile.is_zipfile(bundle) and "MiB" in note
+    assert json.loads(open(cfg).read())["model"] == MODEL
+    _, meta = read_bundle_meta(bundle)  # every file checked against its recorded sha256
+    assert meta["config_hash"] == h and meta["model"] == MODEL
+
+
+def test_shared_link_restores_the_selection(app):
+    class Req:
+        query_params = {"model": MODEL, "budget": "3.5", "config": "00000000deadbeef"}
+        headers = {"referer": "http://127.0.0.1:7860/?model=x"}
+
+    assert app.on_load("smollm2-135m", Req()) == (MODEL, 3.5, "00000000deadbeef")
+    assert app.share_link(Req(), MODEL, 3.5, "00000000deadbeef") == \
+        "http://127.0.0.1:7860/?model=tiny-llama&budget=3.50&config=00000000deadbeef"
+
+    class Bad:
+        query_params = {"model": "/etc", "budget": "nan", "config": "<script>"}
+        headers = {}
+
+    assert app.on_load(MODEL, Bad()) == (MODEL, 4.0, "")  # each bad field: a warning and the default
+
+
+def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
+    """In-process server + gradio_client: select, quick eval, export download, front JSON, an error."""
+    from gradio_client import Client
+
+    from ui.layout import build_app, launch_kwargs
+
+    demo = build_app(MODEL)
+    kw = launch_kwargs()
+    kw["allowed_paths"] = [str(app.EXPORT_DIR)]
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
+        view = [MODEL, *_view()]
+        # outputs: (hash, summary, adapter md, heatmap, details JSON, front, share link)
+        sel = client.predict(*view, api_name="/select_best")
+        h = sel[0]
+        assert len(h) == 16 and sel[4]["config_hash"] == h and f"config={h}" in sel[6]
+        again = client.predict(h, *view, api_name="/select")
+        assert again[0] == h and h in again[1]
+        ev = client.predict(h, *view, api_name="/quick_eval")
+        assert "perplexity" in ev[0] and ev[5]["measured_ppl"] > 1
+        files, note = client.predict(h, MODEL, 128, 2, api_name="/export")
+        local = [f["value"] if isinstance(f, dict) else f for f in files]
+        assert any(str(p).endswith(".zip") and zipfile.is_zipfile(p) for p in local)
+        front = client.predict(MODEL, 4.0, "none", 128, 2, api_name="/front")
+        assert front["measured"][0]["config_hash"] == h
+        with pytest.raises(Exception, match="not a configuration hash"):
+            client.predict("nothex", *view, api_name="/select")
+        client.close()
+    finally:
+        demo.close()

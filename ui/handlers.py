@@ -1,47 +1,561 @@
-"""Plain functions behind the app's events (testable without a browser)."""
+"""Plain functions behind the app's events (testable without a browser).
+
+Each takes the controls' values and returns the outputs' values; all computing is done by
+:class:`coalora.explorer.Explorer` (one per model, loaded once and kept). User mistakes surface as
+one ``gr.Error`` toast, never a traceback in the page: :func:`user_errors` turns
+:class:`~coalora.errors.CoaloraError` into its message and logs anything unexpected server-side.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import functools
+import logging
+import math
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
 from coalora.errors import CoaloraError
+from ui import figures
+
+log = logging.getLogger("coalora.ui")
+
+METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items()]
+"""The method filter: (label, key)."""
+GP_METHODS = ("coalora", "none")
+"""Methods whose front the app fits and can extend with quick evals (the baselines come from
+``coalora compare``)."""
+DEFAULT_METHODS = ["coalora", "none"]
+SEQLENS = (128, 256, 512)
+MAX_WINDOWS = 32
+BUDGET_RANGE = (2.0, 8.6)
+"""The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it."""
+EXPORT_DIR = Path(tempfile.gettempdir()) / "coalora-exports"
+"""The only directory the app serves downloads from (one fresh subdirectory per export)."""
+EXPORT_KEEP_S = 3600.0
+_HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
-@lru_cache(maxsize=2)
-def loaded_model(name: str):
-    """Load a model once per process; the app serves one model at a time per name."""
-    from coalora.models import load_model
+def user_errors(fn):
+    """Show a CoaloraError as its message; log anything else and show a short generic error."""
 
-    return load_model(name)
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CoaloraError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # a bug, not a user mistake: the details go to the server log only
+            log.exception("%s failed", fn.__name__)
+            raise gr.Error(f"internal error in {fn.__name__} ({type(e).__name__}); the server log has the details",
+                           print_exception=False) from None
+
+    return wrapper
 
 
-def model_summary(name: str) -> str:
-    """Markdown summary of the loaded model: parameters and quantization targets."""
-    from coalora.models import describe
+# ---- models
+
+
+class Models:
+    """The models the app may load: registry entries only (never a path from the browser)."""
+
+    def __init__(self) -> None:
+        self._explorers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.store = None
+        """A shared :class:`coalora.store.Store` (None: each explorer opens the default one)."""
+
+    @staticmethod
+    def allowed() -> list[str]:
+        from coalora.models import REGISTRY
+
+        return list(REGISTRY)
+
+    def choices(self, default: str) -> list[tuple[str, str]]:
+        """Dropdown entries: every non-test registry model (plus ``default``), marked by adapter."""
+        from coalora.explorer import default_adapter
+        from coalora.models import REGISTRY
+
+        out = []
+        for name, spec in REGISTRY.items():
+            if spec.source == "tiny" and name != default:
+                continue
+            tag = "trained CoA-LoRA" if default_adapter(name) else "quantization only"
+            hub = ", needs the hub" if spec.source == "hub" else ""
+            out.append((f"{name} ({tag}{hub})", name))
+        return out
+
+    def get(self, name: str):
+        """The loaded explorer of ``name`` (loads it on first use)."""
+        from coalora.explorer import Explorer
+
+        if name not in self.allowed():
+            raise CoaloraError(f"unknown model {name!r}; pick one of {', '.join(self.allowed())}")
+        with self._lock:  # one load per model even when several sessions ask at once
+            if name not in self._explorers:
+                if self.store is None:
+                    from coalora.store import Store
+
+                    self.store = Store()
+                self._explorers[name] = Explorer(name, store=self.store)
+            return self._explorers[name]
+
+
+MODELS = Models()
+
+
+# ---- inputs
+
+
+def check_budget(budget: Any) -> float:
+    """The slider's budget, clamped into the feasible range with a warning (NaN and text: an error)."""
+    from coalora.config import MAX_BITS, MIN_BITS
 
     try:
-        model, _ = loaded_model(name)
-    except CoaloraError as e:
-        raise gr.Error(str(e)) from None
-    d = describe(model)
-    return (
-        f"**{name}** is loaded: {d['parameters'] / 1e6:.1f} M parameters, {d['targets']} quantizable linear layers "
-        f"({d['target_parameters'] / 1e6:.1f} M parameters) in {d['blocks']} blocks, context {d['context_length']} tokens."
-    )
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise CoaloraError(f"budget must be a number of bits per weight, got {budget!r}") from None
+    if not math.isfinite(b):
+        raise CoaloraError(f"budget must be a finite number of bits, got {budget!r}")
+    if b < MIN_BITS or b > MAX_BITS:
+        c = min(max(b, MIN_BITS), MAX_BITS)
+        gr.Warning(f"{b:.3f} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}]; using {c:.3f}")
+        return c
+    return b
 
 
-def quick_perplexity(name: str, windows: int, seqlen: int) -> str:
-    """Perplexity of the unquantized model on the first windows of the held-out text."""
-    from coalora.evaluate import evaluate_corpus
+def check_hash(config_hash: Any) -> str:
+    h = str(config_hash or "").strip().lower()
+    if not h:
+        raise CoaloraError("no configuration selected: click a point on the front or a row of the table")
+    if not _HASH_RE.match(h):
+        raise CoaloraError(f"{str(config_hash)[:40]!r} is not a configuration hash (16 hex digits)")
+    return h
+
+
+def check_eval(seqlen: Any, windows: Any) -> tuple[int, int]:
+    try:
+        s, w = int(seqlen), int(windows)
+    except (TypeError, ValueError):
+        raise CoaloraError(f"seqlen and windows must be integers, got {seqlen!r} and {windows!r}") from None
+    if s not in SEQLENS:
+        raise CoaloraError(f"tokens per window must be one of {', '.join(map(str, SEQLENS))}, got {s}")
+    if not (1 <= w <= MAX_WINDOWS):
+        raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}] here (the CLI takes more), got {w}")
+    return s, w
+
+
+def check_methods(methods: Any) -> list[str]:
+    ms = [methods] if isinstance(methods, str) else list(methods or [])
+    bad = [m for m in ms if m not in figures.METHODS]
+    if bad:
+        raise CoaloraError(f"unknown method {bad[0]!r}; use {', '.join(figures.METHODS)}")
+    return ms
+
+
+def primary_method(ex, methods: list[str]) -> str:
+    """The method whose front carries the selection: CoA-LoRA when shown and trained, else no adapter."""
+    return "coalora" if "coalora" in methods and "coalora" in ex.methods else "none"
+
+
+def convention(seqlen: int, windows: int) -> str:
+    return f"token ppl, {windows} x {seqlen} tokens"
+
+
+# ---- the front
+
+
+class _FrontCache:
+    """The last fronts per query, so a selection redraws the figure without refitting."""
+
+    def __init__(self, ttl: float = 120.0) -> None:
+        self.ttl = ttl
+        self._d: dict[tuple, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> dict | None:
+        with self._lock:
+            hit = self._d.get(key)
+            return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else None
+
+    def put(self, key: tuple, fronts: dict) -> None:
+        with self._lock:
+            if len(self._d) > 64:
+                self._d.clear()
+            self._d[key] = (time.monotonic(), fronts)
+
+    def drop(self, model: str) -> None:
+        with self._lock:
+            for k in [k for k in self._d if k[0] == model]:
+                del self._d[k]
+
+
+FRONTS = _FrontCache()
+
+
+def fronts(model: str, budget: float, methods: list[str], seqlen: int, windows: int, fresh: bool = False) -> dict:
+    """method -> FrontResult for the shown GP methods (cached for selections)."""
+    key = (model, round(budget, 4), tuple(methods), seqlen, windows)
+    hit = None if fresh else FRONTS.get(key)
+    if hit is not None:
+        return hit
+    ex = MODELS.get(model)
+    out = {m: ex.front(m, budget, seqlen, windows) for m in GP_METHODS if m in methods and m in ex.methods}
+    FRONTS.put(key, out)
+    return out
+
+
+def baselines(model: str, methods: list[str]) -> list[dict]:
+    """The shipped comparison's per-budget points of the selected baselines (same model only)."""
+    from coalora.compare import load_results
+
+    res = load_results()
+    if res is None or res.get("config", {}).get("model") != model:
+        return []
+    return [p for p in res["points"] if p["method"] in methods and p["method"] not in GP_METHODS
+            and p.get("kind") in ("unseen", "own")]
+
+
+def _front_md(fr: dict, budget: float, n_candidates_note: str = "") -> str:
+    if not fr:
+        return "No GP front for the selected methods (tick CoA-LoRA or no adapter)."
+    lines = []
+    for m, r in fr.items():
+        label = figures.method_label(m)
+        if r.refit.startswith("none"):
+            lines.append(f"**{label}**: {len(r.measured)} measured; no GP yet ({r.refit.removeprefix('none: ')}). "
+                         "Select configurations and run Quick eval to build one.")
+            continue
+        hv = r.hypervolume
+        lines.append(f"**{label}**: {len(r.measured)} measured, predicted front of {len(r.front)} points over "
+                     f"{r.n_candidates:,} candidates; hypervolume measured {hv['measured']:.4f}, predicted "
+                     f"{hv.get('predicted', float('nan')):.4f} (area in bits x log ppl up to {r.hv_reference['bits']} bits, ppl "
+                     f"{r.hv_reference['ppl']:g}); fit {r.refit}, {r.seconds:.2f} s.")
+        if r.best is not None:
+            b = r.best
+            meas = f", measured {b.ppl:.2f}" if b.ppl is not None else ""
+            lines.append(f"  Best within {budget:.2f} bits: `{b.config_hash}` at {b.avg_bits:.3f} bits, predicted "
+                         f"ppl {b.pred_ppl:.2f} [{b.pred_lo:.2f}, {b.pred_hi:.2f}]{meas}.")
+    return "\n\n".join(lines)
+
+
+TABLE_HEADERS = ["config", "method", "avg bits", "predicted ppl", "-2 sigma", "+2 sigma", "measured ppl", "source"]
+
+
+def _table(fr: dict) -> list[list]:
+    rows = []
+    for m, r in fr.items():
+        for p in r.front:
+            rows.append([p.config_hash, m, round(p.avg_bits, 4), _r(p.pred_ppl), _r(p.pred_lo), _r(p.pred_hi),
+                         _r(p.ppl), p.source])
+    rows.sort(key=lambda r: (r[1], r[2]))
+    return rows
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _best(fr: dict, methods: list[str], ex) -> Any:
+    r = fr.get(primary_method(ex, methods))
+    return None if r is None else r.best
+
+
+def _figure(model: str, fr: dict, budget: float, methods: list[str], seqlen: int, windows: int,
+            selected: tuple[str, float, float] | None = None):
+    ex = MODELS.get(model)
+    return figures.front_figure(fr, baselines(model, methods), budget, _best(fr, methods, ex), selected,
+                                convention(seqlen, windows))
+
+
+@user_errors
+def refresh_front(model: str, budget: float, methods: list[str], seqlen: int, windows: int, selected: str = ""):
+    """Outputs: (front figure, table rows, front summary markdown)."""
+    b, ms = check_budget(budget), check_methods(methods)
+    s, w = check_eval(seqlen, windows)
+    fr = fronts(model, b, ms, s, w)
+    sel = _selected_point(model, selected, fr, ms, s, w) if selected else None
+    return _figure(model, fr, b, ms, s, w, sel), _table(fr), _front_md(fr, b)
+
+
+def _selected_point(model: str, h: str, fr: dict, methods: list[str], seqlen: int, windows: int):
+    ex = MODELS.get(model)
+    try:
+        cfg = ex.config(h)
+    except CoaloraError:
+        return None
+    m = primary_method(ex, methods)
+    ev = ex.cached(cfg, m, seqlen, windows)
+    if ev is not None:
+        return h, cfg.avg_bits, ev.ppl
+    q = ex.query(m, seqlen, windows)
+    p = ex.front_service().predict(q, cfg)
+    return (h, cfg.avg_bits, p.pred_ppl) if p is not None else None
+
+
+# ---- selection
+
+
+def share_link(request: gr.Request | None, model: str, budget: float, config_hash: str) -> str:
+    """The page's own address with ``?model=&budget=&config=`` (opening it restores the selection)."""
+    base = "http://127.0.0.1:7860/"
+    if request is not None:
+        ref = (request.headers or {}).get("referer")
+        if ref:
+            u = urlsplit(ref)
+            base = urlunsplit((u.scheme, u.netloc, u.path or "/", "", ""))
+    q = {"model": model, "budget": f"{budget:.2f}"}
+    if config_hash:
+        q["config"] = config_hash
+    return f"{base}?{urlencode(q)}"
+
+
+def describe_selection(model: str, config_hash: str, methods: list[str], seqlen: int, windows: int) -> dict:
+    """Everything the selection panel shows, as plain values (also the ``select`` API's JSON)."""
+    ex = MODELS.get(model)
+    h = check_hash(config_hash)
+    cfg = ex.config(h)
+    m = primary_method(ex, methods)
+    ms = None
+    if ex.coa is not None:
+        _, ms = ex.generate(cfg)
+    p = ex.front_service().predict(ex.query(m, seqlen, windows), cfg)
+    ev = ex.cached(cfg, m, seqlen, windows)
+    return {
+        "model": model, "config_hash": h, "avg_bits": cfg.avg_bits, "method": m,
+        "adapter_ms": ms, "adapter_id": ex.adapter_id or None,
+        "predicted_ppl": None if p is None else p.pred_ppl,
+        "predicted_band": None if p is None else [p.pred_lo, p.pred_hi],
+        "measured_ppl": None if ev is None else ev.ppl, "convention": convention(seqlen, windows),
+        "matrices": len(cfg.targets),
+    }
+
+
+def _selection_md(d: dict) -> tuple[str, str]:
+    if d["adapter_ms"] is not None:
+        t = (f"Adapter for `{d['config_hash']}` generated in **{d['adapter_ms']:.1f} ms** "
+             f"({d['matrices']} LoRA pairs, theta run once over all layers).")
+    else:
+        t = f"`{d['config_hash']}`: {d['model']} has no trained CoA-LoRA adapter here (quantization only)."
+    pred = "no GP yet" if d["predicted_ppl"] is None else \
+        f"{d['predicted_ppl']:.2f} (+-2 sigma: {d['predicted_band'][0]:.2f} .. {d['predicted_band'][1]:.2f})"
+    meas = "not measured yet (Quick eval)" if d["measured_ppl"] is None else f"**{d['measured_ppl']:.3f}**"
+    s = (f"**Configuration** `{d['config_hash']}` of {d['model']}, **{d['avg_bits']:.3f}** average bits\n\n"
+         f"- method: {figures.method_label(d['method'])}\n- predicted ppl: {pred}\n- measured ppl: {meas} "
+         f"({d['convention']})")
+    return s, t
+
+
+@user_errors
+def select(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+           request: gr.Request = None):
+    """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
+    b, ms = check_budget(budget), check_methods(methods)
+    s, w = check_eval(seqlen, windows)
+    d = describe_selection(model, config_hash, ms, s, w)
+    ex = MODELS.get(model)
+    cfg = ex.config(d["config_hash"])
+    summary, adapter = _selection_md(d)
+    fr = fronts(model, b, ms, s, w)
+    y = d["measured_ppl"] if d["measured_ppl"] is not None else d["predicted_ppl"]
+    fig = _figure(model, fr, b, ms, s, w, (d["config_hash"], d["avg_bits"], y) if y is not None else None)
+    return (d["config_hash"], summary, adapter, figures.heatmap_figure(cfg), d, fig,
+            share_link(request, model, b, d["config_hash"]))
+
+
+@user_errors
+def select_best(model: str, budget: float, methods: list[str], seqlen: int, windows: int, request: gr.Request = None):
+    """Select the best predicted configuration within the budget (same outputs as :func:`select`)."""
+    b, ms = check_budget(budget), check_methods(methods)
+    s, w = check_eval(seqlen, windows)
+    ex = MODELS.get(model)
+    best = _best(fronts(model, b, ms, s, w), ms, ex)
+    if best is None:  # no GP yet (a new model): the allocator's configuration for the budget
+        gr.Info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
+        return select(ex.allocate(b).hash, model, b, ms, s, w, request)
+    return select(best.config_hash, model, b, ms, s, w, request)
+
+
+@user_errors
+def select_row(rows, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+               evt: gr.SelectData, request: gr.Request = None):
+    """A click on a table row selects its configuration (the path without JavaScript)."""
+    row = evt.row_value if evt is not None else None
+    if not row:
+        raise CoaloraError("click a row of the table to select its configuration")
+    return select(row[0], model, budget, methods, seqlen, windows, request)
+
+
+# ---- heavy work: evaluation, sampling, export
+
+
+@user_errors
+def quick_eval(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+               progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it by this default)
+    """Outputs: (result md, front figure, table, front md, summary md, details JSON)."""
+    b, ms = check_budget(budget), check_methods(methods)
+    s, w = check_eval(seqlen, windows)
+    h = check_hash(config_hash)
+    ex = MODELS.get(model)
+    cfg = ex.config(h)
+    m = primary_method(ex, ms)
+    progress(0, desc="applying the configuration")
+    ev, cached = ex.evaluate(cfg, m, s, w, progress=True)
+    if not cached:
+        FRONTS.drop(model)
+    fr = fronts(model, b, ms, s, w, fresh=not cached)
+    how = "cached result (no recomputation)" if cached else f"measured in {ev.seconds:.1f} s and stored"
+    result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}** "
+              f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}`, {how}.")
+    d = describe_selection(model, h, ms, s, w)
+    summary, _ = _selection_md(d)
+    fig = _figure(model, fr, b, ms, s, w, (h, cfg.avg_bits, ev.ppl))
+    return result, fig, _table(fr), _front_md(fr, b), summary, d
+
+
+@user_errors
+def sample(config_hash: str, model: str, methods: list[str], prompt: str, max_new_tokens: int):
+    """Outputs: (continuation under the configuration, continuation of the unquantized model, timing md)."""
+    ex = MODELS.get(model)
+    cfg = ex.config(check_hash(config_hash))
+    m = primary_method(ex, check_methods(methods))
+    r = ex.sample(cfg, prompt, int(max_new_tokens), m)
+    t = (f"{figures.method_label(m)} at {cfg.avg_bits:.3f} bits: {r['quantized_s']:.2f} s; unquantized: "
+         f"{r['dense_s']:.2f} s (greedy, {int(max_new_tokens)} new tokens).")
+    return prompt + r["quantized"], prompt + r["dense"], t
+
+
+def _clean_exports() -> None:
+    """Drop exports older than an hour (the directory only ever holds the app's own bundles)."""
+    if not EXPORT_DIR.is_dir():
+        return
+    now = time.time()
+    for d in EXPORT_DIR.iterdir():
+        try:
+            if now - d.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+@user_errors
+def export(config_hash: str, model: str, seqlen: int, windows: int):
+    """Outputs: ([bundle zip, config JSON] for download, note md)."""
+    s, w = check_eval(seqlen, windows)
+    ex = MODELS.get(model)
+    cfg = ex.config(check_hash(config_hash))
+    _clean_exports()
+    out = EXPORT_DIR / uuid.uuid4().hex
+    out.mkdir(parents=True)
+    stem = f"coalora-{model.replace('/', '--')}-{cfg.hash}"
+    t0 = time.perf_counter()
+    bundle = ex.export(cfg, out / stem, make_zip=True, measure=False, seqlen=s, windows=w)
+    cfg_path = cfg.save(out / f"{stem}.config.json")
+    size = Path(bundle).stat().st_size / 2**20
+    note = (f"Bundle `{Path(bundle).name}` ({size:.1f} MiB: PEFT adapter, packed weights, coalora_config.json) "
+            f"written in {time.perf_counter() - t0:.1f} s. Load it with `coalora load DIR` or "
+            "`coalora.bundle.load_bundle`.")
+    return [str(bundle), str(cfg_path)], note
+
+
+# ---- page load, history, comparison
+
+
+@user_errors
+def on_load(default_model: str, request: gr.Request = None):
+    """Restore a shared link's state: outputs (model, budget, selected hash)."""
+    qp = dict(request.query_params) if request is not None else {}
+    model = qp.get("model", default_model)
+    if model not in Models.allowed():
+        gr.Warning(f"unknown model {model!r} in the link; showing {default_model}")
+        model = default_model
+    budget = 4.0
+    if "budget" in qp:
+        try:
+            budget = check_budget(qp["budget"])
+        except CoaloraError as e:
+            gr.Warning(f"{e}; using 4.0")
+    h = ""
+    if qp.get("config"):
+        try:
+            h = check_hash(qp["config"])
+        except CoaloraError as e:
+            gr.Warning(str(e))
+    return model, budget, h
+
+
+@user_errors
+def restore_selection(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+                      request: gr.Request = None):
+    """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
+    if not config_hash:
+        return tuple(gr.skip() for _ in range(7))
+    return select(config_hash, model, budget, methods, seqlen, windows, request)
+
+
+@user_errors
+def model_summary(model: str) -> str:
+    ex = MODELS.get(model)
+    n = sum(p.numel() for p in ex.model.parameters())
+    q = sum(t.numel for t in ex.targets)
+    blocks = max(t.block for t in ex.targets) + 1
+    adapter = (f"trained CoA-LoRA adapter `{ex.adapter_id}` ({ex.adapter_path.name})" if ex.coa is not None
+               else "no trained CoA-LoRA adapter (quantization-only front)")
+    return (f"**{model}**: {n / 1e6:.1f} M parameters, {len(ex.targets)} quantizable matrices "
+            f"({q / 1e6:.1f} M parameters) in {blocks} blocks; {adapter}; eval set `{ex.eval_set}`.")
+
+
+@user_errors
+def hv_history(model: str):
+    ex = MODELS.get(model)
+    return figures.hv_history_figure(ex.store.search_rounds(model=model))
+
+
+def comparison() -> tuple[str, Any]:
+    from coalora.compare import load_results
 
     try:
-        model, tok = loaded_model(name)
-        r = evaluate_corpus(model, tok, seqlen=int(seqlen), windows=int(windows), progress=False)
+        res = load_results()
     except CoaloraError as e:
-        raise gr.Error(str(e)) from None
-    return (
-        f"Perplexity **{r.ppl:.3f}** on `{r.dataset}` ({r.windows} windows x {r.seqlen} tokens, {r.convention}), "
-        f"{r.tokens_per_s:.0f} tokens/s."
-    )
+        return f"The shipped comparison could not be read: {e}", figures.compare_figure([])
+    if res is None:
+        return "No comparison shipped (run `coalora compare --out data/results`).", figures.compare_figure([])
+    c = res["config"]
+    head = (f"Shipped comparison on **{c.get('model')}** ({res.get('device', '?')}, {res.get('created', '')}): "
+            f"perplexity at each budget (unseen by CoA-LoRA's training set; QLoRA and LQ-LoRA trained one adapter "
+            f"per configuration). Recipe and every caveat: data/README.md.\n\n")
+    return head + res["markdown"], figures.compare_figure(res["points"])
+
+
+# ---- start-up and the JSON API
+
+
+def warm(model: str) -> None:
+    """Load ``model``, fit its default fronts and index its candidates before the first page."""
+    ex = MODELS.get(model)
+    ex.candidate_index()
+    fronts(model, 4.0, DEFAULT_METHODS, 256, 8)
+
+
+@user_errors
+def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: int = 256, windows: int = 8) -> dict:
+    """The front as JSON (``coalora front --json``'s content): measured points, predicted front with its
+    +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals."""
+    b = check_budget(budget)
+    s, w = check_eval(seqlen, windows)
+    (m,) = check_methods([method])
+    ex = MODELS.get(model)
+    if m not in GP_METHODS:
+        raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {m} points come from the shipped "
+                           "comparison (Methods tab)")
+    return ex.front(m, b, s, w).to_json()

@@ -1,29 +1,153 @@
-"""The app's layout and event wiring."""
+"""The explorer's layout and event wiring (the callbacks are in :mod:`ui.handlers`).
+
+Light events (front, selection) run up to 4 at a time; heavy ones (quick eval, sample, export)
+share one queue (``concurrency_id="heavy"``), one at a time, so a waiting eval never blocks a
+selection. Every event the page uses has an ``api_name`` (``gradio_client`` can drive it).
+"""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from coalora import __version__
-from ui import handlers
+from ui import bridge, handlers
+
+ABOUT = """
+### What you are looking at
+
+- **CoA-LoRA** ([arXiv 2509.25214](https://arxiv.org/abs/2509.25214)) trains *one* configuration-aware
+  network that maps every layer's quantization configuration to an r x r matrix U; the shared LoRA pair
+  (A, B) becomes (U A, B). Any configuration gets its adapter in milliseconds, with no fine-tuning.
+- **Quantization space** (LQ-LoRA): per matrix, NormalFloat weights of b0 in {2, 3, 4, 8} bits in blocks
+  of B0 in {8, 16, 32, 64}, their absmax scales quantized to b1 bits in blocks of B1, and those scales'
+  scales to b2 bits: 432 configurations per matrix.
+- **Bits** are *average bits per weight including all scale storage*, weighted by each matrix's
+  number of parameters: `b0 + b1/B0 + b2/(B0 B1)` per matrix, over the quantized matrices only
+  (embeddings and norms stay in full precision).
+- **Perplexity** is token-level `exp(mean NLL)` over non-overlapping windows of the held-out text
+  (`windows x seqlen` tokens, both recorded with every result); numbers are comparable only within one
+  convention, and the front is fitted on one convention at a time.
+- **Predicted** means the posterior of a Gaussian process (botorch `SingleTaskGP`) fitted to the stored
+  log-perplexities of this model, method and convention; the band is +-2 posterior standard deviations.
+  Measured configurations are shown at their measured value. *Best within budget* minimises
+  mean + 1 sigma (a likely-good pick, not the luckiest guess). Diamonds (legend, hidden by default) are
+  the EHVI proposals: the unmeasured configurations whose evaluation would most grow the front.
+- **Quick eval** applies the configuration (only changed matrices are re-quantized), adds the generated
+  adapter and measures perplexity; the result is stored in DuckDB and the GP refits.
+- The shipped comparison (tab *Methods*) and the seed results are described in `data/README.md`.
+"""
 
 
-def build_app(model: str = "smollm2-135m") -> gr.Blocks:
-    """The explorer. Until the front and adapter views land it shows the loaded model and a quick eval."""
-    with gr.Blocks(title="coalora") as demo:
+def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
+    """The explorer for ``model`` (the default selection). ``warm`` loads the model and fits its front
+    now, so the first page shows a front in about a second."""
+    if warm:
+        handlers.warm(model)
+    with gr.Blocks(title="coalora explorer") as demo:
         gr.Markdown(
-            f"# coalora {__version__}\n"
-            "Configuration-aware LoRA ([CoA-LoRA, arXiv 2509.25214](https://arxiv.org/abs/2509.25214)) "
-            "for mixed-precision quantized LLMs."
+            f"# coalora {__version__}: configuration-aware LoRA explorer\n"
+            "Pick a model and a bit budget, click a configuration on the predicted Pareto front to generate its "
+            "adapter on the fly, evaluate it, export it. ([CoA-LoRA, arXiv 2509.25214]"
+            "(https://arxiv.org/abs/2509.25214); conventions in the *About* tab.)"
         )
-        model_box = gr.Textbox(value=model, label="Model", interactive=False)
-        summary = gr.Markdown(elem_id="model-summary")
-        with gr.Row():
-            windows = gr.Slider(1, 32, value=4, step=1, label="Windows")
-            seqlen = gr.Slider(64, 1024, value=256, step=64, label="Tokens per window")
-        run = gr.Button("Quick perplexity (unquantized)", variant="primary")
-        result = gr.Markdown(elem_id="ppl-result")
-        demo.load(handlers.model_summary, inputs=model_box, outputs=summary, api_name="model_summary")
-        run.click(handlers.quick_perplexity, inputs=[model_box, windows, seqlen], outputs=result, api_name="quick_perplexity")
-    demo.queue(default_concurrency_limit=1)
+        default_model = gr.State(model)
+        selected = gr.Textbox(visible=False, elem_id="selected-hash")  # not a State: the API takes it too
+        pending = gr.State("")
+        with gr.Tab("Explore"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=260):
+                    model_dd = gr.Dropdown(handlers.MODELS.choices(model), value=model, label="Model",
+                                           elem_id="model")
+                    gr.Dropdown(["shakespeare (held-out plays)"], value="shakespeare (held-out plays)",
+                                           label="Eval set", interactive=False,
+                                           info="the model's offline held-out text")
+                    budget = gr.Slider(*handlers.BUDGET_RANGE, value=4.0, step=0.05, label="Budget (average bits)",
+                                       elem_id="budget")
+                    methods = gr.CheckboxGroup(handlers.METHOD_CHOICES, value=handlers.DEFAULT_METHODS,
+                                               label="Methods", elem_id="methods")
+                    with gr.Accordion("Evaluation settings", open=False):
+                        seqlen = gr.Dropdown(list(handlers.SEQLENS), value=256, label="Tokens per window")
+                        windows = gr.Slider(1, handlers.MAX_WINDOWS, value=8, step=1, label="Windows")
+                    best_btn = gr.Button("Select best within budget", elem_id="select-best")
+                    summary = gr.Markdown(elem_id="model-summary")
+                with gr.Column(scale=3):
+                    front_plot = gr.Plot(label="Average bits vs. perplexity", elem_id=bridge.FRONT_PLOT)
+                    front_md = gr.Markdown(elem_id="front-summary")
+            bridge_box = gr.Textbox(visible=False)
+            bridge_btn = gr.Button("select clicked point", elem_id=bridge.BRIDGE_BUTTON)
+            with gr.Row():
+                with gr.Column(scale=2):
+                    adapter_md = gr.Markdown("Click a point on the front (or a row of the table below) to select "
+                                             "a configuration.", elem_id="adapter-time")
+                    selection_md = gr.Markdown(elem_id="selection-summary")
+                    with gr.Row():
+                        eval_btn = gr.Button("Quick eval", variant="primary", elem_id="quick-eval")
+                        export_btn = gr.Button("Export bundle", elem_id="export")
+                    eval_md = gr.Markdown(elem_id="eval-result")
+                    files = gr.File(label="Export: bundle (zip) and configuration JSON", file_count="multiple",
+                                    interactive=False, elem_id="export-files")
+                    export_md = gr.Markdown(elem_id="export-note")
+                    share = gr.Textbox(label="Share link (restores model, budget and selection)",
+                                       buttons=["copy"], interactive=False, elem_id="share-link")
+                with gr.Column(scale=2):
+                    heatmap = gr.Plot(label="Bits per layer", elem_id="heatmap")
+            with gr.Accordion("Sample: continue a prompt with the selected configuration", open=False):
+                prompt = gr.Textbox("ROMEO:\nBut soft, what light", label="Prompt", lines=2, max_length=2000)
+                new_tokens = gr.Slider(1, 64, value=24, step=1, label="New tokens")
+                sample_btn = gr.Button("Sample", elem_id="sample")
+                with gr.Row():
+                    quant_txt = gr.Textbox(label="Quantized + adapter", lines=4, interactive=False)
+                    dense_txt = gr.Textbox(label="Unquantized", lines=4, interactive=False)
+                sample_md = gr.Markdown()
+            with gr.Accordion("Front points (select a row)", open=False):
+                table = gr.Dataframe(headers=handlers.TABLE_HEADERS, interactive=False, elem_id="front-table")
+            with gr.Accordion("Selection details (JSON)", open=False):
+                details = gr.JSON()
+        with gr.Tab("Search history"):
+            hv_plot = gr.Plot(label="Hypervolume of the training set per search round")
+        with gr.Tab("Methods"):
+            cmp_md = gr.Markdown()
+            cmp_plot = gr.Plot(label="Perplexity per budget, by method")
+        with gr.Tab("About"):
+            gr.Markdown(ABOUT)
+
+        view = [model_dd, budget, methods, seqlen, windows]
+        front_out = [front_plot, table, front_md]
+        select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share]
+        light = {"concurrency_limit": 4, "concurrency_id": "light"}
+        heavy = {"concurrency_limit": 1, "concurrency_id": "heavy"}
+
+        load = demo.load(handlers.on_load, [default_model], [model_dd, budget, pending], api_name=False)
+        load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
+            .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
+            .then(handlers.model_summary, [model_dd], [summary], api_name=False)
+        demo.load(handlers.comparison, None, [cmp_md, cmp_plot], api_name=False)
+        demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False)
+
+        for ctl in (budget, methods, seqlen, windows):
+            ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
+        model_dd.change(lambda: "", None, [selected], api_name=False) \
+            .then(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light) \
+            .then(handlers.model_summary, [model_dd], [summary], api_name=False) \
+            .then(handlers.hv_history, [model_dd], [hv_plot], api_name=False)
+
+        # Named endpoints (the API page lists them; gradio_client drives them).
+        gr.api(handlers.api_front, api_name="front")
+        bridge_btn.click(handlers.select, [bridge_box, *view], select_out, js=bridge.READ_POINT,
+                         api_name="select", **light)
+        table.select(handlers.select_row, [table, *view], select_out, api_name=False, **light)
+        best_btn.click(handlers.select_best, view, select_out, api_name="select_best", **light)
+        eval_btn.click(handlers.quick_eval, [selected, *view],
+                       [eval_md, front_plot, table, front_md, selection_md, details], api_name="quick_eval", **heavy)
+        sample_btn.click(handlers.sample, [selected, model_dd, methods, prompt, new_tokens],
+                         [quant_txt, dense_txt, sample_md], api_name="sample", **heavy)
+        export_btn.click(handlers.export, [selected, model_dd, seqlen, windows], [files, export_md],
+                         api_name="export", **heavy)
+    demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
+
+
+def launch_kwargs() -> dict:
+    """What ``launch`` needs besides host and port: the click bridge, its CSS, the download dir."""
+    return {"js": bridge.JS, "css": bridge.CSS, "allowed_paths": [str(handlers.EXPORT_DIR)],
+            "max_file_size": "1mb", "show_error": False}
