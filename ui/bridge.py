@@ -27,9 +27,10 @@ JS = f"""
       if (typeof gd.on !== "function") return;
       if (gd.removeListener) gd.removeListener("plotly_click", onClick);
       gd.on("plotly_click", onClick);
+      window.__coaloraBridgeReady = true;
     }});
   }};
-  setInterval(bind, 500);
+  setInterval(bind, 250);
 }}
 """
 
