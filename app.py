@@ -10,14 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve the coalora explorer.")
     p.add_argument("--host", default=os.environ.get("COALORA_HOST", "127.0.0.1"),
                    help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
     p.add_argument("--model", default=os.environ.get("COALORA_MODEL", "smollm2-135m"), help="the model shown first")
     p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from coalora.errors import CoaloraError
 
     try:

@@ -202,5 +202,11 @@ def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
         with pytest.raises(Exception, match="not a configuration hash"):
             client.predict("nothex", *view, api_name="/select")
         client.close()
+        import urllib.error
+        import urllib.request
+
+        for path in ("/etc/passwd", str(app.EXPORT_DIR.parent / "results.duckdb")):
+            with pytest.raises(urllib.error.HTTPError):  # nothing outside the export dir is served
+                urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
     finally:
         demo.close()

@@ -65,7 +65,7 @@ def app_server(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"app did not start: {(tmp / 'app.log').read_text()[-2000:]}")
+                raise RuntimeError(f"app did not start: {(tmp / 'app.log').read_text()[-2000:]}") from None
             time.sleep(1)
     yield url, proc, tmp
     proc.terminate()
