@@ -1,4 +1,5 @@
-"""Run every ``bench/bench_*.py`` (each prints one JSON object) and write ``bench/results/latest.json``.
+"""Run every ``bench/bench_*.py`` (each prints one JSON object) and write ``bench/results/latest.json``
+plus ``bench/results/latest.md`` (the figures next to their references and targets).
 
 Usage: ``python -m bench [NAME ...]`` (names without the ``bench_`` prefix, e.g. ``forward quant``).
 """
@@ -45,8 +46,74 @@ def main(argv: list[str]) -> int:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out)
-    print(json.dumps(report, indent=2))
+    md = out.with_suffix(".md")
+    md.with_suffix(".md.tmp").write_text(markdown(report))
+    md.with_suffix(".md.tmp").replace(md)
+    print(md.read_text())
     return 1 if failed else 0
+
+
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _row(figure: str, value, unit: str, reference: str, target: str, met: bool | None) -> str:
+    v = "failed" if value is None else (f"{value:.3g} {unit}".strip() if isinstance(value, float) else f"{value} {unit}")
+    status = "" if met is None else ("met" if met else "**missed**")
+    return f"| {figure} | {v} | {reference} | {target} | {status} |"
+
+
+def markdown(report: dict) -> str:
+    """The report's figures as a table: each with its reference (same run), target and verdict."""
+    r = report["results"]
+    rows = ["| figure | measured | reference (same run) | target | |", "|---|---|---|---|---|"]
+    q = _get(r, "quant", "throughput_ratio_vs_bnb")
+    rows.append(_row("quantize throughput (nf4-dq, 210 matrices)", q, "x", "bitsandbytes quantize_4bit", ">= 1x",
+                     None if q is None else q >= 1))
+    a = _get(r, "apply", "switch_ratio")
+    rows.append(_row("configuration switch, 10% of matrices changed", a, "x", "full application", "<= 0.15",
+                     None if a is None else a <= 0.15))
+    g, f = _get(r, "adapter", "generate_ms"), _get(r, "adapter", "generate_ratio_vs_forward")
+    rows.append(_row("adapter generation, 210 layers", g, "ms",
+                     "one dense 256-token forward" + (f" (ratio {f:.3f})" if f is not None else ""), "< 20 ms",
+                     None if g is None else g < 20))
+    e = _get(r, "eval", "ratio")
+    rows.append(_row("eval tokens/s, quantized + adapter", e, "x", "dense model", ">= 0.95",
+                     None if e is None else e >= 0.95))
+    m = _get(r, "eval", "peak_rss_apply_eval_mib")
+    rows.append(_row("peak memory, apply + eval (SmolLM2)", m, "MiB",
+                     f"after loading: {_get(r, 'eval', 'peak_rss_loaded_mib') or 0:.0f} MiB", "-", None))
+    t = _get(r, "train", "tokens_per_s_ratio")
+    rows.append(_row("CoA-LoRA training tokens/s (K=2)", t, "x", "plain PEFT LoRA", ">= 0.8",
+                     None if t is None else t >= 0.8))
+    sizes = _get(r, "front", "sizes") or {}
+    for n, v in sizes.items():
+        rows.append(_row(f"front, {n} stored evaluations (cold / +1 eval)", v["cold_seconds"], "s",
+                         f"+1 eval: {v['after_one_new_seconds']:.2f} s ({v['after_one_new_refit']})",
+                         "< 3 s at 300" if n == "300" else "-", v["cold_seconds"] < 3 if n == "300" else None))
+    if "300" in sizes and "1000" in sizes:
+        grow = sizes["1000"]["cold_seconds"] / sizes["300"]["cold_seconds"]
+        rows.append(_row("front growth, 300 -> 1000 evaluations", grow, "x", "evaluations grew 3.33x",
+                         "<= 3.33x (linear)", grow <= 1000 / 300))
+    sc = _get(r, "scaling")
+    if sc:
+        rows.append(_row("apply time growth over model sizes", sc["apply_growth"], "x",
+                         f"target parameters grew {sc['params_growth']:.0f}x", f"<= {sc['params_growth']:.0f}x (linear)",
+                         sc["apply_growth"] <= sc["params_growth"]))
+        for row in sc["sizes"]:
+            rows.append(_row(f"hidden {row['hidden']} ({row['target_mparams']:.1f} M target params): apply / "
+                             "switch / generate", row["apply_s"], "s",
+                             f"switch {row['switch_10pct_s']:.3f} s, generate {row['generate_ms']:.2f} ms, eval ratio "
+                             f"{row['eval_ratio']:.2f}", "-", None))
+    failed = [k for k, v in r.items() if v is None]
+    head = (f"# Benchmarks ({report['created']}, Python {report['machine']['python']}, {report['machine']['cpu']})\n\n"
+            "Ratios are against a reference measured in the same run; see bench/README.md.\n\n")
+    tail = f"\nFailed benchmarks: {', '.join(failed)}\n" if failed else ""
+    return head + "\n".join(rows) + "\n" + tail
 
 
 if __name__ == "__main__":
