@@ -17,6 +17,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
     p.add_argument("--model", default=os.environ.get("COALORA_MODEL", "smollm2-135m"), help="the model shown first")
     p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")
+    p.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
+                   help="also offer a local text file or directory as an eval set (repeatable)")
     return p.parse_args(argv)
 
 
@@ -29,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.model == "smollm2-135m":
             prepare(log=lambda m: print(m, file=sys.stderr))  # a fresh Space: fetch the offline model once
+        from ui import handlers
         from ui.layout import build_app, launch_kwargs
+
+        for spec in args.eval_set:
+            handlers.add_eval_set(spec)
 
         demo = build_app(args.model)
     except CoaloraError as e:

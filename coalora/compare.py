@@ -49,6 +49,8 @@ class CompareConfig:
     """K = 2 configs per step: 200 config-passes, a third of the six QLoRA runs' 600, so that with its
     two search rounds CoA-LoRA's wall time stays under half of theirs (the issue's 0.5x target)."""
     search_every: int = 40
+    coalora_init: str = "lq"
+    """CoA-LoRA's A, B initialisation: ``lq`` (SVD of the residual at the reference preset) or ``peft``."""
     eval_budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
     seen: int = 6
     ood: int = 20
@@ -75,7 +77,8 @@ class CompareConfig:
 
         common = dict(model=self.model, corpus=self.corpus, rank=self.rank, seqlen=self.seqlen, batch_size=self.batch_size, seed=self.seed)
         if method == "coalora":
-            return TrainConfig(method="coalora", steps=self.coalora_steps, search_every=self.search_every, **common, **kw)
+            return TrainConfig(method="coalora", init=self.coalora_init, steps=self.coalora_steps,
+                               search_every=self.search_every, **common, **kw)
         if method == "qlora":
             return TrainConfig(method="qlora", init="peft", budgets=budgets, steps=self.per_config_steps, **common, **kw)
         if method == "lqlora":

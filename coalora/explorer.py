@@ -61,7 +61,8 @@ class Explorer:
         self.weights_hash = weights_fingerprint(self.model, self.targets)
         self.store = store if store is not None else Store()
         self.corpus = data.load_corpus(corpus, "eval")
-        self._ids = None
+        self._corpora = {corpus: self.corpus}
+        self._ids: dict[str, Any] = {}
         self.lock = threading.RLock()
         """Held while the model's weights are in use (apply + eval + export): one heavy job at a time."""
         path = default_adapter(model_name) if adapter == "default" else adapter
@@ -95,7 +96,18 @@ class Explorer:
 
     @property
     def eval_set(self) -> str:
+        """The default eval set's id (``source:split@fingerprint``)."""
         return self.corpus.id
+
+    def eval_corpus(self, source: str | None = None):
+        """The eval split of ``source`` (None: the default), loaded once."""
+        from coalora import data
+
+        if source is None:
+            return self.corpus
+        if source not in self._corpora:
+            self._corpora[source] = data.load_corpus(source, "eval")
+        return self._corpora[source]
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -166,7 +178,7 @@ class Explorer:
             lora = self.coa.generate(config)
         return lora, (time.perf_counter() - t0) * 1000
 
-    def windows(self, seqlen: int, windows: int):
+    def windows(self, seqlen: int, windows: int, corpus: str | None = None):
         from coalora import data
         from coalora.models import context_length
 
@@ -174,16 +186,18 @@ class Explorer:
             raise CoaloraError(f"seqlen must be in [2, {context_length(self.model)}], got {seqlen}")
         if not (1 <= windows <= 4096):
             raise CoaloraError(f"windows must be in [1, 4096], got {windows}")
-        if self._ids is None:
-            self._ids = data.tokenize(self.tokenizer, self.corpus)
-        return data.windows(self._ids, seqlen, windows)
+        c = self.eval_corpus(corpus)
+        if c.id not in self._ids:
+            self._ids[c.id] = data.tokenize(self.tokenizer, c)
+        return data.windows(self._ids[c.id], seqlen, windows)
 
-    def cached(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8) -> Evaluation | None:
+    def cached(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8,
+               corpus: str | None = None) -> Evaluation | None:
         return self.store.find_evaluation(self.model_name, config.hash, self.adapter_id if method == "coalora" else "",
-                                          method, self.eval_set, seqlen, windows)
+                                          method, self.eval_corpus(corpus).id, seqlen, windows)
 
     def evaluate(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8,
-                 progress: Callable[[float], None] | bool = False) -> tuple[Evaluation, bool]:
+                 progress: Callable[[float], None] | bool = False, corpus: str | None = None) -> tuple[Evaluation, bool]:
         """Perplexity of ``config`` (with the adapter for ``coalora``); returns (evaluation, from_cache).
 
         The result is stored (when the store is writable), so the next call is a lookup.
@@ -195,10 +209,11 @@ class Explorer:
         self._check_method(method)
         if config.model != self.model_name:
             raise CoaloraError(f"configuration is for model {config.model!r}, not {self.model_name!r}")
-        hit = self.cached(config, method, seqlen, windows)
+        hit = self.cached(config, method, seqlen, windows, corpus)
         if hit is not None:
             return hit, True
-        w = self.windows(seqlen, windows)
+        w = self.windows(seqlen, windows, corpus)
+        eval_set = self.eval_corpus(corpus).id
         # "none" on a model with an adapter: the same weights with the LoRA path switched off
         bare = self.coa.disabled() if method == "none" and self.coa is not None else contextlib.nullcontext()
         with self.lock, torch.no_grad(), bare:
@@ -207,10 +222,10 @@ class Explorer:
                 self.coa.set_config(config)
             else:
                 self.applier.apply(config)
-            r = perplexity(self.model, w, dataset=self.eval_set, progress=progress is True)
+            r = perplexity(self.model, w, dataset=eval_set, progress=progress is True)
             seconds = time.perf_counter() - t0
         ev = Evaluation(self.model_name, config.hash, method, self.adapter_id if method == "coalora" else "",
-                        self.eval_set, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds)
+                        eval_set, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds)
         if not self.store.read_only:
             self.store.add_evaluation(ev, config=config)
         return ev, False
@@ -258,31 +273,32 @@ class Explorer:
 
     # ---- front
 
-    def front(self, method: str = "coalora", budget: float | None = None, seqlen: int = 256, windows: int = 8):
+    def front(self, method: str = "coalora", budget: float | None = None, seqlen: int = 256, windows: int = 8,
+              corpus: str | None = None):
         if method not in ("coalora", "qlora", "lqlora", "shared", "none"):
             raise CoaloraError(f"unknown method {method!r}; use coalora, qlora, lqlora, shared or none")
-        return self.front_service().front(self.query(method, seqlen, windows), budget)
+        return self.front_service().front(self.query(method, seqlen, windows, corpus), budget)
 
-    def query(self, method: str, seqlen: int, windows: int):
+    def query(self, method: str, seqlen: int, windows: int, corpus: str | None = None):
         from coalora.front import FrontQuery
 
-        return FrontQuery(self.model_name, method, self.eval_set, seqlen, windows,
+        return FrontQuery(self.model_name, method, self.eval_corpus(corpus).id, seqlen, windows,
                           self.adapter_id if method == "coalora" else None)
 
     # ---- export
 
     def export(self, config: ModelQuantConfig, out: str | os.PathLike, *, make_zip: bool = False, force: bool = False,
-               measure: bool = True, seqlen: int = 256, windows: int = 8) -> Path:
+               measure: bool = True, seqlen: int = 256, windows: int = 8, corpus: str | None = None) -> Path:
         """Write the bundle of ``config`` (with the generated adapter when there is one)."""
         from coalora.bundle import export_bundle
 
         method = "coalora" if self.coa is not None else "none"
-        ev = self.cached(config, method, seqlen, windows)
+        ev = self.cached(config, method, seqlen, windows, corpus)
         if ev is None and measure:
-            ev, _ = self.evaluate(config, method, seqlen, windows)
+            ev, _ = self.evaluate(config, method, seqlen, windows, corpus=corpus)
         measured = None if ev is None else {"ppl": ev.ppl, "nll": ev.nll, "eval_set": ev.eval_set, "seqlen": ev.seqlen,
                                             "windows": ev.windows, "tokens": ev.tokens}
-        p = self.front_service().predict(self.query(method, seqlen, windows), config)
+        p = self.front_service().predict(self.query(method, seqlen, windows, corpus), config)
         predicted = None if p is None else {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi,
                                             "band": "+-2 sigma of log ppl"}
         lora, adapter = None, None

@@ -28,12 +28,14 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setattr(handlers, "MODELS", models)
     monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
     monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
+    monkeypatch.setattr(handlers, "EVAL_SETS", dict(handlers.EVAL_SETS))
     yield handlers
     models.store.close()
 
 
 def _view(v=VIEW):
-    return [v["budget"], v["methods"], v["seqlen"], v["windows"]]
+    """The controls after the model: eval set, budget, methods, seqlen, windows."""
+    return ["shakespeare", v["budget"], v["methods"], v["seqlen"], v["windows"]]
 
 
 def test_app_builds_with_named_endpoints(app):
@@ -80,7 +82,7 @@ def test_out_of_range_budget_is_clamped(app):
 @pytest.mark.parametrize("seqlen, windows", [(100, 2), (128, 0), (128, 33), (128, 10**9), ("x", 2)])
 def test_bad_eval_settings_are_errors(app, seqlen, windows):
     with pytest.raises(gr.Error):
-        app.refresh_front(MODEL, 3.0, ["none"], seqlen, windows)
+        app.refresh_front(MODEL, "shakespeare", 3.0, ["none"], seqlen, windows)
 
 
 @pytest.mark.parametrize("h", ["", "xyz", "0123456789abcdeg", "'; DROP TABLE configs; --", "ffffffffffffffff"])
@@ -94,13 +96,13 @@ def test_quantization_only_front_grows_with_quick_evals(app):
     assert rows == [] and "no GP yet" in md  # nothing stored for this model yet
     hashes = []
     for budget in (2.5, 4.0, 6.0):
-        sel = app.select_best(MODEL, budget, VIEW["methods"], VIEW["seqlen"], VIEW["windows"])
+        sel = app.select_best(MODEL, "shakespeare", budget, VIEW["methods"], VIEW["seqlen"], VIEW["windows"])
         h, summary, adapter_md, heat, details, fig, link = sel
         assert details["avg_bits"] <= budget + 1e-6 and details["method"] == "none"
         assert "no trained CoA-LoRA adapter" in adapter_md and details["adapter_ms"] is None
         assert f"config={h}" in link and "model=tiny-llama" in link
         assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 7  # blocks x module types
-        result, fig, rows, md, summary, details = app.quick_eval(h, MODEL, budget, *_view()[1:])
+        result, fig, rows, md, summary, details = app.quick_eval(h, MODEL, "shakespeare", budget, *_view()[2:])
         assert "measured in" in result and details["measured_ppl"] > 1
         hashes.append(h)
     assert len(set(hashes)) == 3
@@ -108,17 +110,36 @@ def test_quantization_only_front_grows_with_quick_evals(app):
     assert rows and all(r[1] == "none" for r in rows)
     bits = [r[2] for r in rows]
     assert bits == sorted(bits)  # the predicted front, by increasing bits
-    again = app.quick_eval(hashes[0], MODEL, 2.5, *_view()[1:])
+    again = app.quick_eval(hashes[0], MODEL, "shakespeare", 2.5, *_view()[2:])
     assert "cached result" in again[0]
     # the measured points are on the figure, clickable by their hash
     custom = {c for t in fig.data if t.customdata is not None for c in t.customdata}
     assert set(hashes) <= custom
 
 
+def test_operator_eval_sets_get_their_own_front(app, tmp_path):
+    from coalora.errors import CoaloraError
+
+    text = tmp_path / "mine.txt"
+    text.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 40)
+    assert app.add_eval_set(f"mine={text}") == "mine"
+    for bad in ("mine", "=x", f"other={tmp_path / 'missing.txt'}"):
+        with pytest.raises(CoaloraError):
+            app.add_eval_set(bad)
+    with pytest.raises(gr.Error, match="unknown eval set"):
+        app.refresh_front(MODEL, "/etc/passwd", 3.0, ["none"], 128, 2)
+    h = app.select_best(MODEL, "mine", 4.0, ["none"], 128, 2)[0]
+    out = app.quick_eval(h, MODEL, "mine", 4.0, ["none"], 128, 2)
+    assert "mine" in out[5]["convention"] and out[5]["measured_ppl"] > 1
+    ev = app.MODELS.get(MODEL).store.evaluations(model=MODEL)
+    assert len(ev) == 1 and ev[0].eval_set.startswith(str(text))  # recorded under the local corpus's id
+    assert "**no adapter**: 0 measured" in app.refresh_front(MODEL, "shakespeare", 4.0, ["none"], 128, 2)[2]
+
+
 def test_select_row_and_api_front(app):
     for budget in (2.5, 4.0, 6.0):
-        h = app.select_best(MODEL, budget, *_view()[1:])[0]
-        app.quick_eval(h, MODEL, budget, *_view()[1:])
+        h = app.select_best(MODEL, "shakespeare", budget, *_view()[2:])[0]
+        app.quick_eval(h, MODEL, "shakespeare", budget, *_view()[2:])
     _, rows, _ = app.refresh_front(MODEL, *_view())
 
     class Evt:
@@ -133,7 +154,7 @@ def test_select_row_and_api_front(app):
 
 
 def test_sample_and_its_limits(app):
-    h = app.select_best(MODEL, 4.0, *_view()[1:])[0]
+    h = app.select_best(MODEL, "shakespeare", 4.0, *_view()[2:])[0]
     quant, dense, note = app.sample(h, MODEL, ["none"], "To be", 5)
     assert quant.startswith("To be") and dense.startswith("To be") and "unquantized" in note
     with pytest.raises(gr.Error, match="prompt is empty"):
@@ -147,8 +168,8 @@ def test_sample_and_its_limits(app):
 def test_export_serves_a_loadable_bundle_from_the_export_dir(app):
     from coalora.bundle import read_bundle_meta
 
-    h = app.select_best(MODEL, 4.0, *_view()[1:])[0]
-    paths, note = app.export(h, MODEL, 128, 2)
+    h = app.select_best(MODEL, "shakespeare", 4.0, *_view()[2:])[0]
+    paths, note = app.export(h, MODEL, "shakespeare", 128, 2)
     bundle, cfg = paths
     assert str(bundle).startswith(str(app.EXPORT_DIR)) and bundle.endswith(".zip")
     assert zipfile.is_zipfile(bundle) and "MiB" in note
@@ -162,7 +183,7 @@ def test_shared_link_restores_the_selection(app):
         query_params = {"model": MODEL, "budget": "3.5", "config": "00000000deadbeef"}
         headers = {"referer": "http://127.0.0.1:7860/?model=x"}
 
-    assert app.on_load("smollm2-135m", Req()) == (MODEL, 3.5, "00000000deadbeef")
+    assert app.on_load("smollm2-135m", Req()) == (MODEL, "shakespeare", 3.5, "00000000deadbeef")
     assert app.share_link(Req(), MODEL, 3.5, "00000000deadbeef") == \
         "http://127.0.0.1:7860/?model=tiny-llama&budget=3.50&config=00000000deadbeef"
 
@@ -170,7 +191,7 @@ def test_shared_link_restores_the_selection(app):
         query_params = {"model": "/etc", "budget": "nan", "config": "<script>"}
         headers = {}
 
-    assert app.on_load(MODEL, Bad()) == (MODEL, 4.0, "")  # each bad field: a warning and the default
+    assert app.on_load(MODEL, Bad()) == (MODEL, "shakespeare", 4.0, "")  # each bad field: a warning, the default
 
 
 def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
@@ -194,7 +215,7 @@ def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
         assert again[0] == h and h in again[1]
         ev = client.predict(h, *view, api_name="/quick_eval")
         assert "perplexity" in ev[0] and ev[5]["measured_ppl"] > 1
-        files, note = client.predict(h, MODEL, 128, 2, api_name="/export")
+        files, note = client.predict(h, MODEL, "shakespeare", 128, 2, api_name="/export")
         local = [f["value"] if isinstance(f, dict) else f for f in files]
         assert any(str(p).endswith(".zip") and zipfile.is_zipfile(p) for p in local)
         front = client.predict(MODEL, 4.0, "none", 128, 2, api_name="/front")

@@ -96,7 +96,7 @@ def test_sixteen_clients_ten_mixed_requests(app_server):
         try:
             c = Client(url, verbose=False, download_files=str(tmp / f"dl{i}"))
             budget = round(2.5 + 0.25 * i, 2)
-            view = [MODEL, budget, ["coalora"], SEQLEN, WINDOWS]
+            view = [MODEL, "shakespeare", budget, ["coalora"], SEQLEN, WINDOWS]
             front = timed("front", c.predict, MODEL, budget, "coalora", 256, 8, api_name="/front")
             assert front["best"]["avg_bits"] <= budget + 1e-9 and len(front["measured"]) >= 40
             sel = timed("select", c.predict, *view, api_name="/select_best")
@@ -116,7 +116,7 @@ def test_sixteen_clients_ten_mixed_requests(app_server):
                 assert any(p["config_hash"] == h for p in f2["measured"])
             timed("select", c.predict, h, *view, api_name="/select")
             if i < EXPORTERS:
-                files, _ = timed("export", c.predict, h, MODEL, SEQLEN, WINDOWS, api_name="/export")
+                files, _ = timed("export", c.predict, h, MODEL, "shakespeare", SEQLEN, WINDOWS, api_name="/export")
                 zips = [f for f in files if str(f).endswith(".zip")]
                 with zipfile.ZipFile(zips[0]) as z:
                     assert json.loads(z.read("coalora_config.json"))["config_hash"] == h

