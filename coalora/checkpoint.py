@@ -1,7 +1,8 @@
 """Checkpoint files: tensors in safetensors, structured state as JSON in its metadata (no pickle).
 
 One file per checkpoint, written atomically (temporary file + ``os.replace``), so an interrupted
-save leaves the previous checkpoint intact. A truncated or foreign file gives one clear error.
+save leaves the previous checkpoint intact; the temporary a killed save leaves behind is removed
+when the run resumes (or by the next save). A truncated or foreign file gives one clear error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from coalora.errors import CoaloraError
-from coalora.files import load_tagged, save_tagged
+from coalora.files import clean_stale_temps, load_tagged, save_tagged
 
 FORMAT = "coalora.checkpoint/1"
 
@@ -25,6 +26,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint; every way it can be unreadable raises :class:`CoaloraError`."""
+    clean_stale_temps(path)  # what a killed save left (only a dead writer's temporaries)
     return load_tagged(path, FORMAT, "checkpoint", damaged_hint="; delete it to start over", device=str(device))
 
 

@@ -173,10 +173,11 @@ def tokenize(tokenizer: Tokenizer, corpus: Corpus, cache: bool = True) -> torch.
         hf_logging.set_verbosity(verbosity)
     arr = np.asarray(ids, dtype=np.int32)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arr, allow_pickle=False)
-        tmp.replace(path)
+        from coalora.files import atomic_file
+
+        # a per-process temporary: two processes tokenising the same corpus must not share one
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
     return torch.from_numpy(arr.astype(np.int64))
 
 

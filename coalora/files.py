@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary file in the same directory, renamed into place.
 
 A crash or Ctrl-C mid-write leaves the previous file (or none), never a half-written one.
+Temporary names carry the writer's process id (``.<name>.<pid>.<random>[.tmp]``), so a temporary
+left by a killed process is recognised and removed by the next write of the same path
+(:func:`clean_stale_temps`), while one that a live process is still writing is left alone.
 """
 
 from __future__ import annotations
@@ -8,24 +11,99 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from coalora.errors import CoaloraError
+
 
 def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else (or we cannot tell): leave its files alone
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` (files and directories) whose writing process is gone.
+
+    Returns what was removed. Errors are ignored: cleaning up is best effort.
+    """
+    p = Path(path)
+    # .<name>.<pid>.<random>.tmp (a file) or .<name>.<pid>.<random> (a directory from atomic_dir)
+    pattern = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[A-Za-z0-9_]+(\.tmp)?$")
+    removed = []
+    try:
+        siblings = list(p.parent.iterdir())
+    except OSError:
+        return removed
+    for s in siblings:
+        m = pattern.match(s.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if s.is_dir() and not s.is_symlink():
+                shutil.rmtree(s)
+            else:
+                s.unlink()
+            removed.append(s)
+        except OSError:
+            pass
+    return removed
+
+
+def _cannot(verb: str, p: Path, e: OSError) -> CoaloraError:
+    """One clear error for a path that cannot be written (naming a file in the way of its folder)."""
+    for parent in p.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return CoaloraError(f"cannot {verb} {p}: {parent} is a file, not a directory; choose another path")
+            break
+    return CoaloraError(f"cannot {verb} {p}: {e.strerror or e}; choose another path or free the space")
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    On an exception (or a kill) ``path`` is untouched; the temporary is removed now (or by the
+    next write of ``path``). Failing to write (a missing permission, a full disk, a directory in
+    the way) is a :class:`CoaloraError` naming the path.
+    """
+    p = Path(path)
+    tmp = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(p)
+        tmp = _tmp_for(p)
+        yield tmp
+        os.replace(tmp, p)
+    except OSError as e:
+        raise _cannot("write", p, e) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(p)
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    with atomic_file(p) as tmp:
+        tmp.write_text(text)
     return p
 
 
@@ -47,19 +125,34 @@ def sha256_file(path: str | os.PathLike) -> str:
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then put it in place of ``final`` (replacing it).
 
-    On an exception the temporary directory is removed and ``final`` is untouched.
+    On an exception the temporary directory is removed and ``final`` is untouched; after a kill
+    the next ``atomic_dir`` of the same ``final`` removes it. ``final`` is never half-written:
+    an old one is renamed away before the new one is renamed in, then deleted.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
+    except OSError as e:
+        raise _cannot("create", final, e) from None
+    old = None
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():
+            os.replace(old, final)  # put the previous one back
         raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -67,10 +160,8 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
     from safetensors.torch import save_file
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(p)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, p)
+    with atomic_file(p) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return p
 
 
@@ -88,8 +179,6 @@ def load_tagged(path: str | os.PathLike, fmt: str, what: str, missing_hint: str 
     """
     from safetensors import SafetensorError, safe_open
 
-    from coalora.errors import CoaloraError
-
     p = Path(path)
     if not p.is_file():
         raise CoaloraError(f"no {what} at {p}{missing_hint}")
@@ -104,6 +193,8 @@ def load_tagged(path: str | os.PathLike, fmt: str, what: str, missing_hint: str 
         raise CoaloraError(f"{p} is not a {kind} (format {md.get('format')!r}, expected {fmt!r})")
     try:
         meta = json.loads(md["meta"])
-    except (KeyError, json.JSONDecodeError):
-        raise CoaloraError(f"{what} {p} has unreadable metadata{damaged_hint}") from None
+    except (KeyError, ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CoaloraError(f"{what} {p} has unreadable metadata{damaged_hint}")
     return tensors, meta

@@ -358,14 +358,19 @@ class Store:
 
     def export_table(self, table: str, path: str | os.PathLike) -> Path:
         """Write ``table`` to ``path`` (``.parquet`` or ``.csv``, by extension), atomically."""
+        import duckdb
+
+        from coalora.files import atomic_file
+
         _check_table(table)
         p = Path(path)
         fmt = _file_format(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
         opts = "(FORMAT PARQUET)" if fmt == "parquet" else "(FORMAT CSV, HEADER TRUE)"
-        self._cursor().execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO '{_sql_path(tmp)}' {opts}")
-        os.replace(tmp, p)
+        with atomic_file(p) as tmp:
+            try:
+                self._cursor().execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO '{_sql_path(tmp)}' {opts}")
+            except duckdb.Error as e:
+                raise CoaloraError(f"cannot write {p}: {_first_line(str(e))}") from None
         return p
 
     def import_table(self, table: str, path: str | os.PathLike) -> int:
@@ -438,6 +443,10 @@ def _first_line(msg: str) -> str:
 
 
 def _damaged(path: str, msg: str) -> str:
+    if ".wal" in msg:  # the write-ahead log (the last writes) is damaged, not necessarily the file
+        return (f"results store {path} cannot be opened: its write-ahead log {path}.wal is damaged "
+                f"({_first_line(msg)}). Move the log aside (mv {path}.wal {path}.wal.bad) to open the store "
+                "without the writes it held")
     return (f"results store {path} cannot be opened ({_first_line(msg)}): it is damaged or not a DuckDB file. "
             f"Move it aside (mv {path} {path}.bad) and coalora starts a fresh store, seeded from data/seed/")
 
