@@ -22,10 +22,13 @@ registry's base model), after checking every file against its recorded hash.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ import torch
 from coalora import __version__
 from coalora.config import ModelQuantConfig
 from coalora.errors import CoaloraError
-from coalora.files import atomic_dir, sha256_file
+from coalora.files import atomic_dir, atomic_file, sha256_file
 
 FORMAT = "coalora.bundle/1"
 CONFIG_FILE = "coalora_config.json"
@@ -183,65 +186,117 @@ def export_bundle(
         meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not make_zip:
         with atomic_dir(out) as tmp:
             build(tmp)
         return out
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
+    # the zip and the directory it is made from are temporaries of the final name (pid-tagged), so
+    # what a killed export leaves is removed by the next export to the same path
+    with atomic_file(final) as ztmp, \
+            tempfile.TemporaryDirectory(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent) as d:
         tmp = Path(d)
         build(tmp)
-        ztmp = final.with_name(f".{final.name}.tmp")
-        try:
-            with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
-                for p in sorted(tmp.rglob("*")):
-                    if p.is_file():
-                        z.write(p, str(p.relative_to(tmp)))
-            os.replace(ztmp, final)
-        finally:
-            ztmp.unlink(missing_ok=True)
+        with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in sorted(tmp.rglob("*")):
+                if p.is_file():
+                    z.write(p, str(p.relative_to(tmp)))
     return final
 
 
 def read_bundle_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """(bundle directory, its verified metadata); a zip is unpacked into a temp directory first.
 
-    Every file listed in ``coalora_config.json`` must exist with its recorded sha256.
+    Every file listed in ``coalora_config.json`` must exist with its recorded sha256, and the keys
+    that loading uses must be there with the right types; anything else is one :class:`CoaloraError`.
     """
     p = Path(path)
     if not p.exists():
         raise CoaloraError(f"no bundle at {p}")
-    if p.is_file():
-        if not zipfile.is_zipfile(p):
-            raise CoaloraError(f"{p} is neither a bundle directory nor a zip file")
-        d = Path(tempfile.mkdtemp(prefix="coalora-bundle-"))
-        with zipfile.ZipFile(p) as z:
-            for name in z.namelist():
-                if name.startswith("/") or ".." in Path(name).parts:
-                    raise CoaloraError(f"{p}: unsafe path {name!r} in the zip")
-            z.extractall(d)
-        p = d
+    if not p.is_file():
+        return p, _verified_meta(p)
+    if not zipfile.is_zipfile(p):
+        raise CoaloraError(f"{p} is neither a bundle directory nor a zip file")
+    d = Path(tempfile.mkdtemp(prefix="coalora-bundle-"))
+    try:
+        try:
+            with zipfile.ZipFile(p) as z:
+                for name in z.namelist():
+                    if name.startswith("/") or ".." in Path(name).parts:
+                        raise CoaloraError(f"{p}: unsafe path {name!r} in the zip")
+                z.extractall(d)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+            # a damaged archive: bad CRC, truncated member, mangled header fields (an "encrypted" flag...)
+            raise CoaloraError(f"{p} is a damaged zip file ({type(e).__name__}: {e}); re-export the bundle") from None
+        except OSError as e:
+            raise CoaloraError(f"cannot unpack {p} into {d} ({e}); free some space in the temporary directory") from None
+        return d, _verified_meta(d)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _verified_meta(p: Path) -> dict[str, Any]:
     cfg = p / CONFIG_FILE
     if not cfg.is_file():
         raise CoaloraError(f"{p} is not a coalora bundle: {CONFIG_FILE} is missing")
     try:
         meta = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CoaloraError(f"{cfg}: malformed JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CoaloraError(f"{cfg}: malformed JSON ({type(e).__name__}: {e}); re-export the bundle") from None
+    except OSError as e:
+        raise CoaloraError(f"cannot read {cfg}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CoaloraError(f"{cfg}: format is {got!r}; this coalora reads {FORMAT!r}")
     files = meta.get("files")
     if not isinstance(files, dict) or WEIGHTS_FILE not in files:
         raise CoaloraError(f"{cfg}: no file list with hashes (key 'files'); the bundle is incomplete")
+    _check_meta(cfg, meta)
+    if meta["adapter"] is not None:
+        for rel in (f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors"):
+            if rel not in files:
+                raise CoaloraError(f"{cfg}: the bundle has an adapter but its file list lacks {rel}; re-export the bundle")
     for rel, digest in files.items():
         f = p / rel
-        if ".." in Path(rel).parts or not f.is_file():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CoaloraError(f"{cfg}: unsafe path {rel!r} in the file list; re-export the bundle")
+        if not f.is_file():
             raise CoaloraError(f"bundle {p}: file {rel} is missing; re-export the bundle")
         if sha256_file(f) != digest:
             raise CoaloraError(f"bundle {p}: file {rel} was altered (its sha256 differs from the recorded one); "
                                "re-export the bundle")
-    return p, meta
+    return meta
+
+
+def _number(v: Any, positive: bool = False) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (v > 0 or not positive)
+
+
+def _count(v: Any, least: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _check_meta(cfg: Path, meta: dict[str, Any]) -> None:
+    """The keys that loading and ``coalora load`` read, with their types (the file holds the hashes, so
+    it is itself unhashed: a hand edit is caught here)."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise CoaloraError(f"{cfg}: key {key!r} must be {what}, got {meta.get(key)!r:.80}; re-export the bundle")
+
+    need(isinstance(meta.get("model"), str), "model", "the name of a registry model")
+    need(isinstance(meta.get("weights_hash"), str), "weights_hash", "the base weights' hash")
+    need(isinstance(meta.get("config"), dict), "config", "a configuration object (coalora.quant_config/1)")
+    a = meta.get("adapter", "missing")
+    need(a is None or (isinstance(a, dict) and isinstance(a.get("method"), str) and _count(a.get("rank"))
+                       and _number(a.get("alpha"), positive=True)),
+         "adapter", "null or an object with 'method', a positive integer 'rank' and a positive 'alpha'")
+    m = meta.get("measured", "missing")
+    need(m is None or (isinstance(m, dict) and _number(m.get("ppl"), positive=True) and isinstance(m.get("eval_set"), str)
+                       and _count(m.get("seqlen"), 2) and _count(m.get("windows"))),
+         "measured", "null or an object with a positive 'ppl', 'eval_set', 'seqlen' (>= 2) and 'windows' (>= 1)")
+    for key in ("avg_bits", "packed_bytes", "bits_bytes"):
+        need(_number(meta.get(key), positive=True), key, "a positive number")
 
 
 def load_bundle(path: str | os.PathLike, device: str | None = None) -> Bundle:
