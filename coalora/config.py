@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import numbers
 import os
+import reprlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,15 @@ FIELD_VALUES: tuple[tuple[Any, ...], ...] = (B0_VALUES, B1_BITS_VALUES, B2_VALUE
 FIELD_SIZES: tuple[int, ...] = tuple(len(v) for v in FIELD_VALUES)  # (4, 4, 3, 3, 3)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a user-given value for an error message: bounded in length and nesting."""
+    return _REPR.repr(value)
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How one weight matrix is quantized (LQ-LoRA's NF double quantization)."""
@@ -64,11 +75,15 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name, allowed in zip(FIELD_NAMES, FIELD_VALUES):
             value = getattr(self, name)
-            # bool is an int subclass: reject it explicitly so True never means 1 bit.
-            if isinstance(value, bool) or value not in allowed:
+            # bool is an int subclass: reject it explicitly so True never means 1 bit; 4.0 == 4 but a
+            # float would reach the quantizer as a size, so the type must match too.
+            kind = str if isinstance(allowed[0], str) else numbers.Integral
+            if isinstance(value, bool) or not isinstance(value, kind) or value not in allowed:
+                wrong = "" if isinstance(value, kind) and not isinstance(value, bool) else \
+                    f" ({'a string' if kind is str else 'an integer'}, not {type(value).__name__})"
                 raise CoaloraError(
-                    f"quantization config field {name}={value!r} is outside the space; "
-                    f"allowed values: {', '.join(map(str, allowed))}"
+                    f"quantization config field {name}={_short(value)} is outside the space; "
+                    f"allowed values: {', '.join(map(str, allowed))}{wrong}"
                 )
 
     @property
@@ -260,16 +275,16 @@ class ModelQuantConfig:
             raise CoaloraError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         fmt = obj.get("format")
         if fmt != FORMAT:
-            raise CoaloraError(f"{where}: key 'format' is {fmt!r}; this coalora reads {FORMAT!r}")
+            raise CoaloraError(f"{where}: key 'format' is {_short(fmt)}; this coalora reads {FORMAT!r}")
         file_model = obj.get("model")
-        if not isinstance(file_model, str):
+        if not isinstance(file_model, str) or not file_model:
             raise CoaloraError(f"{where}: key 'model' must name the model the config is for")
         if model is not None and file_model != model:
-            raise CoaloraError(f"{where}: key 'model' is {file_model!r} but the model in use is {model!r}")
+            raise CoaloraError(f"{where}: key 'model' is {_short(file_model)} but the model in use is {model!r}")
         known = {"format", "model", "default", "modules", "avg_bits", "hash"}
         extra = [k for k in obj if k not in known]
         if extra:
-            raise CoaloraError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(known))})")
+            raise CoaloraError(f"{where}: unknown key {_short(extra[0])} (allowed: {', '.join(sorted(known))})")
         default = None
         if obj.get("default") is not None:
             default = QuantConfig.from_dict(obj["default"], where=f"{where}: key 'default'")
@@ -282,8 +297,8 @@ class ModelQuantConfig:
         for name, c in modules.items():
             if name not in name_set:
                 hint = f" (e.g. {names[0]})" if names else ""
-                raise CoaloraError(f"{where}: unknown module {name!r} in 'modules' for model {file_model}{hint}")
-            parsed[name] = QuantConfig.from_dict(c, where=f"{where}: modules[{name!r}]")
+                raise CoaloraError(f"{where}: unknown module {_short(name)} in 'modules' for model {file_model}{hint}")
+            parsed[name] = QuantConfig.from_dict(c, where=f"{where}: modules[{_short(name)}]")
         if default is None:
             missing = [n for n in names if n not in parsed]
             if missing:
@@ -308,8 +323,8 @@ class ModelQuantConfig:
             raise CoaloraError(f"cannot read config file {path}: {e}") from None
         try:
             obj = json.loads(text)
-        except ValueError as e:
-            raise CoaloraError(f"{path}: malformed JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser can go
+            raise CoaloraError(f"{path}: malformed JSON ({type(e).__name__}: {e})") from None
         return cls.from_json(obj, targets, model=model, where=str(path))
 
 
@@ -324,4 +339,4 @@ def resolve_preset(name: str) -> QuantConfig:
                 return QuantConfig(int(parts[0]), int(parts[1]), parts[2], int(parts[3]), int(parts[4]))
             except ValueError:
                 pass
-    raise CoaloraError(f"unknown preset {name!r}; use {', '.join(PRESETS)} or uniform:b0,b1,b2,B0,B1 (e.g. uniform:3,8,fp32,64,256)")
+    raise CoaloraError(f"unknown preset {_short(name)}; use {', '.join(PRESETS)} or uniform:b0,b1,b2,B0,B1 (e.g. uniform:3,8,fp32,64,256)")
