@@ -167,16 +167,22 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
                 f"({type(e).__name__}); download it where the hub is reachable "
                 f"(`huggingface-cli download {spec.hub_id}`) and pass its local directory, or use {DEFAULT_MODEL}"
             ) from None
-        raise CoaloraError(f"cannot load model from {path}: {e}") from None
+        raise CoaloraError(f"cannot load model from {path}: {_one_line(e)}") from None
     except Exception as e:
         # Truncated safetensors, a mangled tokenizer.json, a config of an unknown architecture: the
         # files are at fault, not the code, so say which files and how to rebuild them.
         fix = "run `coalora prepare --force`" if spec.source == "offline" else "check or re-download the checkpoint"
-        raise CoaloraError(f"cannot load {spec.name} from {path} ({type(e).__name__}: {e}); {fix}") from None
+        raise CoaloraError(f"cannot load {spec.name} from {path} ({type(e).__name__}: {_one_line(e)}); {fix}") from None
     model.eval()
     if device is not None:
         model.to(device)
     return model, tok
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """A library's (often multi-line) exception text as one bounded line for an error message."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def auto_device() -> str:
@@ -280,7 +286,9 @@ def model_targets(name: str) -> list[Target]:
     try:
         cfg = AutoConfig.from_pretrained(path)
     except OSError:
-        raise CoaloraError(f"cannot read the configuration of model {spec.name} (offline and not cached?)") from None
+        raise CoaloraError(f"cannot read the configuration of model {spec.name} (offline and not cached?); download "
+                           "it where the hub is reachable and pass its local directory, or use "
+                           f"{DEFAULT_MODEL}") from None
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(cfg)
     return find_targets(skeleton, spec.target_modules)

@@ -53,6 +53,22 @@ def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                        missing_hint=" (train one with `coalora train`, or `make train-default`)")
 
 
+def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig) -> None:
+    """The description's sizes must match the tensors before anything is allocated from them (an
+    edited ``rank`` of 10**6 would otherwise ask for terabytes instead of giving an error)."""
+    from coalora.config import FIELD_SIZES
+
+    a = next((v for k, v in tensors.items() if k.startswith("lora.") and k.endswith(".lora_A")), None)
+    first = tensors.get("theta.mlp.1.weight")  # ConfigNet's Linear(embed_dim * features, hidden)
+    if a is None or first is None:
+        raise CoaloraError(f"adapter {path} lacks its LoRA or theta tensors; it is not a complete trained adapter")
+    features = len(FIELD_SIZES) + 2  # the five config fields, block index, module type
+    if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, adapter.embed_dim * features):
+        raise CoaloraError(f"adapter {path}: its description (rank {adapter.rank}, hidden {adapter.hidden}, embed_dim "
+                           f"{adapter.embed_dim}) does not match its tensors (A {tuple(a.shape)}, theta's first layer "
+                           f"{tuple(first.shape)}); the file was edited or damaged")
+
+
 def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, **kwargs) -> CoALoRAModel:
     """Wrap ``model`` (a loaded ``model_name``) with the trained adapter at ``path``.
 
@@ -71,6 +87,7 @@ def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, 
         adapter = AdapterConfig(**meta["adapter"])
     except (KeyError, TypeError) as e:
         raise CoaloraError(f"adapter {path} has an invalid adapter description ({e})") from None
+    _check_sizes(path, tensors, adapter)
     coa = CoALoRAModel(model, model_name, targets, adapter, initialize=False, **kwargs)
     w = next(model.parameters())
     coa.load_trainable_state({k: v.to(dtype=w.dtype) for k, v in tensors.items()})
@@ -84,11 +101,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dty
     from coalora.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(checkpoint)
-    state = meta["state"]
-    train = {
-        "config": meta["train_config"],
-        **{k: state[k] for k in ("step", "seconds", "search_seconds", "tokens", "searches", "train_set")},
-        **(extra or {}),
-    }
-    return _write(tensors, out, model=meta["train_config"]["model"], adapter=meta["adapter"],
-                  names=meta["targets"], dtype=dtype, train=train)
+    try:
+        state = meta["state"]
+        train = {
+            "config": meta["train_config"],
+            **{k: state[k] for k in ("step", "seconds", "search_seconds", "tokens", "searches", "train_set")},
+            **(extra or {}),
+        }
+        model, adapter, names = meta["train_config"]["model"], meta["adapter"], list(meta["targets"])
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError
+    except (KeyError, TypeError):
+        raise CoaloraError(f"{checkpoint} is not a complete training checkpoint (its metadata lacks the run's "
+                           "state); resume the run with `coalora train` to write a new one") from None
+    return _write(tensors, out, model=model, adapter=adapter, names=names, dtype=dtype, train=train)
