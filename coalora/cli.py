@@ -273,7 +273,10 @@ def cmd_front(args: argparse.Namespace) -> int:
     _check_positive(args, "seqlen", "windows")
     if args.budget is not None:
         check_budget(args.budget)
+    if args.validate and args.folds < 2:
+        raise CoaloraError(f"--folds must be at least 2 (k-fold validation), got {args.folds}")
     ex = _explorer(args)
+    _check_convention(args, ex)
     if ex.store.warning:
         _log(f"warning: {ex.store.warning}")
     if args.validate:
@@ -311,6 +314,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     _check_positive(args, "rounds", "evaluate", "seqlen", "windows")
     ex = _explorer(args)
+    _check_convention(args, ex)
     if ex.store.read_only:
         raise CoaloraError(ex.store.warning or "the results store is read-only")
     rows = []
@@ -336,7 +340,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_positive(args, "seqlen", "windows")
+    if args.budget is not None:  # before loading the model and its error table, not after
+        from coalora.front import check_budget
+
+        check_budget(args.budget)
     ex = _explorer(args)
+    _check_convention(args, ex)
     cfg = _pick_config(args, ex)
     path = ex.export(cfg, args.out, make_zip=args.zip, force=args.force, measure=not args.no_eval,
                      seqlen=args.seqlen, windows=args.windows)
@@ -418,9 +428,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise CoaloraError(f"--port must be in 0..65535, got {args.port}")
     from app import main as serve_main  # app.py is the one place that builds and launches the UI
 
     return serve_main(["--host", args.host, "--port", str(args.port), "--model", args.model])
+
+
+MAX_WINDOWS = 4096
+"""The most windows a stored perplexity convention may have (Explorer.windows' limit)."""
+
+
+def _check_convention(args: argparse.Namespace, ex) -> None:
+    """--seqlen / --windows name a perplexity convention the model can evaluate (as Explorer.windows)."""
+    from coalora.models import context_length
+
+    n = context_length(ex.model)
+    if not 2 <= args.seqlen <= n:
+        raise CoaloraError(f"--seqlen must be in [2, {n}] (the model's context length), got {args.seqlen}")
+    if args.windows > MAX_WINDOWS:
+        raise CoaloraError(f"--windows must be in [1, {MAX_WINDOWS}], got {args.windows}")
+
+
+def _check_not_empty(args: argparse.Namespace) -> None:
+    """An empty string (``--config ""``) is a mistake, never "not given": the commands test options by truth."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and not value.strip():
+            raise CoaloraError(f"--{name.replace('_', '-')} is empty; give a value or leave the option out")
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -440,8 +474,15 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
                     "'none' = quantization only")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error convention: one line ``error: ...`` and status 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="coalora",
         description="CoA-LoRA for mixed-precision quantized LLMs: quantize, allocate bits, train, search, evaluate, export.",
     )
@@ -639,9 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _check_not_empty(args)
         return commands[args.command](args)
     except CoaloraError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
