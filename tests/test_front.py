@@ -1,5 +1,6 @@
 """The GP-predicted front: a synthetic problem with a known front, budget queries, incremental
-refits, the EHVI on hand-checkable fixtures, and the direct GP marginals against botorch's."""
+refits, the EHVI on hand-checkable fixtures, the direct GP marginals against botorch's, the
+two-number encoding, and the floored-log outcome on a low-bit tail that explodes."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from coalora.config import MAX_BITS, MIN_BITS, ModelQuantConfig
 from coalora.errors import CoaloraError
 from coalora.front import (
     CONFIG_BITS,
+    ENCODING,
+    FloorLog,
     FrontQuery,
     FrontService,
     FrontSettings,
+    _encode,
     _predict,
     check_budget,
     expected_hvi,
@@ -177,14 +181,91 @@ def test_expected_hvi_hand_checked():
     assert e_unc[0] > 0
 
 
-def test_direct_marginals_match_botorch_posterior():
+def _tail_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``[n, 2]`` and a log ppl ``[n]`` flat near 3.5 that explodes towards x = 0 (to ~12)."""
     torch.manual_seed(0)
-    x = torch.rand(30, 5, dtype=torch.float64)
-    y = x.sum(1) + 0.05 * torch.randn(30, dtype=torch.float64)
+    x = torch.rand(n, 2, dtype=torch.float64)
+    y = 3.5 + 8.0 * torch.exp(-6.0 * x[:, 0] - 2.0 * x[:, 1]) + 0.002 * torch.randn(n, dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_direct_marginals_match_botorch_posterior(optimize):
+    # The floored log makes the posterior a shifted log-normal and the mean is linear: _predict
+    # must give botorch's moments exactly, for a fitted GP and for a conditioned-only one (warm).
+    x, y = _tail_data()
     gp = fit_gp(x, y)
-    xc = torch.rand(9, 5, dtype=torch.float64)
+    if not optimize:
+        x2, y2 = _tail_data(48)
+        gp = fit_gp(x2, y2, warm=gp, optimize=False)
+    xc = torch.rand(9, 2, dtype=torch.float64) * 1.4 - 0.2  # some outside the data: extrapolation
     mean, sd = _predict(gp, xc)
     with torch.no_grad():
         post = gp.posterior(xc)
     np.testing.assert_allclose(mean, post.mean[:, 0].numpy(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(sd, post.variance[:, 0].sqrt().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_floor_log_round_trips_and_sits_below_the_data():
+    _, y = _tail_data()
+    t = FloorLog()
+    z, _ = t(y[:, None])
+    assert float(t.floor) < float(y.min())
+    t.eval()
+    back, _ = t.untransform(z)
+    np.testing.assert_allclose(back[:, 0].numpy(), y.numpy(), rtol=1e-12)
+    z2, _ = t(y[:, None] + 1.0)  # evaluation mode: the floor stays
+    np.testing.assert_allclose(z2.exp().numpy(), (z.exp() + 1.0).numpy(), rtol=1e-12)
+
+
+def test_gp_ranks_a_flat_region_beside_an_exploding_tail():
+    # The shape of the SmolLM2 data: most points on a flat floor, a few low-bit ones far above.
+    # Held out, the flat ones must still be ranked (a standardised log ppl drowns them in the tail).
+    from scipy.stats import spearmanr
+
+    x, y = _tail_data(60)
+    pred = np.empty(60)
+    for k in range(5):
+        test = np.arange(k, 60, 5)
+        train = np.setdiff1d(np.arange(60), test)
+        pred[test] = _predict(fit_gp(x[train], y[train]), x[test])[0]
+    assert spearmanr(pred, y.numpy()).statistic > 0.95
+    flat = (y < 3.6).numpy()
+    assert flat.sum() > 20 and spearmanr(pred[flat], y.numpy()[flat]).statistic > 0.9  # the old GP: 0.73
+
+
+def test_encoding_is_average_bits_and_the_allocators_objective(problem):
+    targets, table = problem
+    store = Store(":memory:", seed_dir=None)
+    svc = _service(problem, store)
+    cids, cbits, _ = svc.candidates()
+    x = svc.encode(cids).numpy()
+    assert x.shape == (len(cids), 2) and (x >= 0).all() and (x <= 1).all()
+    np.testing.assert_allclose(x[:, 0], (cbits - MIN_BITS) / (MAX_BITS - MIN_BITS), rtol=1e-12)
+    objective = table[np.arange(len(targets)), cids].sum(1)
+    assert (np.diff(x[np.argsort(objective), 1]) >= 0).all()  # monotone in the allocator's objective
+    # The ends of the space: the least and the most error a configuration can have.
+    best, worst = table.argmin(1), table.argmax(1)
+    np.testing.assert_allclose(_encode(np.stack([best, worst]), svc.numels, table)[:, 1].numpy(), [0.0, 1.0],
+                               atol=1e-12)
+    assert svc.front(FrontQuery(MODEL)).encoding == ENCODING
+    store.close()
+
+
+def test_prediction_beyond_the_measured_bits_keeps_falling(problem):
+    # Measured only between 3 and 6 bits: the front's candidates up to 8.6 bits are extrapolations,
+    # where a constant-mean GP reverts upwards; the linear mean keeps more bits at least as good.
+    targets, table = problem
+    store = Store(":memory:", seed_dir=None)
+    svc = _service(problem, store)
+    cids, cbits, _ = svc.candidates()
+    inside = np.flatnonzero((cbits > 3.0) & (cbits < 6.0))
+    for i in np.random.default_rng(2).choice(inside, 40, replace=False):
+        _add(store, problem, cids[i])
+    q = svc._resolve(FrontQuery(MODEL))
+    gp, _ = svc.fit(q)
+    budgets = [6.0, 7.0, 8.0, 8.6]
+    sols = np.array([allocate(table, svc.numels, CONFIG_BITS, b, method="fast").choice for b in budgets])
+    mean, _ = _predict(gp, svc.encode(sols))
+    assert (np.diff(mean) <= 1e-3).all(), mean
+    store.close()
