@@ -435,12 +435,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(["--host", args.host, "--port", str(args.port), "--model", args.model])
 
 
-MAX_WINDOWS = 4096
-"""The most windows a stored perplexity convention may have (Explorer.windows' limit)."""
-
-
 def _check_convention(args: argparse.Namespace, ex) -> None:
     """--seqlen / --windows name a perplexity convention the model can evaluate (as Explorer.windows)."""
+    from coalora.explorer import MAX_WINDOWS  # one limit for the CLI and the app
     from coalora.models import context_length
 
     n = context_length(ex.model)

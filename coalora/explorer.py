@@ -25,6 +25,8 @@ from coalora.store import Evaluation, Store
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
 METHODS = ("coalora", "none")
 """Methods an explorer can evaluate itself (the baselines' points come from `coalora compare`)."""
+MAX_WINDOWS = 4096
+"""The most evaluation windows one request may ask for (1M tokens at seqlen 256)."""
 MAX_PROMPT_CHARS = 2000
 MAX_NEW_TOKENS = 128
 
@@ -184,8 +186,8 @@ class Explorer:
 
         if not (2 <= seqlen <= context_length(self.model)):
             raise CoaloraError(f"seqlen must be in [2, {context_length(self.model)}], got {seqlen}")
-        if not (1 <= windows <= 4096):
-            raise CoaloraError(f"windows must be in [1, 4096], got {windows}")
+        if not (1 <= windows <= MAX_WINDOWS):
+            raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}], got {windows}")
         c = self.eval_corpus(corpus)
         if c.id not in self._ids:
             self._ids[c.id] = data.tokenize(self.tokenizer, c)

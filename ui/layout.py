@@ -28,7 +28,9 @@ ABOUT = """
   (`windows x seqlen` tokens, both recorded with every result); numbers are comparable only within one
   convention, and the front is fitted on one convention at a time.
 - **Predicted** means the posterior of a Gaussian process (botorch `SingleTaskGP`) fitted to the stored
-  log-perplexities of this model, method and convention; the band is +-2 posterior standard deviations.
+  log-perplexities of this model, method and convention, on two features per configuration (average
+  bits and the allocator's summed quantization error); the band is +-2 posterior standard deviations
+  (narrower than it should be: about 70% of held-out points fall inside it).
   Measured configurations are shown at their measured value. *Best within budget* minimises
   mean + 1 sigma (a likely-good pick, not the luckiest guess). Diamonds (legend, hidden by default) are
   the EHVI proposals: the unmeasured configurations whose evaluation would most grow the front.
