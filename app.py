@@ -12,8 +12,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve the coalora explorer.")
-    p.add_argument("--host", default=os.environ.get("COALORA_HOST", "127.0.0.1"),
-                   help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0 (its proxy must reach the app); anywhere
+    # else the default is this machine only.
+    host = os.environ.get("COALORA_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    p.add_argument("--host", default=host,
+                   help="bind address (default 127.0.0.1, or $COALORA_HOST / $GRADIO_SERVER_NAME when set; "
+                        "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
     p.add_argument("--model", default=os.environ.get("COALORA_MODEL", "smollm2-135m"), help="the model shown first")
     p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")

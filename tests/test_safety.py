@@ -15,9 +15,12 @@ def test_app_binds_localhost_unless_told(monkeypatch):
     import app
 
     monkeypatch.delenv("COALORA_HOST", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     assert app.parse_args([]).host == "127.0.0.1"
     assert app.parse_args([]).share is False
     assert app.parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a Hugging Face Space sets
+    assert app.parse_args([]).host == "0.0.0.0"
 
 
 @pytest.mark.parametrize("pattern, why", [
