@@ -241,6 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 _COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_size", "per_config_steps", "coalora_steps",
+                   "coalora_init",
                    "search_every", "eval_budgets", "seen", "ood", "eval_windows", "eval_seqlen", "methods", "seed")
 
 
@@ -594,6 +595,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--batch-size", dest="batch_size", type=int)
     sp.add_argument("--per-config-steps", dest="per_config_steps", type=int, help="steps of each per-config baseline")
     sp.add_argument("--coalora-steps", dest="coalora_steps", type=int, help="steps of the CoA-LoRA run")
+    sp.add_argument("--coalora-init", dest="coalora_init", choices=("lq", "peft"),
+                    help="CoA-LoRA's A, B initialisation (default lq; peft did better at 100 steps: data/README.md)")
     sp.add_argument("--search-every", dest="search_every", type=int)
     sp.add_argument("--eval-budgets", dest="eval_budgets", type=float, nargs="+")
     sp.add_argument("--seen", type=int)
