@@ -100,6 +100,11 @@ class CoALoRALinear(nn.Module):
 
     ``U`` ``[r, r]`` is set by :class:`CoALoRAModel` before each forward; ``None`` means the identity
     (plain LoRA).
+
+    With ``merge`` on, a forward without autograd uses one merged weight ``W_C + s B (U A)``
+    ``[d_out, d_in]`` (built on first use, rebuilt when U, the quantized weight or A, B change):
+    evaluation and sampling then cost what the dense model costs, as PEFT's ``merge_and_unload``
+    does, for one weight copy per layer. Training (autograd on) always takes the unmerged path.
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, scaling: float):
@@ -109,12 +114,38 @@ class CoALoRALinear(nn.Module):
         w = base_layer.weight
         self.lora_A = nn.Parameter(torch.zeros(rank, base_layer.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, dtype=w.dtype, device=w.device))
-        self.U: torch.Tensor | None = None
+        self._u: torch.Tensor | None = None
+        self._u_version = 0
         self.enabled = True
+        self.merge = False
+        self._merged: torch.Tensor | None = None
+        self._merged_key: tuple | None = None
+
+    @property
+    def U(self) -> torch.Tensor | None:
+        return self._u
+
+    @U.setter
+    def U(self, value: torch.Tensor | None) -> None:
+        self._u = value
+        self._u_version += 1  # a new U, even one at a recycled address, invalidates the merged weight
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W_C + s B (U A)`` ``[d_out, d_in]``, cached until U, W_C, A or B change."""
+        w = self.base_layer.weight
+        key = (self._u_version, w.data_ptr(), w._version, self.lora_A._version, self.lora_B._version)
+        if self._merged is None or self._merged_key != key:
+            with torch.no_grad():
+                a = self.lora_A if self._u is None else self._u.detach() @ self.lora_A
+                self._merged = torch.addmm(w, self.lora_B, a, alpha=self.scaling)
+            self._merged_key = key
+        return self._merged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return self.base_layer(x)
+        if self.merge and not torch.is_grad_enabled():
+            return F.linear(x, self.merged_weight(), self.base_layer.bias)
         # Fold U into A first (A' = U A, [r, d_in]): r*r*d_in flops per layer, negligible next to the
         # tokens, and the same arithmetic order as the exported PEFT adapter, so both agree to float
         # rounding (x A^T U^T B^T in another order drifts by ~1e-4 in the logits over 30 blocks).
@@ -218,6 +249,14 @@ class CoALoRAModel(nn.Module):
         us = self.u_matrices(config)
         for i, t in enumerate(self.targets):
             self.layers[t.name].U = us[i]
+
+    def set_merge(self, on: bool = True) -> None:
+        """Merge each layer's LoRA into its weight for forwards without autograd (eval, sampling);
+        off: drop the merged copies (one weight copy per layer)."""
+        for layer in self.layers.values():
+            layer.merge = on
+            if not on:
+                layer._merged, layer._merged_key = None, None
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:

@@ -76,6 +76,7 @@ class Explorer:
 
             self.coa = load_trained(self.adapter_path, self.model, model_name, self.targets)
             self.coa.eval()
+            self.coa.set_merge(True)  # evaluation and sampling at the dense model's speed
             self.adapter_id = file_id(self.adapter_path)
             applier = self.coa.applier
         else:

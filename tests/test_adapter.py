@@ -160,3 +160,32 @@ def test_disabled_runs_the_bare_quantized_model():
         ref = ref_model(input_ids=ids).logits
     assert torch.equal(bare, ref)
     assert torch.equal(again, with_adapter) and not torch.equal(bare, with_adapter)
+
+
+def test_merged_inference_matches_the_lora_path_and_follows_changes():
+    """set_merge: forwards without autograd use W_C + s B U A; same logits, rebuilt on every change."""
+    coa, targets = _coa()
+    with torch.no_grad():
+        for p in coa.theta.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def logits(merge: bool, cfg) -> torch.Tensor:
+        coa.set_merge(merge)
+        with torch.no_grad():
+            coa.set_config(cfg)
+            return coa.model(input_ids=ids).logits
+
+    for seed in (1, 2, 1):  # a switch back must not reuse the other configuration's merged weights
+        cfg = _random_config(targets, seed)
+        ref, merged = logits(False, cfg), logits(True, cfg)
+        assert (merged - ref).abs().max() < 1e-4
+    with torch.no_grad():  # an in-place update of B (as an optimiser step does) is seen too
+        coa.layers[targets[0].name].lora_B.add_(0.1)
+    assert (logits(True, cfg) - logits(False, cfg)).abs().max() < 1e-4
+    # with autograd on, the merged copy is never used: training sees the LoRA parameters
+    coa.set_merge(True)
+    coa.set_config(cfg)
+    loss = coa.model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert coa.layers[targets[0].name].lora_A.grad is not None
