@@ -6,6 +6,9 @@ A SmolLM2-shaped problem (210 matrices, the synthetic error table of
 candidate configurations (log ppl from the log of the table error plus noise), then per n in 100/300/1000:
 the cold query (full GP fit + prediction + EHVI proposals), a query after one new evaluation
 (conditioning only) and a cached query. Candidate generation (once per model) is timed apart.
+Then, at 300 evaluations, the cached query (GP fitted: prediction, Pareto filter, EHVI proposals)
+over ~1,400 / 3,000 / 6,200 candidates (10 / 22 / 46 neighbours per allocator solution), best of 3:
+the issue asks that the front grow no faster than linearly in candidates.
 Prints ONE JSON object.
 
     python bench/bench_front.py [--sizes 100 300 1000]
@@ -27,11 +30,25 @@ import torch  # noqa: E402
 
 from coalora.allocate import SMOLLM2_SHAPES, synthetic_instance  # noqa: E402
 from coalora.config import ModelQuantConfig  # noqa: E402
-from coalora.front import FrontQuery, FrontService  # noqa: E402
+from coalora.front import FrontQuery, FrontService, FrontSettings  # noqa: E402
 from coalora.models import Target  # noqa: E402
 from coalora.store import Evaluation, Store  # noqa: E402
 
 MODEL = "smollm2-shaped"
+
+
+def candidate_scaling(store, targets, table, q) -> dict:
+    """Cached-front seconds (best of 3) as the candidate set grows, at a fixed GP."""
+    rows = []
+    for k in (10, 22, 46):
+        svc = FrontService(store, MODEL, targets, table, settings=FrontSettings(neighbours=k))
+        svc.front(q, budget=3.0)  # fits the GP and builds the candidates
+        best = min(svc.front(q, budget=3.0).seconds for _ in range(3))
+        rows.append({"neighbours": k, "candidates": len(svc.candidates()[0]), "cached_seconds": best})
+        print(f"{rows[-1]['candidates']} candidates: {best:.2f} s", file=sys.stderr)
+    grow_c = rows[-1]["candidates"] / rows[0]["candidates"]
+    grow_t = rows[-1]["cached_seconds"] / rows[0]["cached_seconds"]
+    return {"rows": rows, "candidates_growth": grow_c, "seconds_growth": grow_t}
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +90,8 @@ def main(argv: list[str]) -> int:
                                 "after_one_new_refit": r_new.refit, "cached_seconds": r_cached.seconds}
         print(f"n={n}: cold {r_cold.seconds:.2f} s, +1 eval ({r_new.refit}) {r_new.seconds:.2f} s, "
               f"cached {r_cached.seconds:.2f} s", file=sys.stderr)
+        if n == 300:
+            out["candidate_scaling"] = candidate_scaling(store, targets, table, q)
         store.close()
     print(json.dumps(out))
     return 0
