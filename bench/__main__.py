@@ -1,7 +1,8 @@
 """Run every ``bench/bench_*.py`` (each prints one JSON object) and write ``bench/results/latest.json``
 plus ``bench/results/latest.md`` (the figures next to their references and targets).
 
-Usage: ``python -m bench [NAME ...]`` (names without the ``bench_`` prefix, e.g. ``forward quant``).
+Usage: ``python -m bench [NAME ...]`` (names without the ``bench_`` prefix, e.g. ``forward quant``);
+named runs update their entries in latest.json and keep the others.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ def main(argv: list[str]) -> int:
             failed.append(name)
             print(proc.stderr[-2000:], file=sys.stderr)
         print(f"   {time.time() - t0:.1f} s", file=sys.stderr)
+    out = HERE / "results" / "latest.json"
+    if argv and out.exists():  # a partial run updates its benchmarks and keeps the others' figures
+        try:
+            results = {**json.loads(out.read_text()).get("results", {}), **results}
+        except ValueError:
+            pass
     report = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": results,
     }
-    out = HERE / "results" / "latest.json"
+    if argv:
+        report["rerun"] = sorted(argv)
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
