@@ -59,8 +59,9 @@ def server(tmp_path_factory):
 
 FIND_UNMEASURED = """
 () => {
-  // The unmeasured point of the CoA-LoRA predicted front farthest (on screen) from every other
-  // marker, so that plotly's closest-point click cannot pick a neighbour.
+  // A point of the CoA-LoRA predicted front (2.5-6 bits) that is unmeasured and as far as possible
+  // (on screen) from every measured point and every other trace's marker: plotly's closest-point
+  // click may then pick a neighbour on the same line, but never an already measured configuration.
   const gd = document.querySelector('#front-plot .js-plotly-plot');
   const names = gd.data.map(t => t.name);
   const measured = new Set((gd.data[names.indexOf('CoA-LoRA measured')] || {customdata: []}).customdata);
@@ -68,19 +69,21 @@ FIND_UNMEASURED = """
   const traces = document.querySelectorAll('#front-plot .scatterlayer .trace');
   const centre = (el) => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
   const mine = [...traces[ti].querySelectorAll('.point')].map(centre);
-  const others = [];
-  traces.forEach((tr, k) => tr.querySelectorAll('.point').forEach((el, j) => { if (k !== ti) others.push(centre(el)); }));
+  const avoid = [];
+  traces.forEach((tr, k) => tr.querySelectorAll('.point').forEach((el, j) => { if (k !== ti) avoid.push(centre(el)); }));
+  mine.forEach((c, i) => { if (measured.has(gd.data[ti].customdata[i])) avoid.push(c); });
   let best = null;
   mine.forEach((c, i) => {
     const h = gd.data[ti].customdata[i], x = gd.data[ti].x[i];
     if (measured.has(h) || x < 2.5 || x > 6) return;
-    let d = Infinity;
-    others.concat(mine.filter((_, j) => j !== i)).forEach(o => { d = Math.min(d, Math.hypot(o[0] - c[0], o[1] - c[1])); });
+    const d = Math.min(...avoid.map(o => Math.hypot(o[0] - c[0], o[1] - c[1])));
     if (!best || d > best.gap) best = {trace: ti, index: i, hash: h, gap: d};
   });
   return best;
 }
 """
+
+SELECTED = "() => (document.querySelector('#adapter-time').innerText.match(/Adapter for ([0-9a-f]{16})/) || [])[1]"
 
 MEASURED_HASHES = """
 () => {
@@ -123,25 +126,26 @@ def test_explorer_in_chromium(server):
             t1 = time.perf_counter()
             page.mouse.click(x, y)
             try:
-                page.wait_for_function(
-                    f"document.querySelector('#adapter-time').innerText.includes('{target['hash']}')", timeout=30_000)
+                page.wait_for_function(f"({SELECTED})() !== undefined", timeout=30_000)
             except Exception:
                 page.screenshot(path=str(OUT / "failed-click.png"), full_page=True)
                 raise AssertionError(f"clicked {target}, page shows: {page.inner_text('#adapter-time')!r}") from None
             timings["click_to_adapter_s"] = time.perf_counter() - t1
+            picked = page.evaluate(SELECTED)  # the target or, in a dense front, a neighbour on its line
+            assert picked not in before, f"clicked {target}, selected the measured {picked}"
             adapter_text = page.inner_text("#adapter-time")
             assert "generated in" in adapter_text and " ms" in adapter_text
             page.wait_for_selector("#heatmap .heatmaplayer", timeout=10_000)
-            assert target["hash"] in page.input_value("#share-link textarea, #share-link input")
+            assert picked in page.input_value("#share-link textarea, #share-link input")
 
             # Quick eval: the new measured point appears on the front.
             t2 = time.perf_counter()
             page.click("#quick-eval")
             page.wait_for_function("document.querySelector('#eval-result').innerText.includes('perplexity')",
                                    timeout=180_000)
-            page.wait_for_function(f"({MEASURED_HASHES})().includes('{target['hash']}')", timeout=30_000)
+            page.wait_for_function(f"({MEASURED_HASHES})().includes('{picked}')", timeout=30_000)
             timings["quick_eval_s"] = time.perf_counter() - t2
-            assert set(page.evaluate(MEASURED_HASHES)) == before | {target["hash"]}
+            assert set(page.evaluate(MEASURED_HASHES)) == before | {picked}
             page.screenshot(path=str(OUT / "explorer.png"), full_page=True)
 
             # Export: download the bundle zip.
@@ -154,7 +158,7 @@ def test_explorer_in_chromium(server):
             dl.value.save_as(path)
             with zipfile.ZipFile(path) as z:
                 meta = json.loads(z.read("coalora_config.json"))
-            assert meta["config_hash"] == target["hash"] and meta["model"] == "smollm2-135m"
+            assert meta["config_hash"] == picked and meta["model"] == "smollm2-135m"
             assert not errors, errors
         finally:
             browser.close()
