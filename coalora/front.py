@@ -77,6 +77,14 @@ HV_BITS_REF = 8.75
 """Reference point of every front hypervolume: (8.75 bits, ppl 1000) in (avg bits, log ppl)."""
 HV_PPL_REF = 1000.0
 FIT_MAXITER = 50
+MAX_LOG_PPL = 100.0
+"""Shown perplexities are capped at exp(100) ~ 3e43: a GP fitted on a few points can predict a log
+ppl (or a +2 sigma edge) beyond what a float's exp holds, and any such value just means "useless"."""
+
+
+def _ppl(log_ppl: float) -> float:
+    """exp of a (predicted) log perplexity, capped at exp(MAX_LOG_PPL) instead of overflowing."""
+    return math.exp(min(float(log_ppl), MAX_LOG_PPL)) if math.isfinite(log_ppl) else float(log_ppl)
 ENCODING = "avg_bits+log_table_error"
 """The GP's input encoding (:func:`_encode`), named in every :class:`FrontResult`."""
 FLOOR_GAP = 0.5
@@ -411,8 +419,8 @@ class FrontService:
     @staticmethod
     def _point(h: str, bits: float, mu: float, sd: float, src: str, meas: dict[str, float]) -> FrontPoint:
         m = meas.get(h)
-        return FrontPoint(h, float(bits), float(math.exp(m)) if m is not None else None, float(math.exp(mu)),
-                          float(math.exp(mu - 2 * sd)), float(math.exp(mu + 2 * sd)), "measured" if m is not None else src)
+        return FrontPoint(h, float(bits), _ppl(m) if m is not None else None, _ppl(mu), _ppl(mu - 2 * sd),
+                          _ppl(mu + 2 * sd), "measured" if m is not None else src)
 
     def _proposals(self, cids, cbits, mean, std, bits_m, y, hash_of, measured: set[str]) -> list[FrontPoint]:
         """Unmeasured candidates with the highest expected hypervolume improvement over the measured front."""

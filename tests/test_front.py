@@ -269,3 +269,16 @@ def test_prediction_beyond_the_measured_bits_keeps_falling(problem):
     mean, _ = _predict(gp, svc.encode(sols))
     assert (np.diff(mean) <= 1e-3).all(), mean
     store.close()
+
+
+def test_points_with_huge_predicted_log_ppl_do_not_overflow():
+    """A GP fitted on a few points can predict log ppl far beyond exp's range (a load-test failure)."""
+    import math
+
+    from coalora.front import MAX_LOG_PPL, FrontService
+
+    p = FrontService._point("0" * 16, 6.25, 650.0, 40.0, "allocator", {})
+    assert p.pred_ppl == math.exp(MAX_LOG_PPL) and p.pred_hi == math.exp(MAX_LOG_PPL)
+    assert math.isfinite(p.pred_lo) and p.ppl is None
+    q = FrontService._point("1" * 16, 3.0, 4.0, 0.1, "allocator", {"1" * 16: 3.9})
+    assert q.ppl == math.exp(3.9) and q.pred_ppl == math.exp(4.0)
