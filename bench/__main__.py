@@ -50,13 +50,10 @@ def main(argv: list[str]) -> int:
     }
     if argv:
         report["rerun"] = sorted(argv)
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
-    md = out.with_suffix(".md")
-    md.with_suffix(".md.tmp").write_text(markdown(report))
-    md.with_suffix(".md.tmp").replace(md)
+    from coalora.files import write_json_atomic, write_text_atomic
+
+    write_json_atomic(out, report)
+    md = write_text_atomic(out.with_suffix(".md"), markdown(report))
     print(md.read_text())
     return 1 if failed else 0
 

@@ -11,19 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def best_of(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from _timing import best_of  # noqa: E402
 
 
 def main() -> dict:
@@ -37,13 +28,13 @@ def main() -> dict:
     model, _ = load_model("smollm2-135m")
     ids = torch.randint(0, 49152, (1, 256), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        forward_s = best_of(lambda: model(input_ids=ids))
+        forward_s = best_of(lambda: model(input_ids=ids), repeats=7)
     targets = find_targets(model)
     cfg = TrainConfig()
     coa = CoALoRAModel(model, "smollm2-135m", targets, cfg.adapter)
     rng = random.Random(0)
     qc = ModelQuantConfig.from_ids("smollm2-135m", targets, [rng.randrange(len(ALL_CONFIGS)) for _ in targets])
-    gen_s = best_of(lambda: coa.generate(qc))
+    gen_s = best_of(lambda: coa.generate(qc), repeats=7)
     return {
         "model": "smollm2-135m",
         "layers": len(targets),

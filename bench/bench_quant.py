@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 from coalora.allocate import SMOLLM2_SHAPES  # noqa: E402
 from coalora.config import PRESETS  # noqa: E402
@@ -38,16 +39,9 @@ def smollm2_like(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def best_of(fn, weights: list[torch.Tensor], repeats: int = 3) -> float:
-    for w in weights:  # warm-up: caches, allocator, lazy kernels
-        fn(w)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for w in weights:
-            fn(w)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def each(fn, weights: list[torch.Tensor]):
+    """One call that applies ``fn`` to every weight (what :func:`best_of` times)."""
+    return lambda: [fn(w) for w in weights]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,8 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(w.numel() for w in weights)
     config = PRESETS["nf4-dq"]
 
-    ours = best_of(lambda w: fake_quantize(w, config), weights)
-    bnb = best_of(lambda w: bnbf.quantize_4bit(w, quant_type="nf4", blocksize=64, compress_statistics=True), weights)
+    ours = best_of(each(lambda w: fake_quantize(w, config), weights), repeats=3)
+    bnb = best_of(each(lambda w: bnbf.quantize_4bit(w, quant_type="nf4", blocksize=64, compress_statistics=True),
+                       weights), repeats=3)
 
     t0 = time.perf_counter()
     error_table(weights, progress=False)

@@ -12,21 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _timing import best_of  # noqa: E402
+
 SIZES = (256, 512, 1024)
-
-
-def _best(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def one_size(hidden: int) -> dict:
@@ -41,7 +32,7 @@ def one_size(hidden: int) -> dict:
     mparams = sum(t.numel for t in targets) / 1e6
     ids = torch.randint(0, 256, (1, 256), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        dense_s = _best(lambda: model(input_ids=ids))
+        dense_s = best_of(lambda: model(input_ids=ids))
     coa = CoALoRAModel(model, "tiny-llama", targets, AdapterConfig(rank=8), cache_bytes=0, initialize=False)
     nf4 = ModelQuantConfig.uniform("tiny-llama", targets, resolve_preset("nf4-dq"))
     rng = random.Random(0)
@@ -59,12 +50,12 @@ def one_size(hidden: int) -> dict:
         coa.applier.apply(other)
 
     with torch.no_grad():
-        apply_s = _best(apply_full)
-        switch_s = _best(switch) / 2
-        gen_s = _best(lambda: coa.generate(nf4), repeats=5)
+        apply_s = best_of(apply_full)
+        switch_s = best_of(switch) / 2
+        gen_s = best_of(lambda: coa.generate(nf4))
         coa.set_config(nf4)
     with torch.inference_mode():
-        quant_s = _best(lambda: model(input_ids=ids))
+        quant_s = best_of(lambda: model(input_ids=ids))
     return {
         "hidden": hidden, "target_mparams": mparams, "matrices": len(targets),
         "apply_s": apply_s, "switch_10pct_s": switch_s, "generate_ms": gen_s * 1000,

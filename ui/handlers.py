@@ -249,11 +249,20 @@ def fronts(model: str, budget: float, methods: list[str], cv: Convention, fresh:
     return out
 
 
-def baselines(model: str, methods: list[str], cv: Convention) -> list[dict]:
-    """The shipped comparison's per-budget points of the selected baselines (same model and convention)."""
+@functools.lru_cache(maxsize=1)
+def shipped_comparison() -> dict | None:
+    """``data/results/compare.json`` (read once: it ships with the code), or None if absent."""
     from coalora.compare import load_results
 
-    res = load_results()
+    return load_results()
+
+
+def baselines(model: str, methods: list[str], cv: Convention) -> list[dict]:
+    """The shipped comparison's per-budget points of the selected baselines (same model and convention)."""
+    try:
+        res = shipped_comparison()
+    except CoaloraError:  # the Methods tab says what is wrong with it; the front goes on without
+        return []
     c = {} if res is None else res.get("config", {})
     if res is None or c.get("model") != model or c.get("eval_corpus") != cv.corpus or \
             (c.get("eval_seqlen"), c.get("eval_windows")) != (cv.seqlen, cv.windows):
@@ -262,7 +271,7 @@ def baselines(model: str, methods: list[str], cv: Convention) -> list[dict]:
             and p.get("kind") in ("unseen", "own")]
 
 
-def _front_md(fr: dict, budget: float, n_candidates_note: str = "") -> str:
+def _front_md(fr: dict, budget: float) -> str:
     if not fr:
         return "No GP front for the selected methods (tick CoA-LoRA or no adapter)."
     lines = []
@@ -330,13 +339,21 @@ def _selected_point(model: str, h: str, methods: list[str], cv: Convention):
         cfg = ex.config(h)
     except CoaloraError:
         return None
-    m = primary_method(ex, methods)
-    ev = ex.cached(cfg, m, cv.seqlen, cv.windows, cv.corpus)
-    if ev is not None:
-        return h, cfg.avg_bits, ev.ppl
-    q = ex.query(m, cv.seqlen, cv.windows, cv.corpus)
-    p = ex.front_service().predict(q, cfg)
-    return (h, cfg.avg_bits, p.pred_ppl) if p is not None else None
+    measured, p = _ppl(ex, cfg, primary_method(ex, methods), cv)
+    return _marker(cfg, measured, None if p is None else p.pred_ppl)
+
+
+def _ppl(ex, cfg, method: str, cv: Convention) -> tuple[float | None, Any]:
+    """(measured ppl or None, the GP's FrontPoint prediction or None) of ``cfg`` under ``cv``."""
+    ev = ex.cached(cfg, method, cv.seqlen, cv.windows, cv.corpus)
+    p = ex.front_service().predict(ex.query(method, cv.seqlen, cv.windows, cv.corpus), cfg)
+    return (None if ev is None else ev.ppl), p
+
+
+def _marker(cfg, measured: float | None, predicted: float | None) -> tuple[str, float, float] | None:
+    """The selection ring (hash, bits, ppl): at the measured ppl, else the predicted one."""
+    y = measured if measured is not None else predicted
+    return None if y is None else (cfg.hash, cfg.avg_bits, y)
 
 
 # ---- selection
@@ -359,23 +376,20 @@ def share_link(request: gr.Request | None, model: str, budget: float, config_has
     return f"{base}?{urlencode(q)}"
 
 
-def describe_selection(model: str, config_hash: str, methods: list[str], cv: Convention) -> dict:
-    """Everything the selection panel shows, as plain values (also the ``select`` API's JSON)."""
+def describe_selection(model: str, cfg, methods: list[str], cv: Convention) -> dict:
+    """Everything the selection panel shows about ``cfg``, as plain values (also the ``select`` API's JSON)."""
     ex = MODELS.get(model)
-    h = check_hash(config_hash)
-    cfg = ex.config(h)
     m = primary_method(ex, methods)
     ms = None
     if ex.coa is not None:
         _, ms = ex.generate(cfg)
-    p = ex.front_service().predict(ex.query(m, cv.seqlen, cv.windows, cv.corpus), cfg)
-    ev = ex.cached(cfg, m, cv.seqlen, cv.windows, cv.corpus)
+    measured, p = _ppl(ex, cfg, m, cv)
     return {
-        "model": model, "config_hash": h, "avg_bits": cfg.avg_bits, "method": m,
+        "model": model, "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "method": m,
         "adapter_ms": ms, "adapter_id": ex.adapter_id or None,
         "predicted_ppl": None if p is None else p.pred_ppl,
         "predicted_band": None if p is None else [p.pred_lo, p.pred_hi],
-        "measured_ppl": None if ev is None else ev.ppl, "convention": cv.label,
+        "measured_ppl": measured, "convention": cv.label,
         "matrices": len(cfg.targets),
     }
 
@@ -401,15 +415,13 @@ def select(config_hash: str, model: str, eval_set: str, budget: float, methods: 
     """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
     b, ms = check_budget(budget), check_methods(methods)
     cv = check_eval(eval_set, seqlen, windows)
-    d = describe_selection(model, config_hash, ms, cv)
-    ex = MODELS.get(model)
-    cfg = ex.config(d["config_hash"])
+    cfg = MODELS.get(model).config(check_hash(config_hash))
+    d = describe_selection(model, cfg, ms, cv)
     summary, adapter = _selection_md(d)
-    fr = fronts(model, b, ms, cv)
-    y = d["measured_ppl"] if d["measured_ppl"] is not None else d["predicted_ppl"]
-    fig = _figure(model, fr, b, ms, cv, (d["config_hash"], d["avg_bits"], y) if y is not None else None)
-    return (d["config_hash"], summary, adapter, figures.heatmap_figure(cfg), d, fig,
-            share_link(request, model, b, d["config_hash"], cv.eval_set))
+    marker = _marker(cfg, d["measured_ppl"], d["predicted_ppl"])
+    fig = _figure(model, fronts(model, b, ms, cv), b, ms, cv, marker)
+    return (cfg.hash, summary, adapter, figures.heatmap_figure(cfg), d, fig,
+            share_link(request, model, b, cfg.hash, cv.eval_set))
 
 
 @user_errors
@@ -458,9 +470,9 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     how = "cached result (no recomputation)" if cached else f"measured in {ev.seconds:.1f} s and stored"
     result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}** "
               f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}`, {how}.")
-    d = describe_selection(model, h, ms, cv)
+    d = describe_selection(model, cfg, ms, cv)
     summary, _ = _selection_md(d)
-    fig = _figure(model, fr, b, ms, cv, (h, cfg.avg_bits, ev.ppl))
+    fig = _figure(model, fr, b, ms, cv, _marker(cfg, ev.ppl, None))
     return result, fig, _table(fr), _front_md(fr, b), summary, d
 
 
@@ -568,10 +580,8 @@ def hv_history(model: str):
 
 
 def comparison() -> tuple[str, Any]:
-    from coalora.compare import load_results
-
     try:
-        res = load_results()
+        res = shipped_comparison()
     except CoaloraError as e:
         return f"The shipped comparison could not be read: {e}", figures.compare_figure([])
     if res is None:
