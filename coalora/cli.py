@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 _TRAIN_FIELDS = (
-    "model", "method", "rank", "alpha", "init", "ref_preset", "corpus", "seqlen", "batch_size", "steps", "lr",
+    "model", "method", "rank", "alpha", "init", "ref_preset", "corpus", "seqlen", "batch_size", "steps", "lr", "theta_lr_scale",
     "weight_decay", "configs_per_step", "initial_budgets", "budgets", "weighting", "search_every",
     "search_candidates", "search_steps", "segments", "probe_windows", "checkpoint_every", "cache_gib", "seed",
 )
@@ -240,8 +240,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_size", "per_config_steps", "coalora_steps",
-                   "coalora_init",
+_COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_size", "lr", "per_config_steps", "coalora_steps",
+                   "coalora_init", "coalora_theta_lr_scale",
                    "search_every", "eval_budgets", "seen", "ood", "eval_windows", "eval_seqlen", "methods", "seed")
 
 
@@ -551,7 +551,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--seqlen", type=int, help="tokens per training window (default 128)")
     sp.add_argument("--batch-size", dest="batch_size", type=int, help="windows per step, over all processes (default 4)")
     sp.add_argument("--steps", type=int, help="optimizer steps (default 700)")
-    sp.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4, constant)")
+    sp.add_argument("--lr", type=float, help="AdamW learning rate of A, B (default 1e-3, constant; the paper's is 1e-4)")
+    sp.add_argument("--theta-lr-scale", dest="theta_lr_scale", type=float,
+                    help="theta's learning rate as a multiple of --lr (default 10; 1 = the paper's single rate)")
     sp.add_argument("--weight-decay", dest="weight_decay", type=float)
     sp.add_argument("--configs-per-step", dest="configs_per_step", type=int, help="K configs per batch (default 2)")
     sp.add_argument("--initial-budgets", dest="initial_budgets", type=int, help="initial training set size (default 50)")
@@ -593,10 +595,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--rank", type=int)
     sp.add_argument("--seqlen", type=int)
     sp.add_argument("--batch-size", dest="batch_size", type=int)
+    sp.add_argument("--lr", type=float, help="AdamW learning rate of every method's LoRA (default 1e-4, the paper's)")
     sp.add_argument("--per-config-steps", dest="per_config_steps", type=int, help="steps of each per-config baseline")
     sp.add_argument("--coalora-steps", dest="coalora_steps", type=int, help="steps of the CoA-LoRA run")
     sp.add_argument("--coalora-init", dest="coalora_init", choices=("lq", "peft"),
-                    help="CoA-LoRA's A, B initialisation (default lq; peft did better at 100 steps: data/README.md)")
+                    help="CoA-LoRA's A, B initialisation (default peft; lq: SVD of the nf3 residual)")
+    sp.add_argument("--coalora-theta-lr-scale", dest="coalora_theta_lr_scale", type=float,
+                    help="CoA-LoRA's theta learning rate as a multiple of the shared lr (default 100; 1 = the paper's)")
     sp.add_argument("--search-every", dest="search_every", type=int)
     sp.add_argument("--eval-budgets", dest="eval_budgets", type=float, nargs="+")
     sp.add_argument("--seen", type=int)

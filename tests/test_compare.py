@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from coalora.compare import CompareConfig, far_random_configs, hypervolume_normalised
+from coalora.compare import CompareConfig, EvalPoint, far_random_configs, hypervolume_normalised, seen_gap
 from coalora.errors import CoaloraError
 
 
@@ -24,6 +24,23 @@ def test_normalised_hypervolume_bounds():
     assert hypervolume_normalised([(2.25, 10.0)], 2.25, 7.25, 1000.0, 10.0) == pytest.approx(1.0)
     assert hypervolume_normalised([(8.0, 10.0)], 2.25, 7.25, 1000.0, 10.0) == 0.0
     assert hypervolume_normalised([(4.75, 100.0)], 2.25, 7.25, 1000.0, 10.0) == pytest.approx(0.25)
+
+
+def test_seen_gap_compares_at_matching_bits():
+    def pt(kind, bits, ppl, method="coalora"):
+        return EvalPoint(method, kind, None, bits, "0" * 16, ppl, float(np.log(ppl)), 10)
+
+    # Unseen curve: ppl 100 at 3 bits, 25 at 5 bits; log-linear, so 50 at 4 bits.
+    pts = [pt("unseen", 3.0, 100.0), pt("unseen", 5.0, 25.0),
+           pt("seen", 4.0, 49.0),   # 2% better than the curve: -0.02
+           pt("seen", 3.0, 103.0),  # +0.03 at an end point
+           pt("seen", 2.9, 500.0),  # outside the unseen range: listed, not averaged
+           pt("seen", 4.0, 1.0, method="shared")]  # another method's point is ignored
+    g = seen_gap(pts)
+    assert [r["gap"] for r in g["points"]][0] is None
+    assert g["points"][1]["gap"] == pytest.approx(0.03) and g["points"][2]["curve"] == pytest.approx(50.0)
+    assert g["mean"] == pytest.approx(0.005) and g["mean_abs"] == pytest.approx(0.025)
+    assert seen_gap([pt("seen", 4.0, 49.0)])["mean"] is None  # no unseen curve to compare with
 
 
 def test_compare_config_validation():

@@ -25,7 +25,8 @@ def corpus(tmp_path):
 
 
 def _cfg(corpus, **kw):
-    base = dict(model="tiny-llama", corpus=corpus, rank=4, seqlen=32, batch_size=4, steps=6, lr=3e-3,
+    # lr 30x the real recipe's (a tiny model, few steps), so theta keeps the paper's single rate unless a test scales it.
+    base = dict(model="tiny-llama", corpus=corpus, rank=4, seqlen=32, batch_size=4, steps=6, lr=3e-3, theta_lr_scale=1.0,
                 initial_budgets=6, weighting="none", search_every=0, probe_windows=4, checkpoint_every=3, seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -35,8 +36,9 @@ def _run(cfg, out):
     return Trainer(cfg, out, progress=False).run()
 
 
-def test_training_lowers_the_loss_of_every_training_config(corpus, tmp_home, tmp_path):
-    cfg = _cfg(corpus, steps=40)
+@pytest.mark.parametrize("theta_lr_scale", [1.0, 10.0])
+def test_training_lowers_the_loss_of_every_training_config(corpus, tmp_home, tmp_path, theta_lr_scale):
+    cfg = _cfg(corpus, steps=40, theta_lr_scale=theta_lr_scale)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer._setup()
     configs = trainer._initial
@@ -51,11 +53,12 @@ def test_training_lowers_the_loss_of_every_training_config(corpus, tmp_home, tmp
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] >= 0 for r in steps)
 
 
-def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_home, tmp_path):
-    straight = Trainer(_cfg(corpus, steps=6), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("theta_lr_scale", [1.0, 10.0])
+def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_home, tmp_path, theta_lr_scale):
+    straight = Trainer(_cfg(corpus, steps=6, theta_lr_scale=theta_lr_scale), tmp_path / "a", progress=False)
     straight.run()
-    Trainer(_cfg(corpus, steps=3), tmp_path / "b", progress=False).run()  # "interrupted" after step 3
-    resumed = Trainer(_cfg(corpus, steps=6), tmp_path / "b", progress=False)
+    Trainer(_cfg(corpus, steps=3, theta_lr_scale=theta_lr_scale), tmp_path / "b", progress=False).run()  # "interrupted"
+    resumed = Trainer(_cfg(corpus, steps=6, theta_lr_scale=theta_lr_scale), tmp_path / "b", progress=False)
     resumed.run()
     sa, sb = straight.coa.trainable_state(), resumed.coa.trainable_state()
     for k in sa:
@@ -63,6 +66,28 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_home, tmp_path):
     la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"step"' in x]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert la == lb
+
+
+def test_theta_lr_scale_gives_theta_its_own_rate(corpus, tmp_home, tmp_path):
+    """theta (and gamma) train at lr * theta_lr_scale, A and B at lr; scale 1 keeps one group (old checkpoints)."""
+    one = Trainer(_cfg(corpus, steps=2), tmp_path / "one", progress=False)
+    one.run()
+    assert [g["lr"] for g in one._torch_optimizer.param_groups] == [3e-3]
+    two = Trainer(_cfg(corpus, steps=2, theta_lr_scale=10.0), tmp_path / "two", progress=False)
+    two.run()
+    groups = two._torch_optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([3e-3, 3e-2])
+    theta = {id(p) for p in two.coa.theta.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == theta
+    assert not theta & {id(p) for p in groups[0]["params"]}
+    # The faster rate moves theta further from its (seeded, identical) initial value in the same steps.
+    fresh = Trainer(_cfg(corpus, steps=2), tmp_path / "fresh", progress=False)
+    fresh._setup()
+    w0 = fresh.coa.theta.mlp[-1].weight
+    moved = [float((t.coa.theta.mlp[-1].weight - w0).abs().max()) for t in (one, two)]
+    assert moved[1] > 3 * moved[0] > 0, moved
+    with pytest.raises(CoaloraError, match="theta_lr_scale=10.0, not 1.0"):
+        _run(_cfg(corpus, steps=4, theta_lr_scale=1.0), tmp_path / "two")
 
 
 def test_search_rounds_keep_a_valid_training_set(corpus, tmp_home, tmp_path):
@@ -104,6 +129,7 @@ def test_resume_refuses_other_options_and_corrupt_files(corpus, tmp_home, tmp_pa
         ({"budgets": (9.0,)}, "outside the feasible range"),
         ({"search_every": -1}, "search_every"),
         ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"theta_lr_scale": 0}, "theta_lr_scale must be a positive number"),
     ],
 )
 def test_train_config_validation(corpus, kw, match):
