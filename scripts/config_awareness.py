@@ -67,7 +67,7 @@ def main() -> int:
             return perplexity(coa.model, windows, batch_size=4, progress=False).ppl
 
     grid = {f"{b:g}": {f"{u:g}": ppl(configs[b], configs[u]) for u in args.budgets} for b in args.budgets}
-    print("| base \\\\ U of | " + " | ".join(f"{u:g} bits" for u in args.budgets) + " |")
+    print("| base config, U of -> | " + " | ".join(f"{u:g} bits" for u in args.budgets) + " |")
     print("|---|" + "---|" * len(args.budgets))
     for b, row in grid.items():
         print(f"| {b} bits | " + " | ".join(f"**{v:.2f}**" if u == b else f"{v:.2f}" for u, v in row.items()) + " |")
