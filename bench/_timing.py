@@ -6,12 +6,18 @@ import time
 from collections.abc import Callable
 
 
-def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
-    fn()
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
+    return min(timings(fn, repeats))

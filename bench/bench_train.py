@@ -13,22 +13,16 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _timing import timings  # noqa: E402
 
 BATCH, SEQLEN, WARMUP, STEPS = 4, 128, 2, 6
 
 
 def _median_step(step_fn) -> float:
-    for _ in range(WARMUP):
-        step_fn()
-    times = []
-    for _ in range(STEPS):
-        t0 = time.perf_counter()
-        step_fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timings(step_fn, STEPS, WARMUP))
 
 
 def main() -> dict:

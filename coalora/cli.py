@@ -550,7 +550,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--corpus", help="training corpus (default shakespeare, train plays)")
     sp.add_argument("--seqlen", type=int, help="tokens per training window (default 128)")
     sp.add_argument("--batch-size", dest="batch_size", type=int, help="windows per step, over all processes (default 4)")
-    sp.add_argument("--steps", type=int, help="optimizer steps (default 700)")
+    sp.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     sp.add_argument("--lr", type=float, help="AdamW learning rate of A, B (default 1e-3, constant; the paper's is 1e-4)")
     sp.add_argument("--theta-lr-scale", dest="theta_lr_scale", type=float,
                     help="theta's learning rate as a multiple of --lr (default 10; 1 = the paper's single rate)")

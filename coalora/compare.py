@@ -76,6 +76,13 @@ class CompareConfig:
             if getattr(self, name) < 1:
                 raise CoaloraError(f"{name} must be positive")
 
+    def eval_windows_of(self, tokenizer):
+        """The held-out evaluation windows ``[eval_windows, eval_seqlen]`` every method is scored on."""
+        from coalora import data
+
+        ids = data.tokenize(tokenizer, data.load_corpus(self.eval_corpus, "eval"))
+        return data.windows(ids, self.eval_seqlen, self.eval_windows)
+
     def train_config(self, method: str, budgets: tuple[float, ...] = (), **kw):
         from coalora.train import TrainConfig
 
@@ -174,10 +181,23 @@ def seen_gap(points: list[EvalPoint], method: str = "coalora") -> dict[str, Any]
             "mean_abs": float(np.mean(np.abs(gaps))) if gaps else None, "points": rows}
 
 
+def allocator_configs(trainer, budgets) -> dict[float, ModelQuantConfig]:
+    """The fast allocator's configuration at each budget for ``trainer``'s model (the comparison's
+    evaluation configurations), from the error table of the original weights (restore them first)."""
+    from coalora.allocate import allocate_many
+    from coalora.sensitivity import model_error_table
+
+    t = trainer
+    table = model_error_table(t.model_raw, t.cfg.model, t.targets, t.cfg.weighting, tokenizer=t.tok, progress=False)
+    numels, bits = [x.numel for x in t.targets], [c.bits for c in ALL_CONFIGS]
+    return {b: ModelQuantConfig.from_ids(t.cfg.model, t.targets,
+                                         list(allocate_many(table.numpy(), numels, bits, [b], method="fast")[0].choice))
+            for b in budgets}
+
+
 def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress: bool = True) -> CompareResult:
     import torch
 
-    from coalora.allocate import allocate_many
     from coalora.evaluate import perplexity
     from coalora.train import Trainer
 
@@ -195,16 +215,10 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
     train_hashes = {coa_tr._config(list(ids)).hash for ids in coa_state.train_set}
 
     # 2. Evaluation configurations.
-    from coalora.sensitivity import model_error_table
-
     coa_tr.coa.applier.restore()  # the table is of the original weights (and cached by their fingerprint)
-    table = model_error_table(coa_tr.model_raw, cfg.model, targets, coa_tr.cfg.weighting, tokenizer=coa_tr.tok, progress=False)
     numels = [t.numel for t in targets]
-    bits = [c.bits for c in ALL_CONFIGS]
     unseen: dict[float, ModelQuantConfig] = {}
-    for b in cfg.eval_budgets:
-        allocs = allocate_many(table.numpy(), numels, bits, [b], method="fast")
-        c = ModelQuantConfig.from_ids(cfg.model, targets, list(allocs[0].choice))
+    for b, c in allocator_configs(coa_tr, cfg.eval_budgets).items():
         if c.hash in train_hashes:
             log(f"note: the allocator's {b}-bit configuration is in the training set; it counts as seen, not unseen")
             continue
@@ -217,11 +231,7 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
             seen.append(best)
     ood = [ModelQuantConfig.from_ids(cfg.model, targets, ids)
            for ids in far_random_configs(numels, train_ids, cfg.ood, cfg.seed)]
-
-    from coalora import data
-
-    eval_windows = data.windows(data.tokenize(coa_tr.tok, data.load_corpus(cfg.eval_corpus, "eval")), cfg.eval_seqlen,
-                                cfg.eval_windows)
+    eval_windows = cfg.eval_windows_of(coa_tr.tok)
 
     def score(method: str, kind: str, budget: float | None, qc: ModelQuantConfig, model) -> None:
         r = perplexity(model, eval_windows, batch_size=4, progress=False)

@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     import torch
 
-    from coalora import data
     from coalora.assets import home
     from coalora.compare import CompareConfig
     from coalora.evaluate import perplexity
@@ -49,8 +48,7 @@ def main() -> int:
         tr = Trainer(cfg, runs / f"{args.method}-{b}-lr{args.lr:g}", log=print, progress=False)
         st = tr.run()
         (own,) = tr._initial
-        windows = data.windows(data.tokenize(tr.tok, data.load_corpus(cc.eval_corpus, "eval")), cc.eval_seqlen,
-                               cc.eval_windows)
+        windows = cc.eval_windows_of(tr.tok)
         tr.coa.eval()
         with torch.no_grad():
             tr.coa.applier.apply(own)

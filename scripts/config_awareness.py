@@ -26,12 +26,11 @@ def main() -> int:
     import torch
 
     from coalora import data
-    from coalora.allocate import allocate_many
     from coalora.checkpoint import load_checkpoint
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.compare import allocator_configs
+    from coalora.config import ModelQuantConfig
     from coalora.evaluate import perplexity
     from coalora.files import write_json_atomic
-    from coalora.sensitivity import model_error_table
     from coalora.train import CHECKPOINT, TrainConfig, Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,11 +48,7 @@ def main() -> int:
     if not tr._resume():
         raise SystemExit(f"error: no checkpoint in {args.run}")
     tr.coa.applier.restore()
-    table = model_error_table(tr.model_raw, cfg.model, tr.targets, cfg.weighting, tokenizer=tr.tok, progress=False)
-    numels, bits = [t.numel for t in tr.targets], [c.bits for c in ALL_CONFIGS]
-    configs = {b: ModelQuantConfig.from_ids(cfg.model, tr.targets,
-                                            list(allocate_many(table.numpy(), numels, bits, [b], method="fast")[0].choice))
-               for b in args.budgets}
+    configs = allocator_configs(tr, args.budgets)
     windows = data.windows(data.tokenize(tr.tok, data.load_corpus("shakespeare", "eval")), args.seqlen, args.windows)
     coa = tr.coa
     coa.eval()
