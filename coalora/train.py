@@ -309,6 +309,8 @@ class Trainer:
         saved = TrainConfig.from_dict(meta["train_config"])
         # Everything that changes the result must match; steps may change (train longer, or stop earlier).
         free = ("steps", "checkpoint_every", "cache_gib")
+        if not self.cfg.use_theta:  # the baselines have no theta: its rate changes nothing
+            free += ("theta_lr_scale",)
         mismatch = [k for k, v in saved.to_dict().items() if k not in free and v != self.cfg.to_dict()[k]]
         if mismatch:
             k = mismatch[0]

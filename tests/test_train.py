@@ -90,6 +90,13 @@ def test_theta_lr_scale_gives_theta_its_own_rate(corpus, tmp_home, tmp_path):
         _run(_cfg(corpus, steps=4, theta_lr_scale=1.0), tmp_path / "two")
 
 
+def test_a_baseline_resumes_whatever_theta_rate_it_was_saved_with(corpus, tmp_home, tmp_path):
+    """QLoRA has no theta, so theta's rate is no reason to refuse its checkpoint (runs shared between comparisons)."""
+    _run(_cfg(corpus, steps=2, method="qlora", budgets=(3.0,), theta_lr_scale=30.0), tmp_path / "q")
+    state = _run(_cfg(corpus, steps=3, method="qlora", budgets=(3.0,), theta_lr_scale=10.0), tmp_path / "q")
+    assert state.step == 3
+
+
 def test_search_rounds_keep_a_valid_training_set(corpus, tmp_home, tmp_path):
     cfg = _cfg(corpus, steps=4, search_every=2, search_candidates=2, search_steps=3, segments=10)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
