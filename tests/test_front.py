@@ -20,6 +20,7 @@ from coalora.front import (
     FrontQuery,
     FrontService,
     FrontSettings,
+    SignedLinearMean,
     _encode,
     _predict,
     check_budget,
@@ -154,6 +155,79 @@ def test_proposals_are_unmeasured_candidates(filled):
     assert all(p.config_hash not in measured and p.source == "ehvi" for p in res.proposals)
 
 
+def test_proposals_spread_over_an_unmeasured_region(problem):
+    # Only allocator points above 3 bits are measured, so everything below is uncertain. Ranked by
+    # their own EHVI the proposals all sat within 0.25 bits of each other (near-copies); the
+    # Kriging-believer batch must spread them over the gap.
+    store = Store(":memory:", seed_dir=None)
+    svc = _service(problem, store)
+    cids, bits, src = svc.candidates()
+    for i in np.flatnonzero((np.array(src) == "allocator") & (bits > 3.0))[::3]:
+        _add(store, problem, cids[i])
+    res = svc.front(FrontQuery(MODEL))
+    got = np.array([p.avg_bits for p in res.proposals])
+    assert len(got) == svc.settings.proposals
+    assert len({p.config_hash for p in res.proposals}) == len(got)
+    assert got.max() - got.min() > 1.0 and len(np.unique(np.round(got, 1))) >= 6, got
+
+
+def _brute_force_batch(svc, q, k):
+    """The Kriging-believer batch with every candidate re-scored after every pick (no shortlist)."""
+    from coalora.front import HV_BITS_REF, HV_PPL_REF, _pareto
+
+    hashes, ids, y = svc.measured(q)
+    gp, _ = svc.fit(q)
+    cids, cbits, _ = svc.candidates()
+    done = {row.tobytes() for row in ids}
+    fresh = np.array([row.tobytes() not in done for row in cids])
+    cids, cbits = cids[fresh], cbits[fresh]
+    x = svc.encode(cids)
+    bm = svc.avg_bits(ids)
+    f = _pareto(bm, y)
+    fb, fl = bm[f], y[f]
+    picks, vals = [], []
+    for _ in range(k):
+        extra = (x[picks], torch.tensor(vals, dtype=x.dtype)) if picks else None
+        m, sd = _predict(gp, x, extra=extra)
+        e = expected_hvi(cbits, m, sd, fb, fl, (HV_BITS_REF, math.log(HV_PPL_REF)))
+        e[picks] = 0.0
+        i = int(np.argmax(e))
+        picks.append(i)
+        vals.append(float(m[i]))
+        keep = _pareto(np.append(fb, cbits[i]), np.append(fl, m[i]))
+        fb, fl = np.append(fb, cbits[i])[keep], np.append(fl, m[i])[keep]
+    return [ModelQuantConfig.from_ids(MODEL, svc.targets, cids[i].tolist()).hash for i in picks]
+
+
+@pytest.mark.parametrize("shortlist", [256, 3])
+def test_lazy_proposals_equal_the_brute_force_batch(filled, monkeypatch, shortlist):
+    # Re-scoring only a shortlist is exact (a pick only lowers the others' EHVI); a shortlist of 3
+    # runs out after the first picks and must fall back to scoring everything, with the same result.
+    import coalora.front as front
+
+    svc, _ = filled
+    monkeypatch.setattr(front, "PROPOSAL_SHORTLIST", shortlist)
+    q = svc._resolve(FrontQuery(MODEL))
+    res = svc.front(q)
+    assert [p.config_hash for p in res.proposals] == _brute_force_batch(svc, q, svc.settings.proposals)
+
+
+def test_signed_mean_keeps_its_signs_against_the_data():
+    # The data rise with column 0; the sign says they must not: the slope stays <= 0, and the fit
+    # explains the rise with the kernel instead. Bad signs are one clear error.
+    torch.manual_seed(0)
+    x = torch.rand(30, 2, dtype=torch.float64)
+    y = 3.0 + 2.0 * x[:, 0] + 1.0 * x[:, 1]
+    w = fit_gp(x, y, signs=(-1, 1)).mean_module.weights.detach()
+    assert w[0] <= 0 and w[1] >= 0
+    free = fit_gp(x, y).mean_module.weights.detach().ravel()
+    assert free[0] > 0  # unconstrained, it follows the data
+    with pytest.raises(CoaloraError, match="signs"):
+        fit_gp(x, y, signs=(-1,))
+    with pytest.raises(CoaloraError, match="signs"):
+        SignedLinearMean((0, 1))
+
+
 def test_validation_on_smooth_synthetic_data_ranks_well(filled):
     svc, _ = filled
     v = svc.validate(FrontQuery(MODEL), folds=5)
@@ -189,21 +263,39 @@ def _tail_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@pytest.mark.parametrize("signs", [None, (-1, -1)])
 @pytest.mark.parametrize("optimize", [True, False])
-def test_direct_marginals_match_botorch_posterior(optimize):
-    # The floored log makes the posterior a shifted log-normal and the mean is linear: _predict
-    # must give botorch's moments exactly, for a fitted GP and for a conditioned-only one (warm).
+def test_direct_marginals_match_botorch_posterior(optimize, signs):
+    # The floored log makes the posterior a shifted log-normal and the mean is linear (free or
+    # signed): _predict must give botorch's moments exactly, for a fitted GP and for a
+    # conditioned-only one (warm).
     x, y = _tail_data()
-    gp = fit_gp(x, y)
+    gp = fit_gp(x, y, signs=signs)
     if not optimize:
         x2, y2 = _tail_data(48)
-        gp = fit_gp(x2, y2, warm=gp, optimize=False)
+        gp = fit_gp(x2, y2, warm=gp, optimize=False, signs=signs)
     xc = torch.rand(9, 2, dtype=torch.float64) * 1.4 - 0.2  # some outside the data: extrapolation
     mean, sd = _predict(gp, xc)
     with torch.no_grad():
         post = gp.posterior(xc)
     np.testing.assert_allclose(mean, post.mean[:, 0].numpy(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(sd, post.variance[:, 0].sqrt().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_direct_marginals_conditioned_on_more_points_match_botorch():
+    # The proposals' Kriging believer conditions on picks through _predict(extra=...): it must equal
+    # botorch's condition_on_observations (same hyperparameters, outcome transforms in eval mode).
+    x, y = _tail_data()
+    gp = fit_gp(x, y, signs=(-1, -1))
+    xc = torch.rand(9, 2, dtype=torch.float64)
+    xn, yn = xc[:2], torch.tensor([4.0, 3.6], dtype=torch.float64)
+    mean, sd = _predict(gp, xc, extra=(xn, yn))
+    with torch.no_grad():
+        gp.posterior(xc[:1])  # gpytorch conditions only a model that has predicted once
+        post = gp.condition_on_observations(xn, yn[:, None]).posterior(xc)
+    np.testing.assert_allclose(mean, post.mean[:, 0].numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(sd, post.variance[:, 0].sqrt().numpy(), rtol=1e-6, atol=1e-9)
+    assert (sd[:2] < _predict(gp, xc)[1][:2]).all()  # conditioning shrinks the picks' uncertainty
 
 
 def test_floor_log_round_trips_and_sits_below_the_data():
