@@ -29,7 +29,9 @@ class LQResult:
     """``||W - Q_t - L1_t L2_t||_F`` per iteration."""
 
 
-def _svd_split(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_split(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` SVD of ``m`` ``[d_out, d_in]`` as ``(L1 [d_out, rank], L2 [rank, d_in])``, sqrt(S) in each
+    (zero columns past ``m``'s own rank)."""
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     k = min(rank, s.numel())
     root = s[:k].sqrt()
@@ -49,7 +51,7 @@ def lq_decompose(w: torch.Tensor, config: QuantConfig, rank: int, iters: int = 1
     best: LQResult | None = None
     errors: list[float] = []
     for _ in range(iters):
-        l1, l2 = _svd_split(w - q, rank)
+        l1, l2 = svd_split(w - q, rank)
         q = fake_quantize(w - l1 @ l2, config)
         err = float(torch.linalg.norm(w - q - l1 @ l2))
         errors.append(err)
