@@ -75,10 +75,11 @@ def main() -> int:
         coa.applier.apply(qc)
         return perplexity(coa.model, windows, batch_size=4, progress=False).ppl
 
-    def lq(config_of) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def lq(configs_by_name) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """LQ-LoRA's split of every target under its configuration ``{name: QuantConfig}``."""
         out = {}
         for t in tr.targets:
-            d = lq_decompose(originals[t.name], config_of(t), r)
+            d = lq_decompose(originals[t.name], configs_by_name[t.name], r)
             out[t.name] = (d.l1, d.l2)
         return out
 
@@ -94,13 +95,12 @@ def main() -> int:
             row = {b: score(split, configs[b]) for b in args.budgets}
         elif mode.startswith("ref:"):
             ref = resolve_preset(mode.removeprefix("ref:"))
-            split = lq(lambda t: ref)
+            split = lq({t.name: ref for t in tr.targets})
             row = {b: score(split, configs[b]) for b in args.budgets}
         elif mode == "per":
             row = {}
             for b in args.budgets:
-                by_name = dict(zip((t.name for t in tr.targets), configs[b].configs))
-                row[b] = score(lq(lambda t: by_name[t.name]), configs[b])
+                row[b] = score(lq(dict(zip((t.name for t in tr.targets), configs[b].configs))), configs[b])
         else:
             raise SystemExit(f"error: unknown mode {mode!r}; use none, svd, ref:<preset> or per")
         results[mode] = {f"{b:g}": v for b, v in row.items()}
