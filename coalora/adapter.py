@@ -208,6 +208,7 @@ class CoALoRAModel(nn.Module):
     @torch.no_grad()
     def init_lora(self, seed: int = 0) -> None:
         """Initialise every A, B (``lq``: SVD of the reference residual; ``peft``: Kaiming A, zero B)."""
+        from coalora.lq import svd_split
         from coalora.quant import fake_quantize
 
         g = torch.Generator().manual_seed(seed)
@@ -221,16 +222,9 @@ class CoALoRAModel(nn.Module):
                 layer.lora_B.zero_()
                 continue
             w = self.applier.originals[name].float()
-            resid = w - fake_quantize(w, ref)
-            u, sv, vh = torch.linalg.svd(resid, full_matrices=False)
-            root = sv[:r].sqrt()
-            l1 = u[:, :r] * root  # [d_out, r]
-            l2 = root[:, None] * vh[:r]  # [r, d_in]
-            k = l1.shape[1]  # a matrix smaller than the rank gets fewer nonzero columns
-            layer.lora_A.zero_()
-            layer.lora_B.zero_()
-            layer.lora_A[:k].copy_(l2 / math.sqrt(s))
-            layer.lora_B[:, :k].copy_(l1 / math.sqrt(s))
+            l1, l2 = svd_split(w - fake_quantize(w, ref), r)  # [d_out, r], [r, d_in]
+            layer.lora_A.copy_(l2 / math.sqrt(s))
+            layer.lora_B.copy_(l1 / math.sqrt(s))
 
     # ---- configuration-dependent parts
 

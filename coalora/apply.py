@@ -73,6 +73,12 @@ class WeightCache:
             _, old = self._items.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
 
+    def drop(self, name: str) -> None:
+        """Forget every cached weight of matrix ``name`` (its original changed)."""
+        for key in [k for k in self._items if k[0] == name]:
+            t = self._items.pop(key)
+            self.bytes -= t.numel() * t.element_size()
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -136,6 +142,14 @@ class ConfigApplier:
             changed += 1
             quantized += int(miss)
         return ApplyStats(changed, quantized, time.perf_counter() - t0)
+
+    def set_original(self, name: str, weight: torch.Tensor) -> None:
+        """Make ``weight`` what every configuration of matrix ``name`` quantizes (LQ-LoRA's base
+        quantizes ``W - L1 L2``); its cached quantized weights are dropped and the original is put on."""
+        self.originals[name] = weight.detach()
+        self.cache.drop(name)
+        self.linears[name].weight.data = self.originals[name]
+        self.current[name] = None
 
     def restore(self) -> None:
         """Put the original (unquantized) weights back."""

@@ -225,7 +225,8 @@ def read_bundle_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
                         raise CoaloraError(f"{p}: unsafe path {name!r} in the zip")
                 z.extractall(d)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
-            # a damaged archive: bad CRC, truncated member, mangled header fields (an "encrypted" flag...)
+            # a damaged archive: bad CRC, truncated member, mangled header fields (zipfile raises
+            # NotImplementedError for a compression method it does not know, e.g. a corrupted method id)
             raise CoaloraError(f"{p} is a damaged zip file ({type(e).__name__}: {e}); re-export the bundle") from None
         except OSError as e:
             raise CoaloraError(f"cannot unpack {p} into {d} ({e}); free some space in the temporary directory") from None

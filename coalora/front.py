@@ -349,7 +349,7 @@ class FrontService:
                 res.best = self._point(hash_of(i), all_bits[i], mean[i], std[i], all_src[i], meas)
         if self.settings.proposals:
             n = len(cids)
-            res.proposals = self._proposals(gp, cids, cbits, mean[:n], std[:n], bits_m, y, hash_of, set(hashes))
+            res.proposals = self._proposals(gp, cids, cbits, mean[:n], std[:n], bits_m, y, hash_of)
         res.seconds = time.perf_counter() - t0
         return res
 
@@ -431,8 +431,8 @@ class FrontService:
         return FrontPoint(h, float(bits), _ppl(m) if m is not None else None, _ppl(mu), _ppl(mu - 2 * sd),
                           _ppl(mu + 2 * sd), "measured" if m is not None else src)
 
-    def _proposals(self, gp, cids, cbits, mean, std, bits_m, y, hash_of, measured: set[str]) -> list[FrontPoint]:
-        """A batch of unmeasured candidates that together would most grow the measured front.
+    def _proposals(self, gp, cids, cbits, mean, std, bits_m, y, hash_of) -> list[FrontPoint]:
+        """A batch of the (unmeasured) candidates that together would most grow the measured front.
 
         Greedy by expected hypervolume improvement, Kriging believer (Ginsbourger et al., 2010):
         after each pick the front gains the pick at its predicted mean and the GP is conditioned on
@@ -475,8 +475,7 @@ class FrontService:
             i = int(short[k])
             believed.append(i)
             believed_y.append(float(m[k]))
-            if hash_of(i) not in measured:
-                out.append(self._point(hash_of(i), cbits[i], m[k], sd[k], "ehvi", {}))
+            out.append(self._point(hash_of(i), cbits[i], m[k], sd[k], "ehvi", {}))
             keep = _pareto(np.append(fb, cbits[i]), np.append(fl, m[k]))
             fb, fl = np.append(fb, cbits[i])[keep], np.append(fl, m[k])[keep]
         return out

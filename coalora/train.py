@@ -263,7 +263,7 @@ class Trainer:
             w = self.coa.applier.originals[t.name]
             res = lq_decompose(w, c, self.cfg.rank)
             # The applier quantizes its "originals": W - L1 L2 makes it produce exactly Q.
-            self.coa.applier.originals[t.name] = (w.float() - res.l1 @ res.l2).to(w.dtype)
+            self.coa.applier.set_original(t.name, (w.float() - res.l1 @ res.l2).to(w.dtype))
             layer = self.coa.layers[t.name]
             layer.lora_A.copy_(res.l2 / s**0.5)
             layer.lora_B.copy_(res.l1 / s**0.5)

@@ -42,13 +42,14 @@ def main() -> int:
 
     cc = CompareConfig(lr=args.lr)
     runs = Path(args.runs or home() / "baseline-lr")
-    rows = []
+    rows, windows = [], None
     for b in args.budgets:
         cfg = cc.train_config(args.method, (b,))
         tr = Trainer(cfg, runs / f"{args.method}-{b}-lr{args.lr:g}", log=print, progress=False)
         st = tr.run()
         (own,) = tr._initial
-        windows = cc.eval_windows_of(tr.tok)
+        if windows is None:  # the same held-out windows for every budget
+            windows = cc.eval_windows_of(tr.tok)
         tr.coa.eval()
         with torch.no_grad():
             tr.coa.applier.apply(own)

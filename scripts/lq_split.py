@@ -29,12 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     import torch
 
-    from coalora.apply import WeightCache
     from coalora.compare import CompareConfig, allocator_configs
     from coalora.config import resolve_preset
     from coalora.evaluate import perplexity
     from coalora.files import write_json_atomic
-    from coalora.lq import lq_decompose
+    from coalora.lq import lq_decompose, svd_split
     from coalora.train import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,17 +58,15 @@ def main() -> int:
     @torch.no_grad()
     def score(split: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, qc) -> float:
         """ppl of Q_C(W - L1 L2) + L1 L2 (``split`` None: Q_C(W), no low-rank part)."""
-        coa.applier.restore()
-        coa.applier.cache = WeightCache(coa.applier.cache.max_bytes)  # the originals change below
         for t in tr.targets:
             w, layer = originals[t.name], coa.layers[t.name]
             if split is None:
-                coa.applier.originals[t.name] = w
+                coa.applier.set_original(t.name, w)
                 layer.lora_A.zero_()
                 layer.lora_B.zero_()
             else:
                 l1, l2 = split[t.name]
-                coa.applier.originals[t.name] = (w.float() - l1 @ l2).to(w.dtype)
+                coa.applier.set_original(t.name, (w.float() - l1 @ l2).to(w.dtype))
                 layer.lora_A.copy_(l2 / s**0.5)
                 layer.lora_B.copy_(l1 / s**0.5)
         coa.applier.apply(qc)
@@ -89,8 +86,6 @@ def main() -> int:
         if mode == "none":
             row = {b: score(None, configs[b]) for b in args.budgets}
         elif mode == "svd":
-            from coalora.lq import svd_split
-
             split = {t.name: svd_split(originals[t.name].float(), r) for t in tr.targets}
             row = {b: score(split, configs[b]) for b in args.budgets}
         elif mode.startswith("ref:"):

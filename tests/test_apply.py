@@ -37,6 +37,22 @@ def test_switch_requantizes_only_changed_matrices(tiny_model):
     assert applier.apply(a).changed == 0
 
 
+def test_a_new_original_is_quantized_afresh_not_read_from_the_cache(tiny_model):
+    # LQ-LoRA's base quantizes W - L1 L2: after set_original the same configuration must quantize the
+    # new weight (its cached quantized weights are stale), and other matrices keep their cache.
+    applier = ConfigApplier(tiny_model, "tiny-llama")
+    cfg = applier.uniform(PRESETS["nf3-dq"])
+    applier.apply(cfg)
+    name = applier.targets[0].name
+    new = applier.originals[name] * 0.5
+    applier.set_original(name, new)
+    assert applier.applied is None and torch.equal(applier.linears[name].weight, new)
+    s = applier.apply(cfg)
+    assert (s.changed, s.quantized) == (1, 1)
+    assert torch.equal(applier.linears[name].weight, fake_quantize(new, PRESETS["nf3-dq"]))
+    assert applier.cache.bytes == sum(lin.weight.numel() * lin.weight.element_size() for lin in applier.linears.values())
+
+
 def test_model_output_changes_with_bits(tiny_model):
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
