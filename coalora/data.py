@@ -58,6 +58,13 @@ class Corpus:
     def fingerprint(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
+    def subset(self, name: str) -> Corpus:
+        """The corpus of one of its documents (an eval spec's stratum)."""
+        docs = tuple(d for d in self.documents if d[0] == name)
+        if not docs:
+            raise CoaloraError(f"corpus {self.id} has no document {name!r}")
+        return Corpus(self.source, self.split, docs)
+
 
 def load_corpus(source: str = DEFAULT_CORPUS, split: str = "eval") -> Corpus:
     """Load one split of a corpus source (see the module docstring)."""

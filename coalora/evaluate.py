@@ -1,10 +1,13 @@
-"""Perplexity evaluation: token perplexity over non-overlapping windows (GPTQ / LQ-LoRA convention).
+"""Perplexity and KL evaluation over non-overlapping windows (GPTQ / LQ-LoRA convention).
 
     ppl = exp( sum of token NLLs / number of predicted tokens )
+    kld = sum over predicted tokens of KL(p_unquantized || p_model) / number of predicted tokens
 
-over the first ``windows`` non-overlapping windows of ``seqlen`` tokens of the joined held-out
-text; each window predicts its last ``seqlen - 1`` tokens (no context is carried between windows,
-no BOS is added). HF's sliding-window recipe (stride < window) gives lower numbers and
+over windows of ``seqlen`` tokens that an eval spec picks from the held-out text (:mod:`coalora.evalspec`;
+``strided-v1`` spreads them evenly over every held-out play); each window predicts its last
+``seqlen - 1`` tokens (no context is carried between windows, no BOS is added). KL is in nats per
+token against the unquantized model's distribution (:mod:`coalora.reference`), computed in the same
+pass; the per-window sums of NLL and KL are kept so that intervals can be bootstrapped over windows. HF's sliding-window recipe (stride < window) gives lower numbers and
 lm-eval's ``wikitext`` reports word perplexity, so every result records its convention, seqlen and
 window count: compare numbers only within one convention.
 """
@@ -19,8 +22,13 @@ from typing import TYPE_CHECKING
 from coalora.errors import CoaloraError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import nn
+
+    from coalora.evalspec import EvalWindows
+    from coalora.reference import Reference
 
 CONVENTION = "token-ppl/non-overlapping"
 
@@ -41,6 +49,14 @@ class PerplexityResult:
     tokens_per_s: float
     """Throughput over all window tokens (windows * seqlen / seconds)."""
     convention: str = CONVENTION
+    kld: float | None = None
+    """Mean per-token KL(p_unquantized || p_model) in nats; None without a reference."""
+    spec: str = ""
+    """The eval spec that picked the windows (e.g. ``strided-v1``)."""
+    window_nll: tuple[float, ...] = ()
+    """Summed token NLL of each window, in window order (``seqlen - 1`` tokens each)."""
+    window_kld: tuple[float, ...] = ()
+    """Summed token KL of each window (empty without a reference)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,11 +68,15 @@ def perplexity(
     *,
     batch_size: int = 4,
     dataset: str = "",
-    progress: bool = True,
+    progress: bool | Callable[[float], None] = True,
+    reference: Reference | None = None,
+    spec: str = "",
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on token windows ``[n, seqlen]`` (int64).
+    """Perplexity (and KL against ``reference``) of ``model`` on token windows ``[n, seqlen]`` (int64).
 
     The model must return ``.logits`` of shape ``[b, seqlen, vocab]`` (any HF causal LM).
+    ``progress``: a tqdm bar (True), none (False), or a callback given the finished fraction after
+    each batch.
     """
     import torch
     import torch.nn.functional as F
@@ -72,22 +92,36 @@ def perplexity(
     if hasattr(model, "config") and seqlen > context_length(model):
         raise CoaloraError(f"seqlen {seqlen} exceeds the model's context length {context_length(model)}")
     device = next(model.parameters()).device
-    total_nll = 0.0
+    window_nll: list[float] = []
+    window_kld: list[float] = []
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), tqdm(total=n, desc="perplexity", unit="win", disable=not progress, leave=False) as bar:
+    callback = progress if callable(progress) else None
+    with torch.inference_mode(), tqdm(total=n, desc="perplexity", unit="win", disable=progress is not True,
+                                      leave=False) as bar:
         for start in range(0, n, batch_size):
             ids = windows[start : start + batch_size].to(device)
             logits = model(input_ids=ids).logits.float()
-            # Sum in float64: thousands of tokens of ~3 nats each lose digits in float32.
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            total_nll += float(nll.double())
+            logp = F.log_softmax(logits[:, :-1], dim=-1)  # [b, seqlen-1, V]
+            nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [b, seqlen-1]
+            # Sums in float64: thousands of tokens of ~3 nats each lose digits in float32.
+            window_nll += nll.double().sum(1).tolist()
+            if reference is not None:
+                ref = reference.logprobs(start, start + ids.shape[0]).to(logp.device)
+                if ref.shape != logp.shape:
+                    raise CoaloraError(f"the KL reference has shape {tuple(ref.shape)}, the model's log-probs "
+                                       f"{tuple(logp.shape)}; build the reference from the same windows and model")
+                kl = (ref.exp() * (ref - logp)).sum(-1)  # [b, seqlen-1]
+                window_kld += kl.double().sum(1).tolist()
             bar.update(ids.shape[0])
+            if callback is not None:
+                callback(min(1.0, (start + ids.shape[0]) / n))
     model.train(was_training)
     seconds = time.perf_counter() - t0
     tokens = n * (seqlen - 1)
-    mean_nll = total_nll / tokens
+    mean_nll = math.fsum(window_nll) / tokens
+    kld = math.fsum(window_kld) / tokens if reference is not None else None
     if not math.isfinite(mean_nll):
         raise CoaloraError("the model produced non-finite losses (NaN/inf logits); check the model and its configuration")
     return PerplexityResult(
@@ -99,7 +133,19 @@ def perplexity(
         dataset=dataset,
         seconds=seconds,
         tokens_per_s=n * seqlen / seconds if seconds > 0 else float("inf"),
+        kld=kld,
+        spec=spec,
+        window_nll=tuple(window_nll),
+        window_kld=tuple(window_kld),
     )
+
+
+def eval_windows(tokenizer, *, corpus: str = "shakespeare", split: str = "eval", seqlen: int = 256,
+                 windows: int | None = 8, spec: str | None = None) -> EvalWindows:
+    """The windows ``spec`` (default :data:`~coalora.evalspec.DEFAULT_SPEC`) picks from a corpus split."""
+    from coalora import data, evalspec
+
+    return evalspec.select(data.load_corpus(corpus, split), tokenizer, seqlen, windows, spec or evalspec.DEFAULT_SPEC)
 
 
 def evaluate_corpus(
@@ -112,14 +158,16 @@ def evaluate_corpus(
     windows: int | None = 8,
     batch_size: int = 4,
     progress: bool = True,
+    spec: str | None = None,
+    reference: Callable[[EvalWindows], Reference] | None = None,
 ) -> PerplexityResult:
-    """Load a corpus split, window it and measure perplexity (``windows=None``: all windows)."""
-    from coalora import data
+    """Pick a corpus split's windows under ``spec`` and measure perplexity (``windows=None``: the
+    full mode, every window); with ``reference`` (windows -> the unquantized model's log-probs),
+    KL as well."""
     from coalora.models import context_length
 
     if seqlen > context_length(model):
         raise CoaloraError(f"seqlen {seqlen} exceeds the model's context length {context_length(model)}")
-    c = data.load_corpus(corpus, split)
-    ids = data.tokenize(tokenizer, c)
-    w = data.windows(ids, seqlen, windows)
-    return perplexity(model, w, batch_size=batch_size, dataset=c.id, progress=progress)
+    ew = eval_windows(tokenizer, corpus=corpus, split=split, seqlen=seqlen, windows=windows, spec=spec)
+    return perplexity(model, ew.windows, batch_size=batch_size, dataset=ew.dataset, progress=progress,
+                      reference=reference(ew) if reference is not None else None, spec=ew.spec)

@@ -69,6 +69,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     configs_per_step: int = 2
+    """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
+    theta: bool = True
+    """``coalora`` only: False fixes U = I (theta off, everything else the same): the ablation that isolates theta."""
     budget_lo: float = 2.25
     budget_hi: float = 7.25
     initial_budgets: int = 50
@@ -83,6 +86,9 @@ class TrainConfig:
     search_steps: int = 20
     segments: int = 40
     probe_windows: int = 4
+    validation_windows: int = 0
+    """Training windows held out before the probe windows (never trained on): the validation split
+    that learning rates are tuned on (``coalora compare``'s grid), carved from the training text."""
     checkpoint_every: int = 50
     cache_gib: float = 4.0
     seed: int = 0
@@ -90,6 +96,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CoaloraError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if not isinstance(self.validation_windows, int) or self.validation_windows < 0:
+            raise CoaloraError(f"validation_windows must be a non-negative integer, got {self.validation_windows!r}")
         for name in ("rank", "seqlen", "batch_size", "steps", "configs_per_step", "initial_budgets",
                      "search_candidates", "search_steps", "segments", "probe_windows", "checkpoint_every"):
             v = getattr(self, name)
@@ -111,8 +119,9 @@ class TrainConfig:
                 raise CoaloraError(f"budget {b} is outside the feasible range {MIN_BITS:.4f}..{MAX_BITS:.4f}")
         if self.method in ("qlora", "lqlora") and len(self.budgets) != 1:
             raise CoaloraError(f"method {self.method} trains one adapter for one configuration: give exactly one budget")
-        if self.method == "shared" and len(self.budgets) < 2:
-            raise CoaloraError("method shared trains one LoRA over several fixed configurations: give 2+ budgets")
+        if self.method == "shared" and len(self.budgets) == 1:
+            raise CoaloraError("method shared trains one LoRA over several fixed configurations: give 2+ budgets "
+                               "(or none: the initial training set of `initial_budgets` allocator solutions)")
         AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)  # validates the adapter fields
 
     @property
@@ -121,7 +130,18 @@ class TrainConfig:
 
     @property
     def use_theta(self) -> bool:
-        return self.method == "coalora"
+        return self.method == "coalora" and self.theta
+
+    @property
+    def configs_each_step(self) -> int:
+        """Configurations per step: K for ``coalora``, 1 for ``shared`` and the per-configuration baselines."""
+        return self.configs_per_step if self.method == "coalora" else 1
+
+    @property
+    def token_passes(self) -> int:
+        """Training compute of the whole run: forward + backward passes over training tokens,
+        summed over configurations (steps * batch * seqlen * configurations per step)."""
+        return self.steps * self.batch_size * self.seqlen * self.configs_each_step
 
     @property
     def searching(self) -> bool:
@@ -157,6 +177,11 @@ class TrainState:
     """Training wall time so far (search included), summed over resumed runs."""
     search_seconds: float = 0.0
     tokens: int = 0
+    """Training token-passes so far (forward + backward, summed over configurations)."""
+    probe_tokens: int = 0
+    """Forward-only tokens the search spent scoring configurations on the probe windows."""
+    trained_on: list[str] = field(default_factory=list)
+    """Hashes of every configuration a training step has taken gradients on, in first-use order."""
     hv_ref: list[float] | None = None
     searches: int = 0
 
@@ -216,11 +241,13 @@ class Trainer:
             self._lq_init(self._initial)
         ids = data.tokenize(self.tok, data.load_corpus(cfg.corpus, "train"))
         wins = data.windows(ids, cfg.seqlen)
-        if len(wins) < cfg.probe_windows + cfg.batch_size:
+        # The probe set (search scores) and the validation split are held out of the training windows.
+        held = cfg.probe_windows + cfg.validation_windows
+        if len(wins) < held + cfg.batch_size:
             raise CoaloraError(f"the training corpus has {len(wins)} windows of {cfg.seqlen} tokens; "
-                               f"need at least {cfg.probe_windows + cfg.batch_size}")
-        # The probe set (search scores) is held out of the training windows.
-        self.train_windows, self.probe = wins[: -cfg.probe_windows], wins[-cfg.probe_windows :]
+                               f"need at least {held + cfg.batch_size}")
+        self.train_windows, self.probe = wins[:-held], wins[-cfg.probe_windows :]
+        self.validation = wins[-held : -cfg.probe_windows] if cfg.validation_windows else wins[:0]
         self.params = self.coa.trainable_parameters()
         self.opt = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model, self.opt = self.acc.prepare(self.coa, self.opt)
@@ -347,6 +374,7 @@ class Trainer:
         else:
             self._log(f"resuming {self.checkpoint_path()} at step {self.state.step}")
             self._truncate_log(self.state.step)
+        self._trained = set(self.state.trained_on)
         world, rank = self.acc.num_processes, self.acc.process_index
         local = cfg.batch_size // world
         bar = tqdm(total=cfg.steps, initial=self.state.step, desc=f"train {cfg.method}", unit="step",
@@ -357,7 +385,7 @@ class Trainer:
             step = self.state.step
             rows = _schedule_rows(cfg.seed, step, len(self.train_windows), cfg.batch_size)
             x = self.train_windows[rows[rank * local : (rank + 1) * local]].to(self.acc.device)
-            k = 1 if cfg.method == "shared" else cfg.configs_per_step
+            k = cfg.configs_each_step
             picks = _sample_configs(cfg.seed, step, len(self.state.train_set), k)
             losses = {}
             for j, pick in enumerate(picks):
@@ -368,6 +396,9 @@ class Trainer:
                     loss = self._loss(qc, x)
                     self.acc.backward(loss)
                 losses[qc.hash] = float(self.acc.reduce(loss.detach(), reduction="mean"))
+                if qc.hash not in self._trained:
+                    self._trained.add(qc.hash)
+                    self.state.trained_on.append(qc.hash)
             gnorm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -432,12 +463,13 @@ class Trainer:
         if self.acc.is_main_process:
             payload = [self._search_main()]
         broadcast_object_list(payload)
-        self.state.train_set, self.state.scores, self.state.hv_ref, dt = payload[0]  # type: ignore[misc]
+        self.state.train_set, self.state.scores, self.state.hv_ref, dt, probed = payload[0]  # type: ignore[misc]
+        self.state.probe_tokens += probed
         self.state.search_seconds += dt
         self.state.seconds += dt
         self.state.searches += 1
 
-    def _search_main(self) -> tuple[list[list[int]], dict[str, float], list[float], float]:
+    def _search_main(self) -> tuple[list[list[int]], dict[str, float], list[float], float, int]:
         from coalora.pareto import hypervolume_2d, segment_pareto_filter
         from coalora.search import SearchSettings, propose
 
@@ -471,4 +503,5 @@ class Trainer:
         })
         self._log(f"search after step {self.state.step}: {len(new)} new, kept {len(keep)}/{len(pool)}, "
                   f"HV {hv:.4f}, encoding {rnd.encoding} (LOO RMSE {rnd.loo_rmse}) in {dt:.1f} s")
-        return ([list(pool[i].ids) for i in keep], {pool[i].hash: scores[i] for i in keep}, hv_ref, dt)
+        probed = len(pool) * self.probe.numel()
+        return ([list(pool[i].ids) for i in keep], {pool[i].hash: scores[i] for i in keep}, hv_ref, dt, probed)
