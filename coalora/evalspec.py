@@ -73,14 +73,14 @@ class EvalWindows:
 def share(n: int, capacity: list[int]) -> list[int]:
     """Split ``n`` items evenly over strata with the given capacities (round robin, capped).
 
-    For ``n`` below the number of strata the chosen strata are spread evenly over the list.
+    For ``n`` below the number of strata the chosen strata are spread evenly over the list, the first included.
     Returns counts ``c`` with ``sum(c) == min(n, sum(capacity))`` and ``c[i] <= capacity[i]``.
     """
     n = min(n, sum(capacity))
     counts = [0] * len(capacity)
     open_ = [i for i, c in enumerate(capacity) if c > 0]
     while n > 0 and open_:
-        take = open_ if n >= len(open_) else [open_[int((j + 0.5) * len(open_) / n)] for j in range(n)]
+        take = open_ if n >= len(open_) else [open_[j * len(open_) // n] for j in range(n)]
         for i in take:
             counts[i] += 1
         n -= len(take)

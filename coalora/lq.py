@@ -60,3 +60,53 @@ def lq_decompose(w: torch.Tensor, config: QuantConfig, rank: int, iters: int = 1
         best = LQResult(q, l1, l2, tuple(errors))
     assert best is not None
     return LQResult(best.q, best.l1, best.l2, tuple(errors))
+
+
+def cached_split(originals: dict[str, torch.Tensor], targets, config, rank: int, *, progress: bool = False,
+                 directory=None) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """``{matrix: (L1, L2)}`` of :func:`lq_decompose` for every target under ``config`` (a
+    :class:`~coalora.config.ModelQuantConfig`), and the seconds computing them took.
+
+    Cached under ``$COALORA_HOME/lq`` keyed by the original weights, the configuration and the rank:
+    the split is deterministic, and on 2 CPU cores it costs minutes per configuration.
+    """
+    import hashlib
+    import json
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from coalora import assets
+    from coalora.files import atomic_file
+
+    h = hashlib.sha256()
+    for t in targets:
+        h.update(t.name.encode())
+        h.update(originals[t.name].float().contiguous().numpy().tobytes())
+    key = f"{h.hexdigest()[:16]}-{config.hash}-r{rank}"
+    path = Path(directory) if directory is not None else assets.home() / "lq"
+    f = path / f"{key}.safetensors"
+    if f.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as fh:
+                seconds = float(json.loads(fh.metadata()["seconds"]))
+            tensors = load_file(str(f))
+            return {t.name: (tensors[f"{t.name}.l1"], tensors[f"{t.name}.l2"]) for t in targets}, seconds
+        except (OSError, KeyError, ValueError, RuntimeError):
+            f.unlink(missing_ok=True)  # a damaged cache entry is recomputed, not trusted
+    t0 = time.perf_counter()
+    out = {}
+    for t, c in tqdm(list(zip(targets, config.configs)), desc="LQ split", unit="matrix", disable=not progress,
+                     leave=False):
+        res = lq_decompose(originals[t.name], c, rank)
+        out[t.name] = (res.l1.contiguous(), res.l2.contiguous())
+    seconds = time.perf_counter() - t0
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_file(f) as tmp:
+        save_file({f"{n}.{k}": v for n, (l1, l2) in out.items() for k, v in (("l1", l1), ("l2", l2))}, str(tmp),
+                  metadata={"seconds": json.dumps(seconds)})
+    return out, seconds

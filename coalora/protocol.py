@@ -283,7 +283,8 @@ def train_config(cfg: ProtocolConfig, unit: Unit, budget: float | None = None, g
     from coalora.train import TrainConfig
 
     common = dict(model=cfg.model, corpus=cfg.corpus, rank=cfg.rank, seqlen=cfg.seqlen, batch_size=cfg.batch_size,
-                  lr=unit.lr, seed=unit.seed, validation_windows=cfg.validation_windows, init="peft")
+                  lr=unit.lr, seed=unit.seed, validation_windows=cfg.validation_windows, init="peft",
+                  checkpoint_every=25)
     steps = cfg.steps_for(unit.method, unit.scale, grid)
     if unit.method in ("coalora", "coalora-theta-off"):
         return TrainConfig(method="coalora", theta=unit.method == "coalora", steps=steps,
@@ -416,12 +417,12 @@ def _trainer(ctx: Context, unit: Unit, tc, tag: str):
     return Trainer(tc, ctx.work / "runs" / tag, log=ctx.log, progress=ctx.progress)
 
 
-def _run_row(unit: Unit, tc, state, setup_seconds: float, budget: float | None) -> dict[str, Any]:
+def _run_row(unit: Unit, tc, state, setup_seconds: float, budget: float | None, lq_seconds: float = 0.0) -> dict[str, Any]:
     return {"method": unit.method, "seed": unit.seed, "budget": budget, "lr": tc.lr,
             "theta_lr_scale": tc.theta_lr_scale if unit.method == "coalora" else None, "scale": unit.scale,
             "steps": tc.steps, "token_passes": state.tokens, "probe_tokens": state.probe_tokens,
             "train_seconds": state.seconds, "search_seconds": state.search_seconds, "setup_seconds": setup_seconds,
-            "train_config_hashes": list(state.trained_on)}
+            "lq_seconds": lq_seconds, "train_config_hashes": list(state.trained_on)}
 
 
 def _timed_run(tr):
@@ -442,7 +443,7 @@ def _per_config_run(ctx: Context, unit: Unit, budget: float, grid: bool):
     if entry is None or entry["hash"] != own.hash:
         raise CoaloraError(f"{unit.name}: its configuration at {budget} bits is not the protocol's "
                            "(another error table or allocator?); rerun the protocol in a fresh --out")
-    row = _run_row(unit, tc, state, setup, budget)
+    row = _run_row(unit, tc, state, setup, budget, tr.lq_seconds)
     if grid:
         return row, tr, own
     points = [_score(ctx, unit, tr, ModelQuantConfig.from_ids(ctx.cfg.model, tr.targets, entry["ids"]), entry,

@@ -52,7 +52,7 @@ class TrainConfig:
     alpha: float = 16.0
     init: str = "peft"
     """A, B initialisation: ``peft`` (Kaiming A, zero B) or ``lq`` (SVD of the residual at ``ref_preset``).
-    peft did better in every 100-step comparison run (data/results/ablations)."""
+    peft did better in every 100-step comparison run (data/results/archive/ablations)."""
     ref_preset: str = "nf3-dq"
     corpus: str = "shakespeare"
     seqlen: int = 128
@@ -60,12 +60,12 @@ class TrainConfig:
     steps: int = 300
     lr: float = 1e-3
     """AdamW rate of A, B. The paper's is 1e-4; for a few hundred CPU steps 1e-3 does better for
-    CoA-LoRA and for QLoRA alike (data/results/ablations/lr-1e-3, data/results/qlora-lr)."""
+    CoA-LoRA and for QLoRA alike (data/results/archive/ablations/lr-1e-3, data/results/archive/qlora-lr)."""
     theta_lr_scale: float = 10.0
     """theta's learning rate as a multiple of ``lr`` (A, B keep ``lr``); 1 is the paper's single rate.
     At 1e-4 theta barely moves in a few hundred steps and U stays near I (a plain shared LoRA); at a
     rate of 1e-2, U grows into a large per-layer gain that depends partly on the layer's configuration
-    (data/results/ablations, data/README.md)."""
+    (data/results/archive/ablations, data/README.md)."""
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     configs_per_step: int = 2
@@ -218,6 +218,8 @@ class Trainer:
         self._log = log or (lambda m: None)
         self.progress = progress and self.acc.is_main_process
         self.state = TrainState()
+        self.lq_seconds = 0.0
+        """LQ-LoRA: seconds its per-configuration split costs (computed now or read from the cache)."""
 
     # ---- set-up
 
@@ -281,19 +283,25 @@ class Trainer:
 
     @torch.no_grad()
     def _lq_init(self, configs: list[ModelQuantConfig]) -> None:
-        """LQ-LoRA baseline: base Q = quant_c(W - L1 L2), LoRA = (L2, L1) / sqrt(s), per matrix."""
-        from coalora.lq import lq_decompose
+        """LQ-LoRA baseline: base Q = quant_c(W - L1 L2), LoRA = (L2, L1) / sqrt(s), per matrix.
+
+        The split is deterministic in (weights, configuration, rank), so it is cached on disk
+        (``$COALORA_HOME/lq``) with the seconds it took; ``self.lq_seconds`` is that cost whether
+        this run computed it or read it, so a comparison can charge every run its real price."""
+        from coalora.lq import cached_split
 
         (qc,) = configs
         s = self.cfg.adapter.scaling
-        for t, c in zip(self.targets, qc.configs):
+        splits, self.lq_seconds = cached_split(self.coa.applier.originals, self.targets, qc, self.cfg.rank,
+                                               progress=self.progress)
+        for t in self.targets:
             w = self.coa.applier.originals[t.name]
-            res = lq_decompose(w, c, self.cfg.rank)
+            l1, l2 = splits[t.name]
             # The applier quantizes its "originals": W - L1 L2 makes it produce exactly Q.
-            self.coa.applier.set_original(t.name, (w.float() - res.l1 @ res.l2).to(w.dtype))
+            self.coa.applier.set_original(t.name, (w.float() - l1 @ l2).to(w.dtype))
             layer = self.coa.layers[t.name]
-            layer.lora_A.copy_(res.l2 / s**0.5)
-            layer.lora_B.copy_(res.l1 / s**0.5)
+            layer.lora_A.copy_(l2 / s**0.5)
+            layer.lora_B.copy_(l1 / s**0.5)
 
     def _config(self, ids: list[int]) -> ModelQuantConfig:
         return ModelQuantConfig.from_ids(self.cfg.model, self.targets, ids)

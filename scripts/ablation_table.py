@@ -6,7 +6,7 @@ best perplexity; this recomputes it with the main comparison's reference point a
 puts every unseen perplexity next to the main comparison's QLoRA, and adds the seen-vs-unseen gap
 at matching bits. Prints a markdown table (used in data/README.md).
 
-    .venv/bin/python scripts/ablation_table.py [--main data/results] [--ablations data/results/ablations]
+    .venv/bin/python scripts/ablation_table.py [--main data/results/archive/compare] [--ablations data/results/archive/ablations]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     from coalora.compare import EvalPoint, hypervolume_normalised, seen_gap
 
-    root = Path(__file__).resolve().parent.parent / "data" / "results"
+    root = Path(__file__).resolve().parent.parent / "data" / "results" / "archive"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--main", default=str(root))
+    ap.add_argument("--main", default=str(root / "compare"))
     ap.add_argument("--ablations", default=str(root / "ablations"))
     args = ap.parse_args()
 

@@ -6,7 +6,7 @@ product. This trains the comparison's per-configuration QLoRA baseline at the sa
 with a larger learning rate, everything else as ``coalora compare`` (rank, batch, steps, windows,
 the allocator's configuration at each budget), and scores it on the same 8 x 256 held-out tokens.
 
-    .venv/bin/python scripts/baseline_lr.py --lr 1e-3 --budgets 3.0 5.0 --out data/results/qlora-lr
+    .venv/bin/python scripts/baseline_lr.py --lr 1e-3 --budgets 3.0 5.0 --out data/results/archive/qlora-lr
 
 Each run resumes from its checkpoint under ``--runs``; the JSON is written atomically at the end.
 """

@@ -2,7 +2,9 @@
 
 For the shipped CoA-LoRA adapter (method ``coalora``) and for the quantized model alone (``none``):
 the fast allocator's configurations on a budget grid, then rounds of the front's EHVI proposals
-(the same loop as ``coalora search``). Perplexity on the held-out plays, 8 windows x 256 tokens.
+(the same loop as ``coalora search``). Perplexity and KL divergence to the unquantized model on
+the held-out plays, 8 windows x 256 tokens picked by the default eval spec (``strided-v1``: spread
+evenly over the four plays); each row records its spec, KL and per-window sums.
 
     .venv/bin/python scripts/seed_results.py [--out data/seed] [--rounds 4] [--per-round 6]
 
@@ -40,13 +42,14 @@ def main(argv: list[str]) -> int:
         for method, rounds in (("coalora", args.rounds), ("none", args.none_rounds)):
             for b in grid:
                 ev, _ = ex.evaluate(ex.allocate(float(b)), method)
-                print(f"{method:7s} allocator {b:.2f} bits: ppl {ev.ppl:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+                print(f"{method:7s} allocator {b:.2f} bits: ppl {ev.ppl:.3f}, KL {ev.kld:.4f}  ({time.time() - t0:.0f} s)",
+                      flush=True)
             for r in range(rounds):
                 res = ex.front(method)
                 for p in res.proposals[: args.per_round]:
                     ev, _ = ex.evaluate(ex.config(p.config_hash), method)
                     print(f"{method:7s} round {r + 1} {p.avg_bits:.2f} bits: predicted {p.pred_ppl:.2f}, measured "
-                          f"{ev.ppl:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+                          f"{ev.ppl:.3f}, KL {ev.kld:.4f}  ({time.time() - t0:.0f} s)", flush=True)
                 after = ex.front(method)
                 store.add_search_round(f"seed:{method}", r, ex.model_name, -1, after.hypervolume["measured"], "bits",
                                        None, len(after.measured), len(res.proposals[: args.per_round]), after.seconds)

@@ -1,0 +1,67 @@
+"""Command-line options generated from a dataclass: one ``--field-name`` per field, its help the
+field's docstring, so a new field cannot be left out of the CLI and the help cannot drift from it."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+from functools import cache
+from typing import Any
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` from the string literal under each field in ``cls``'s source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Add an option per field of dataclass ``cls`` (defaults stay None: "not given"); returns the names."""
+    docs = field_docs(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        help_ = docs.get(f.name, "")
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_ = f"{help_} (default: {shown})".replace("%", "%%")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, type=_bool, metavar="{true,false}", help=help_)
+        elif isinstance(default, tuple):
+            elem = type(default[0]) if default else str
+            parser.add_argument(flag, dest=f.name, type=elem, nargs="*", help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default) if default is not None else str, help=help_)
+        names.append(f.name)
+    return tuple(names)
+
+
+def values(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The given options as dataclass keyword arguments (lists become tuples)."""
+    out = {}
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None:
+            out[n] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
