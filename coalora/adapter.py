@@ -46,6 +46,13 @@ class AdapterConfig:
     """Reference configuration of the ``lq`` init (a preset or ``uniform:...``)."""
     embed_dim: int = 8
     hidden: int = 128
+    base: str = "quant"
+    """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
+    Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.apply.BaseSpec)."""
+    lq_rank: int = 8
+    """Rank of the ``lq`` base's full-precision low-rank term."""
+    lq_iters: int = 1
+    """Alternations of the ``lq`` base's split (randomized SVD, then quantize)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
@@ -55,10 +62,18 @@ class AdapterConfig:
         if self.init not in INITS:
             raise CoaloraError(f"unknown adapter init {self.init!r}; use one of {', '.join(INITS)}")
         resolve_preset(self.ref_preset)  # validates
+        _ = self.base_spec  # validates base, lq_rank, lq_iters
         for name in ("embed_dim", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise CoaloraError(f"adapter {name} must be a positive integer, got {v!r}")
+
+    @property
+    def base_spec(self):
+        """The :class:`~coalora.apply.BaseSpec` the model computes each configuration's weights with."""
+        from coalora.apply import BaseSpec
+
+        return BaseSpec(self.base, self.lq_rank, self.lq_iters)
 
     @property
     def scaling(self) -> float:
@@ -186,7 +201,7 @@ class CoALoRAModel(nn.Module):
             p.requires_grad_(False)
         # The applier keeps the nn.Linear objects; they stay alive as each wrapper's base_layer.
         self.applier = ConfigApplier(model, model_name, list(self.targets),
-                                     DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+                                     DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes, adapter.base_spec)
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
         self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden)

@@ -83,6 +83,42 @@ class WeightCache:
         return len(self._items)
 
 
+BASES = ("quant", "lq")
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """How a configuration turns a matrix's original ``W`` into the weight the model computes with.
+
+    ``quant``: ``Q_c(W)``, the dequantized quantized weight. ``lq``: LQ-LoRA's split computed on the
+    fly, ``Q_c(W - L1 L2) + L1 L2`` with a rank-``lq_rank`` ``L1 L2`` from ``lq_iters`` alternations
+    (:func:`coalora.lq.fast_split`): the quantized part absorbs what a low-rank term cannot, so
+    the base under low-bit configurations stays close to ``W`` (method.md 2.1). Its ``L1 L2`` is a
+    full-precision low-rank term beside the adapter (an extra ``lq_rank`` of adapter rank when
+    deployed), and it depends only on the matrix's own configuration, so the per-(matrix, config)
+    cache holds it like any quantized weight.
+    """
+
+    kind: str = "quant"
+    lq_rank: int = 8
+    lq_iters: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in BASES:
+            raise CoaloraError(f"unknown base {self.kind!r}; use one of {', '.join(BASES)}")
+        if self.lq_rank < 1 or self.lq_iters < 1:
+            raise CoaloraError(f"lq_rank and lq_iters must be positive, got {self.lq_rank}, {self.lq_iters}")
+
+    def weight(self, w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+        """The computed weight ``[d_out, d_in]`` float32 of original ``w`` under ``config``."""
+        if self.kind == "quant":
+            return fake_quantize(w, config)
+        from coalora.lq import fast_split
+
+        l1, l2 = fast_split(w, config, self.lq_rank, self.lq_iters)
+        return fake_quantize(w - l1 @ l2, config) + l1 @ l2
+
+
 class ConfigApplier:
     """Switch a model between quantization configurations.
 
@@ -93,8 +129,9 @@ class ConfigApplier:
     """
 
     def __init__(self, model: nn.Module, model_name: str, targets: list[Target] | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, base: BaseSpec | None = None):
         self.model = model
+        self.base = base or BaseSpec()
         self.model_name = model_name
         self.targets = tuple(targets if targets is not None else find_targets(model))
         self.linears: dict[str, nn.Linear] = target_modules_of(model, list(self.targets))
@@ -120,7 +157,7 @@ class ConfigApplier:
         if w is not None:
             return w, False
         orig = self.originals[name]
-        w = fake_quantize(orig.float(), config).to(orig.dtype)
+        w = self.base.weight(orig.float(), config).to(orig.dtype)
         self.cache.put(key, w)
         return w, True
 

@@ -62,6 +62,34 @@ def lq_decompose(w: torch.Tensor, config: QuantConfig, rank: int, iters: int = 1
     return LQResult(best.q, best.l1, best.l2, tuple(errors))
 
 
+def fast_split(w: torch.Tensor, config: QuantConfig, rank: int, iters: int = 1,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """LQ-LoRA's alternation cut short, with a randomized SVD: ``(L1 [d_out, rank], L2 [rank, d_in])``
+    such that ``quant_c(W - L1 L2) + L1 L2`` approximates ``W``.
+
+    ``iters`` alternations of (L = rank-r randomized SVD of W - Q; Q = quant_c(W - L)) from Q = 0,
+    as :func:`lq_decompose`; the randomized SVD (``torch.svd_lowrank``, 2 power iterations, seeded)
+    costs milliseconds per matrix where the full SVD costs a second, so a configuration's split is
+    cheap enough to compute when the configuration is applied (a CoA-LoRA base consistent with
+    every configuration).
+    """
+    if iters < 1 or rank < 1:
+        raise CoaloraError(f"LQ split needs iters >= 1 and rank >= 1, got {iters}, {rank}")
+    w = w.float()
+    q = torch.zeros_like(w)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for _ in range(iters):
+            u, s, v = torch.svd_lowrank(w - q, q=min(rank + 4, *w.shape), niter=2)
+            root = s[:rank].sqrt()
+            l1, l2 = u[:, :rank] * root, root[:, None] * v[:, :rank].T
+            q = fake_quantize(w - l1 @ l2, config)
+    finally:
+        torch.random.set_rng_state(state)
+    return l1.contiguous(), l2.contiguous()
+
+
 def cached_split(originals: dict[str, torch.Tensor], targets, config, rank: int, *, progress: bool = False,
                  directory=None) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """``{matrix: (L1, L2)}`` of :func:`lq_decompose` for every target under ``config`` (a

@@ -54,6 +54,13 @@ class TrainConfig:
     """A, B initialisation: ``peft`` (Kaiming A, zero B) or ``lq`` (SVD of the residual at ``ref_preset``).
     peft did better in every 100-step comparison run (data/results/archive/ablations)."""
     ref_preset: str = "nf3-dq"
+    base: str = "quant"
+    """What the adapter sits on: ``quant`` (Q_c(W)) or ``lq`` (LQ-LoRA's split Q_c(W - L1 L2) + L1 L2,
+    computed per configuration when it is applied; coalora.apply.BaseSpec)."""
+    lq_rank: int = 8
+    """Rank of the ``lq`` base's low-rank term."""
+    lq_iters: int = 1
+    """Alternations of the ``lq`` base's split."""
     corpus: str = "shakespeare"
     seqlen: int = 128
     batch_size: int = 4
@@ -122,11 +129,12 @@ class TrainConfig:
         if self.method == "shared" and len(self.budgets) == 1:
             raise CoaloraError("method shared trains one LoRA over several fixed configurations: give 2+ budgets "
                                "(or none: the initial training set of `initial_budgets` allocator solutions)")
-        AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)  # validates the adapter fields
+        _ = self.adapter  # validates the adapter fields
 
     @property
     def adapter(self) -> AdapterConfig:
-        return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset)
+        return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset, base=self.base, lq_rank=self.lq_rank,
+                             lq_iters=self.lq_iters)
 
     @property
     def use_theta(self) -> bool:

@@ -89,3 +89,25 @@ def test_zero_byte_cache_still_applies(tiny_model):
     applier.apply(cfg)
     applier.restore()
     assert applier.apply(cfg).quantized == 14
+
+
+def test_lq_base_is_closer_to_the_original_than_plain_quantization():
+    from coalora.apply import BaseSpec
+    from coalora.config import resolve_preset
+    from coalora.lq import fast_split
+    from coalora.quant import fake_quantize
+
+    torch.manual_seed(0)
+    # a low-rank structure plus outliers: what plain low-bit quantization handles worst
+    w = torch.randn(64, 8) @ torch.randn(8, 96) * 0.3 + torch.randn(64, 96) * 0.02
+    c = resolve_preset("nf2-dq")
+    plain = (w - fake_quantize(w, c)).norm()
+    lq = (w - BaseSpec("lq", lq_rank=8, lq_iters=2).weight(w, c)).norm()
+    assert lq < 0.5 * plain
+    l1, l2 = fast_split(w, c, 8, 1)
+    assert l1.shape == (64, 8) and l2.shape == (8, 96)
+    again = fast_split(w, c, 8, 1)
+    assert torch.equal(l1, again[0])  # seeded: the same configuration always gets the same base
+    assert torch.equal(BaseSpec().weight(w, c), fake_quantize(w, c))
+    with pytest.raises(CoaloraError, match="unknown base"):
+        BaseSpec("gptq")

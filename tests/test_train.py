@@ -222,3 +222,37 @@ def test_lqlora_base_is_the_lq_quantized_part(corpus, tmp_home, tmp_path):
     original = tiny_llama(seed=0).get_submodule(t.name).weight.detach()  # what load_model("tiny-llama") builds
     res = lq_decompose(original, qc[t.name], 4)
     torch.testing.assert_close(w, res.q)
+
+
+def test_lq_base_trains_and_resumes_with_its_base(corpus, tmp_home, tmp_path):
+    from coalora.apply import BaseSpec
+
+    cfg = _cfg(corpus, base="lq", lq_rank=2, steps=4)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    state = tr.run()
+    assert state.step == 4 and tr.coa.applier.base == BaseSpec("lq", 2, 1)
+    qc = tr._config(state.train_set[0])
+    t = tr.targets[0]
+    w, _ = tr.coa.applier.quantized_weight(t.name, qc[t.name])
+    assert torch.allclose(w, BaseSpec("lq", 2, 1).weight(tr.coa.applier.originals[t.name].float(), qc[t.name]))
+    with pytest.raises(CoaloraError, match="base"):
+        Trainer(_cfg(corpus, base="quant", lq_rank=2, steps=6), tmp_path / "run", progress=False).run()
+
+
+def test_token_passes_and_trained_hashes_are_counted(corpus, tmp_home, tmp_path):
+    cfg = _cfg(corpus, steps=5, configs_per_step=2, validation_windows=3)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    state = tr.run()
+    assert state.tokens == cfg.token_passes == 5 * 4 * 32 * 2
+    logged = set()
+    for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
+        logged |= set(json.loads(line).get("loss", {}))
+    assert set(state.trained_on) == logged  # every configuration a step took a gradient on, and only those
+    assert len(tr.validation) == 3
+    from coalora import data
+
+    every = data.windows(data.tokenize(tr.tok, data.load_corpus(corpus, "train")), 32)
+    # training windows, then the validation split, then the probe: disjoint slices of the stream
+    assert torch.equal(torch.cat([tr.train_windows, tr.validation, tr.probe]), every)
+    shared = TrainConfig(model="tiny-llama", method="shared", steps=3)
+    assert shared.configs_each_step == 1 and shared.token_passes == 3 * 4 * 128
