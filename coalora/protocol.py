@@ -161,7 +161,7 @@ class Unit:
 
     name: str
     kind: str
-    """``grid`` (validation split only), ``theta-grid``, ``headline``, ``scale`` or ``none``."""
+    """``grid`` (validation split only), ``theta-grid``, ``headline``, ``arm``, ``scale`` or ``none``."""
     method: str
     seed: int = 0
     lr: float = 0.0
@@ -209,9 +209,72 @@ def chosen_rates(cfg: ProtocolConfig, done: dict[str, dict]) -> dict[str, tuple[
     return rates
 
 
-def schedule(cfg: ProtocolConfig, done: dict[str, dict]) -> list[Unit]:
+@dataclass(frozen=True)
+class Arm:
+    """A CoA-LoRA variant measured under the protocol (an ablation row): coalora's recipe and rates
+    with some :class:`~coalora.train.TrainConfig` options changed, at the same compute and seeds."""
+
+    name: str
+    options: dict[str, Any]
+    why: str = ""
+
+    @property
+    def method(self) -> str:
+        return f"coalora+{self.name}"
+
+
+FIXED_BY_PROTOCOL = ("model", "method", "corpus", "seqlen", "batch_size", "steps", "seed", "validation_windows",
+                     "lr", "checkpoint_every", "budgets", "theta")
+
+
+def check_arm(arm: Arm) -> Arm:
+    """Refuse arms that would leave the protocol (another compute, data or seed) or name unknown options."""
+    from coalora.train import TrainConfig
+
+    if not arm.name or not all(ch.isalnum() or ch in "-_." for ch in arm.name) or len(arm.name) > 40:
+        raise CoaloraError(f"arm name {arm.name[:40]!r} must be 1-40 letters, digits, '-', '_' or '.'")
+    known = {f.name for f in fields(TrainConfig)}
+    for k in arm.options:
+        if k not in known:
+            raise CoaloraError(f"arm {arm.name}: unknown training option {k!r}")
+        if k in FIXED_BY_PROTOCOL:
+            raise CoaloraError(f"arm {arm.name}: {k} is fixed by the protocol (equal compute, same data and seeds)")
+    TrainConfig(**{**arm.options, "model": "tiny-llama"})  # validates the values
+    return arm
+
+
+def load_arms(out: Path) -> list[Arm]:
+    """The arms registered in ``<out>/arms.json`` (none if absent)."""
+    p = Path(out) / "arms.json"
+    if not p.is_file():
+        return []
+    try:
+        rows = json.loads(p.read_text())["arms"]
+        return [check_arm(Arm(r["name"], dict(r["options"]), r.get("why", ""))) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CoaloraError(f"{p} is not a list of protocol arms ({type(e).__name__}); fix or delete it") from None
+
+
+def add_arm(out: str | os.PathLike, arm: Arm) -> list[Arm]:
+    """Register ``arm`` in ``<out>/arms.json`` (replacing one of the same name with no finished units)."""
+    from coalora.files import write_json_atomic
+
+    out = Path(out)
+    check_arm(arm)
+    arms = [a for a in load_arms(out) if a.name != arm.name]
+    old = next((a for a in load_arms(out) if a.name == arm.name), None)
+    if old is not None and old.options != arm.options and any((out / "units").glob(f"arm-{arm.name}-s*.json")):
+        raise CoaloraError(f"arm {arm.name} already has results with other options; choose another name")
+    arms.append(arm)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "arms.json", {"arms": [asdict(a) for a in arms]})
+    return arms
+
+
+def schedule(cfg: ProtocolConfig, done: dict[str, dict], arms: list[Arm] | None = None) -> list[Unit]:
     """Every unit the protocol needs that is known now, in the order they should run: the lr grid,
-    the theta grid at coalora's best rate, the headline seed by seed, then the compute curve."""
+    the theta grid at coalora's best rate, the headline seed by seed (each seed followed by the
+    registered arms at that seed), then the compute curve."""
     units = grid_units(cfg)
     lr_rows = [done.get(u.name) for u in units if u.method == "coalora"]
     if all(r is not None for r in lr_rows):
@@ -227,6 +290,9 @@ def schedule(cfg: ProtocolConfig, done: dict[str, dict]) -> list[Unit]:
         for m in PER_CONFIG:
             for b in cfg.budgets:
                 units.append(Unit(f"{m}-{_fmt(b)}-s{seed}", "headline", m, seed, rates[m][0], 10.0, 1.0, b))
+        lr, th = rates["coalora"]
+        for arm in arms or []:
+            units.append(Unit(f"arm-{arm.name}-s{seed}", "arm", arm.method, seed, lr, th))
     for scale in cfg.compute_scales:
         for seed in cfg.scale_seeds:
             for m in ("coalora", "shared"):
@@ -254,6 +320,8 @@ class Context:
     log: Callable[[str], None] = print
     progress: bool = True
     env: dict[str, Any] = field(default_factory=dict)
+    arms: dict[str, Arm] = field(default_factory=dict)
+    """Registered arms by method name."""
 
 
 def versions() -> dict[str, str]:
@@ -278,9 +346,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def train_config(cfg: ProtocolConfig, unit: Unit, budget: float | None = None, grid: bool = False):
-    """The :class:`~coalora.train.TrainConfig` of one run of ``unit``."""
+def train_config(cfg: ProtocolConfig, unit: Unit, budget: float | None = None, grid: bool = False,
+                 arm: Arm | None = None):
+    """The :class:`~coalora.train.TrainConfig` of one run of ``unit`` (an arm's: coalora's with its options)."""
     from coalora.train import TrainConfig
+
+    if arm is not None:
+        base = train_config(cfg, Unit(unit.name, unit.kind, "coalora", unit.seed, unit.lr, unit.theta_lr_scale,
+                                      unit.scale), grid=grid)
+        tc = TrainConfig.from_dict({**base.to_dict(), **arm.options})
+        # Equal compute: K may change, so the steps follow it.
+        steps = int(round(base.token_passes / (tc.batch_size * tc.seqlen * tc.configs_each_step)))
+        return TrainConfig.from_dict({**tc.to_dict(), "steps": steps})
 
     common = dict(model=cfg.model, corpus=cfg.corpus, rank=cfg.rank, seqlen=cfg.seqlen, batch_size=cfg.batch_size,
                   lr=unit.lr, seed=unit.seed, validation_windows=cfg.validation_windows, init="peft",
@@ -378,7 +455,9 @@ def run(cfg: ProtocolConfig, out: str | os.PathLike, *, max_units: int | None = 
     ran = 0
     while max_units is None or ran < max_units:
         done = load_units(out)
-        pending = [u for u in schedule(cfg, done) if u.name not in done and (only is None or u.kind == only)]
+        ctx.arms = {a.method: a for a in load_arms(out)}
+        pending = [u for u in schedule(cfg, done, list(ctx.arms.values()))
+                   if u.name not in done and (only is None or u.kind == only)]
         if not pending:
             break
         unit = pending[0]
@@ -397,6 +476,8 @@ def run_unit(ctx: Context, unit: Unit) -> dict[str, Any]:
     cfg = ctx.cfg
     body: dict[str, Any] = {"unit": asdict(unit), "protocol": cfg.hash, "env": ctx.env,
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if unit.method in ctx.arms:
+        body["arm"] = asdict(ctx.arms[unit.method])
     if unit.kind == "none":
         body.update(runs=[], points=_score_none(ctx))
     elif unit.kind in ("grid", "theta-grid"):
@@ -454,13 +535,13 @@ def _per_config_run(ctx: Context, unit: Unit, budget: float, grid: bool):
 def _shared_run(ctx: Context, unit: Unit):
     from coalora.config import ModelQuantConfig
 
-    tc = train_config(ctx.cfg, unit)
+    tc = train_config(ctx.cfg, unit, arm=ctx.arms.get(unit.method))
     tr = _trainer(ctx, unit, tc, unit.name)
     state, setup = _timed_run(tr)
     row = _run_row(unit, tc, state, setup, None)
     trained = set(row["train_config_hashes"])
-    points = [_score(ctx, unit, tr, ModelQuantConfig.from_ids(ctx.cfg.model, tr.targets, e["ids"]), e, trained)
-              for e in ctx.eval_configs]
+    points = [_score(ctx, unit, tr, ModelQuantConfig.from_ids(ctx.cfg.model, tr.targets, e["ids"]), e, trained,
+                     theta=tc.use_theta) for e in ctx.eval_configs]
     return row, points
 
 
@@ -488,7 +569,7 @@ def kind_of(entry: dict[str, Any], trained: set[str], per_config: bool = False) 
 
 
 def _score(ctx: Context, unit: Unit, tr, qc, entry: dict[str, Any], trained: set[str],
-           per_config: bool = False) -> dict[str, Any]:
+           per_config: bool = False, theta: bool = False) -> dict[str, Any]:
     from coalora import reference
     from coalora.evaluate import perplexity
 
@@ -496,7 +577,7 @@ def _score(ctx: Context, unit: Unit, tr, qc, entry: dict[str, Any], trained: set
     ref = reference.build(tr.coa.model, ew.windows, ctx.reference_key)
     if not ref.cached:
         raise CoaloraError("the protocol's KL reference is not cached; lower eval_windows")
-    _apply(tr, unit.method, qc)
+    _apply(tr, "coalora" if theta else "plain", qc)
     r = perplexity(tr.coa.model, ew.windows, batch_size=4, progress=False, reference=ref, spec=ew.spec,
                    dataset=ew.dataset)
     kind = kind_of(entry, trained, per_config)
@@ -562,7 +643,7 @@ def _grid_unit(ctx: Context, unit: Unit) -> dict[str, Any]:
         runs.append(_run_row(unit, tc, state, setup, None))
         configs = [ModelQuantConfig.from_ids(cfg.model, tr.targets, e["ids"])
                    for e in ctx.eval_configs if e["role"] == "budget"]
-        scores.append(_validation_nll(tr, unit.method, configs))
+        scores.append(_validation_nll(tr, "coalora" if tc.use_theta else "plain", configs))
     nll = float(np.mean(scores))
     ctx.log(f"grid {unit.name}: validation nll {nll:.4f} (ppl {math.exp(nll):.3f})")
     return {"runs": runs, "points": [], "validation_nll": nll, "lr": unit.lr, "theta_lr_scale": unit.theta_lr_scale,

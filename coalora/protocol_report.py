@@ -50,6 +50,8 @@ def _frames(out: Path):
                          "validation_nll": u["validation_nll"], "unit": name})
         for p in u["points"]:
             points.append({**p, "unit": name, "unit_kind": unit["kind"]})
+        if "arm" in u:
+            meta.setdefault("arms", {})[unit["method"]] = u["arm"]["options"]
     first = next(iter(units.values()))
     meta["env"] = first.get("env", {})
     meta["commits"] = sorted({u.get("env", {}).get("git", "unknown") for u in units.values()})
@@ -58,9 +60,16 @@ def _frames(out: Path):
     if len(pts):
         # A point's token_passes: its method's whole training compute at that seed and scale
         # (for QLoRA / LQ-LoRA, the sum of their per-budget runs).
-        tp = runs_df[runs_df["kind"].isin(["headline", "scale"])].groupby(["method", "seed", "scale"])["token_passes"].sum()
+        tp = runs_df[runs_df["kind"].isin(["headline", "arm", "scale"])].groupby(["method", "seed", "scale"])["token_passes"].sum()
         pts["token_passes"] = [int(tp.get((m, s, sc), 0)) for m, s, sc in zip(pts["method"], pts["seed"], pts["scale"])]
     return pts, runs_df, pd.DataFrame(grid), meta
+
+
+def _methods(pts) -> list[str]:
+    """Methods present, in the files' order, with ablation arms (``coalora+<name>``) after coalora."""
+    present = set(pts["method"])
+    arms = sorted(m for m in present if m.startswith("coalora+"))
+    return [m for m in ORDER[:1] if m in present] + arms + [m for m in ORDER[1:] if m in present]
 
 
 def _unseen_rows(pts, budget: float, method: str):
@@ -119,7 +128,7 @@ def analyse(pts, runs, cfg: dict[str, Any]) -> dict[str, Any]:
 
     budgets = list(cfg["budgets"])
     head = pts[pts["scale"] == 1.0]
-    methods = [m for m in ORDER if m in set(head["method"])]
+    methods = _methods(head)
     seeds = {m: sorted(set(head[head["method"] == m]["seed"])) for m in methods}
     n_windows = int(pts["windows"].iloc[0])
     bs = Bootstrap(n_windows, seeds)
@@ -169,8 +178,8 @@ def analyse(pts, runs, cfg: dict[str, Any]) -> dict[str, Any]:
             est = math.exp(np.mean([math.log(e) for e, _ in cells]))
             vals = np.exp(np.mean([np.log(v) for _, v in cells], axis=0))
             res["ood"][m] = (est, vals, len(cells))
-    for m in ("coalora", "coalora-theta-off", "shared"):
-        if m not in methods or len(curves[m]) < 2:
+    for m in [m for m in methods if m not in ("qlora", "lqlora", "none")]:
+        if len(curves[m]) < 2:
             continue
         seen = head[(head["method"] == m) & (head["kind"] == "seen") & (head["role"] == "seen")]
         bl = sorted(curves[m])
@@ -190,7 +199,7 @@ def analyse(pts, runs, cfg: dict[str, Any]) -> dict[str, Any]:
         if gaps_est:
             res["gap"][m] = (float(np.mean(gaps_est)), np.mean(gaps_vals, axis=0), len(gaps_est))
     res["compute"] = {}
-    hr = runs[runs["kind"] == "headline"] if len(runs) else runs
+    hr = runs[runs["kind"].isin(["headline", "arm"])] if len(runs) else runs
     for m in methods:
         r = hr[hr["method"] == m] if len(hr) else hr
         if not len(r):
@@ -256,6 +265,21 @@ def markdown(pts, runs, grid, meta: dict[str, Any]) -> str:
         row = [f"{b:g}"] + [_fmt(*res["ratio"][(m, b)], digits=3) if (m, b) in res["ratio"] else ""
                             for m in methods if m != "qlora"]
         lines.append("| " + " | ".join(row) + " |")
+    arms = [m for m in methods if m.startswith("coalora+")]
+    if arms and "coalora" in methods:
+        lines += ["", "## Ablation arms: perplexity ratio to coalora (paired; below 1.00 the arm is better)", "",
+                  "| arm | options | " + " | ".join(f"{b:g} bits" for b in budgets) + " |",
+                  "|---|---|" + "---|" * len(budgets)]
+        opts = meta.get("arms", {})
+        for m in arms:
+            row = [m, f"`{json.dumps(opts.get(m, {}), sort_keys=True)}`"]
+            for b in budgets:
+                if (m, b) in res["cells"] and ("coalora", b) in res["cells"]:
+                    (e1, v1), (e0, v0) = res["cells"][(m, b)], res["cells"][("coalora", b)]
+                    row.append(_fmt(e1 / e0, v1 / v0, digits=3))
+                else:
+                    row.append("")
+            lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Summary per method", "",
               "| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     lines.append("| hypervolume (unseen / own points) | " + " | ".join(
@@ -337,11 +361,10 @@ def figure(pts, meta: dict[str, Any], path: Path) -> None:
 
     cfg = meta["config"]
     head = pts[pts["scale"] == 1.0]
-    methods = [m for m in ORDER if m in set(head["method"])]
+    methods = _methods(head)
     seeds = {m: sorted(set(head[head["method"] == m]["seed"])) for m in methods}
     bs = Bootstrap(int(pts["windows"].iloc[0]), seeds)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    markers = dict(zip(ORDER, "os^Dvx"))
     for j, m in enumerate(methods):
         xs, ys, lo, hi = [], [], [], []
         for b in cfg["budgets"]:
@@ -355,7 +378,7 @@ def figure(pts, meta: dict[str, Any], path: Path) -> None:
             ys.append(e)
             lo.append(e - a)
             hi.append(z - e)
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker=markers[m], capsize=3, label=m, linewidth=1)
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="os^Dvx*P"[j % 8], capsize=3, label=m, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("average bits per weight (incl. scales)")
     ax.set_ylabel("held-out perplexity (log)")

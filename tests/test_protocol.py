@@ -111,6 +111,7 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
 
     cfg = _tiny(tmp_path)
     out = tmp_path / "protocol"
+    protocol.add_arm(out, protocol.Arm("lq", {"base": "lq", "lq_rank": 2}, "an LQ base"))
     done = protocol.run(cfg, out, log=lambda m: None, progress=False)
     assert {u.name for u in protocol.schedule(cfg, done)} == set(done)  # everything ran
     text = protocol_report.write(out)
@@ -120,7 +121,8 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
             "eval_spec", "token_passes"}
     assert need <= set(pts.columns)
     assert {"method", "seed", "budget", "lr", "token_passes", "train_seconds", "train_config_hashes"} <= set(runs.columns)
-    assert set(pts["method"]) == set(protocol.METHODS) and set(pts["eval_spec"]) == {"strided-v1"}
+    assert set(pts["method"]) == {*protocol.METHODS, "coalora+lq"} and set(pts["eval_spec"]) == {"strided-v1"}
+    assert "## Ablation arms" in text and '`{"base": "lq", "lq_rank": 2}`' in text
     assert set(pts[pts["method"] != "none"]["seed"]) == {0, 1}
     head = pts[(pts["scale"] == 1.0) & (pts["method"] != "none")]
     assert set(head["token_passes"]) == {cfg.headline_compute}  # equal compute, per seed
@@ -160,3 +162,26 @@ def test_compare_help_lists_every_protocol_field(capsys):
         assert "--" + f.name.replace("_", "-") in out
         assert f.name in docs  # every field documents itself
     assert "Unit" in dir(protocol) and Unit("x", "grid", "qlora").seed == 0
+
+
+def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
+    cfg = ProtocolConfig()
+    arm = protocol.Arm("k4-lq", {"configs_per_step": 4, "base": "lq"}, "more configurations per step")
+    protocol.add_arm(tmp_path, arm)
+    arms = protocol.load_arms(tmp_path)
+    assert arms == [arm]
+    units = protocol.schedule(cfg, _fake_grid(cfg), arms)
+    mine = [u for u in units if u.kind == "arm"]
+    assert [u.seed for u in mine] == list(cfg.seeds) and {u.method for u in mine} == {"coalora+k4-lq"}
+    tc = protocol.train_config(cfg, mine[0], arm=arm)
+    assert tc.configs_per_step == 4 and tc.base == "lq" and tc.steps == 75
+    assert tc.token_passes == cfg.headline_compute and tc.lr == 3e-3 and tc.theta_lr_scale == 30.0
+    for bad, match in (({"steps": 10}, "fixed by the protocol"), ({"seed": 3}, "fixed"), ({"colour": 1}, "unknown"),
+                       ({"base": "gptq"}, "unknown base")):
+        with pytest.raises(CoaloraError, match=match):
+            protocol.add_arm(tmp_path, protocol.Arm("x", bad))
+    with pytest.raises(CoaloraError, match="arm name"):
+        protocol.add_arm(tmp_path, protocol.Arm("../evil", {}))
+    (tmp_path / "arms.json").write_text("{broken")
+    with pytest.raises(CoaloraError, match="arms.json"):
+        protocol.load_arms(tmp_path)
