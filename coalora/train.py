@@ -34,6 +34,8 @@ from coalora.errors import CoaloraError
 from coalora.files import write_text_atomic
 
 METHODS = ("coalora", "qlora", "lqlora", "shared")
+SAMPLINGS = ("uniform", "excess")
+BALANCES = ("sum", "equal")
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
 
@@ -79,6 +81,15 @@ class TrainConfig:
     """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
     theta: bool = True
     """``coalora`` only: False fixes U = I (theta off, everything else the same): the ablation that isolates theta."""
+    sampling: str = "uniform"
+    """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
+    (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
+    every search round: more steps where quantization hurts)."""
+    sampling_power: float = 1.0
+    """Exponent of the ``excess`` sampling weights (0 is uniform)."""
+    loss_balance: str = "sum"
+    """How the K losses combine: ``sum`` (the official code) or ``equal`` (each configuration's loss
+    divided by its own detached value, so a 10-nat 2-bit loss does not drown a 3-nat 6-bit one)."""
     budget_lo: float = 2.25
     budget_hi: float = 7.25
     initial_budgets: int = 50
@@ -110,6 +121,13 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise CoaloraError(f"{name} must be a positive integer, got {v!r}")
+        if self.sampling not in SAMPLINGS:
+            raise CoaloraError(f"unknown sampling {self.sampling!r}; use one of {', '.join(SAMPLINGS)}")
+        if self.loss_balance not in BALANCES:
+            raise CoaloraError(f"unknown loss_balance {self.loss_balance!r}; use one of {', '.join(BALANCES)}")
+        if not (isinstance(self.sampling_power, (int, float)) and math.isfinite(self.sampling_power)
+                and self.sampling_power >= 0):
+            raise CoaloraError(f"sampling_power must be a non-negative number, got {self.sampling_power!r}")
         if self.search_every < 0:
             raise CoaloraError(f"search_every must be >= 0 (0 freezes the training set), got {self.search_every}")
         for name in ("lr", "theta_lr_scale", "alpha", "max_grad_norm", "cache_gib"):
@@ -190,6 +208,8 @@ class TrainState:
     """Forward-only tokens the search spent scoring configurations on the probe windows."""
     trained_on: list[str] = field(default_factory=list)
     """Hashes of every configuration a training step has taken gradients on, in first-use order."""
+    ref_probe: float | None = None
+    """The unquantized model's probe loss (``excess`` sampling's floor)."""
     hv_ref: list[float] | None = None
     searches: int = 0
 
@@ -202,9 +222,15 @@ def _schedule_rows(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     return perm[j * batch : (j + 1) * batch]
 
 
-def _sample_configs(seed: int, step: int, size: int, k: int) -> list[int]:
+def _sample_configs(seed: int, step: int, size: int, k: int, weights: list[float] | None = None) -> list[int]:
+    """Indices of ``k`` distinct training configurations for ``step`` (uniform, or proportional to
+    ``weights``): a function of (seed, step, weights), so a resumed run draws the same."""
     rng = np.random.default_rng([seed, step])
-    return rng.choice(size, size=min(k, size), replace=False).tolist()
+    if weights is None:
+        return rng.choice(size, size=min(k, size), replace=False).tolist()
+    p = np.asarray(weights, dtype=np.float64)
+    p = p / p.sum()
+    return rng.choice(size, size=min(k, int((p > 0).sum())), replace=False, p=p).tolist()
 
 
 class Trainer:
@@ -391,6 +417,8 @@ class Trainer:
             self._log(f"resuming {self.checkpoint_path()} at step {self.state.step}")
             self._truncate_log(self.state.step)
         self._trained = set(self.state.trained_on)
+        if cfg.sampling == "excess" and self.state.ref_probe is None:
+            self._score_train_set()
         world, rank = self.acc.num_processes, self.acc.process_index
         local = cfg.batch_size // world
         bar = tqdm(total=cfg.steps, initial=self.state.step, desc=f"train {cfg.method}", unit="step",
@@ -402,7 +430,7 @@ class Trainer:
             rows = _schedule_rows(cfg.seed, step, len(self.train_windows), cfg.batch_size)
             x = self.train_windows[rows[rank * local : (rank + 1) * local]].to(self.acc.device)
             k = cfg.configs_each_step
-            picks = _sample_configs(cfg.seed, step, len(self.state.train_set), k)
+            picks = _sample_configs(cfg.seed, step, len(self.state.train_set), k, self._sampling_weights())
             losses = {}
             for j, pick in enumerate(picks):
                 qc = self._config(self.state.train_set[pick])
@@ -410,11 +438,12 @@ class Trainer:
                 ctx = self.acc.no_sync(self.model) if j < len(picks) - 1 else contextlib.nullcontext()
                 with ctx:
                     loss = self._loss(qc, x)
-                    self.acc.backward(loss)
+                    self.acc.backward(loss / loss.detach() if cfg.loss_balance == "equal" else loss)
                 losses[qc.hash] = float(self.acc.reduce(loss.detach(), reduction="mean"))
                 if qc.hash not in self._trained:
                     self._trained.add(qc.hash)
                     self.state.trained_on.append(qc.hash)
+            groups = self._group_norms()
             gnorm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -422,7 +451,8 @@ class Trainer:
             self.state.step += 1
             self.state.seconds += dt
             self.state.tokens += cfg.batch_size * cfg.seqlen * len(picks)
-            self._append_log({"step": self.state.step, "loss": losses, "grad_norm": float(gnorm),
+            self._append_log({"step": self.state.step, "loss": losses, "grad_norm": float(gnorm), **groups,
+                              "clipped": bool(float(gnorm) > cfg.max_grad_norm),
                               "tokens_per_s": cfg.batch_size * cfg.seqlen * len(picks) / dt,
                               "seconds": round(self.state.seconds, 3)})
             bar.set_postfix(loss=f"{np.mean(list(losses.values())):.3f}")
@@ -434,6 +464,44 @@ class Trainer:
         bar.close()
         self.acc.wait_for_everyone()
         return self.state
+
+    def _group_norms(self) -> dict[str, float]:
+        """Gradient norms of the LoRA factors and of theta before clipping (the log's per-group norms)."""
+        theta = {id(p) for p in self.coa.theta.parameters()}
+        out = {}
+        for name, ps in (("grad_norm_lora", [p for p in self.params if id(p) not in theta]),
+                         ("grad_norm_theta", [p for p in self.params if id(p) in theta])):
+            gs = [p.grad.detach().float().norm() for p in ps if p.grad is not None]
+            if gs:
+                out[name] = float(torch.linalg.vector_norm(torch.stack(gs)))
+        return out
+
+    def _sampling_weights(self) -> list[float] | None:
+        """``excess`` sampling: each training configuration's weight (its probe loss over the
+        unquantized model's, to the power; a configuration without a score gets the mean weight)."""
+        cfg = self.cfg
+        if cfg.sampling == "uniform":
+            return None
+        floor = self.state.ref_probe or 0.0
+        raw = [self.state.scores.get(self._config(ids).hash) for ids in self.state.train_set]
+        known = [max(s - floor, 1e-3) ** cfg.sampling_power for s in raw if s is not None]
+        fill = float(np.mean(known)) if known else 1.0
+        return [max(s - floor, 1e-3) ** cfg.sampling_power if s is not None else fill for s in raw]
+
+    @torch.no_grad()
+    def _score_train_set(self) -> None:
+        """Probe losses of the whole training set and of the unquantized model (``excess`` sampling's start)."""
+        with self.coa.disabled():
+            self.coa.applier.restore()
+            was = self.coa.training
+            self.coa.eval()
+            x = self.probe.to(self.acc.device)
+            self.state.ref_probe = float(sum(float(self.model(input_ids=x[i : i + 4], labels=x[i : i + 4]).loss)
+                                             * len(x[i : i + 4]) for i in range(0, len(x), 4)) / len(x))
+            self.coa.train(was)
+        pool = [self._config(ids) for ids in self.state.train_set]
+        self.state.scores = {c.hash: self.probe_loss(c) for c in pool}
+        self.state.probe_tokens += (len(pool) + 1) * self.probe.numel()
 
     def _loss(self, qc: ModelQuantConfig, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.use_theta:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +257,25 @@ def test_token_passes_and_trained_hashes_are_counted(corpus, tmp_home, tmp_path)
     assert torch.equal(torch.cat([tr.train_windows, tr.validation, tr.probe]), every)
     shared = TrainConfig(model="tiny-llama", method="shared", steps=3)
     assert shared.configs_each_step == 1 and shared.token_passes == 3 * 4 * 128
+
+
+def test_excess_sampling_draws_where_quantization_hurts_and_resumes_exactly(corpus, tmp_home, tmp_path):
+    from coalora.train import _sample_configs
+
+    counts = np.bincount([i for s in range(2000) for i in _sample_configs(0, s, 3, 1, [1.0, 1.0, 8.0])], minlength=3)
+    assert counts[2] > 5 * counts[0]  # proportional to the weights (8:1)
+    cfg = _cfg(corpus, steps=6, sampling="excess", sampling_power=2.0, loss_balance="equal", checkpoint_every=3)
+    tr = Trainer(cfg, tmp_path / "a", progress=False)
+    full = tr.run()
+    assert full.ref_probe is not None and len(full.scores) == len(full.train_set)
+    w = tr._sampling_weights()
+    worst = max(range(len(w)), key=lambda i: full.scores[tr._config(full.train_set[i]).hash])
+    assert w[worst] == max(w)  # the highest probe loss gets the largest weight
+    Trainer(_cfg(corpus, steps=3, sampling="excess", sampling_power=2.0, loss_balance="equal", checkpoint_every=3),
+            tmp_path / "b", progress=False).run()
+    resumed = Trainer(cfg, tmp_path / "b", progress=False).run()
+    assert resumed.trained_on == full.trained_on
+    logs = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"step"' in x]
+    assert all("grad_norm_lora" in r and "clipped" in r for r in logs)
+    with pytest.raises(CoaloraError, match="unknown sampling"):
+        _cfg(corpus, sampling="loss")
