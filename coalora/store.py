@@ -3,12 +3,16 @@
 The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). Rules:
 
 * **Idempotent writes.** An evaluation's key is (model, config hash, adapter id, method, eval set,
-  seqlen, windows); writing the same key twice leaves one row (the first: a cached result is never
+  seqlen, windows, eval spec); writing the same key twice leaves one row (the first: a cached result is never
   silently replaced). Every write is one transaction, so a killed process leaves no partial row.
 * **Seeded.** A new store loads the Parquet files shipped in ``data/seed/`` (the measured SmolLM2
   results), so a fresh clone starts with a populated front.
 * **Versioned.** ``meta.schema_version`` plus a list of migrations; a store written by a newer
-  coalora is refused with a message rather than misread.
+  coalora is refused with a message rather than misread. Schema 2 added the eval spec
+  (:mod:`coalora.evalspec`) to the evaluation key, the KL divergence to the unquantized model and
+  the per-window sums; rows of a schema-1 store (and seed files without those columns) were measured
+  on the old rule, so they read as ``prefix-v0`` with no KL, and a number of one spec is never
+  returned for another.
 * **One writer process.** DuckDB lets one process hold the file read-write, and then no other
   process may open it at all (stack.md). A second process gets a read-only *snapshot copy* and a
   warning (or, with ``fallback=False``, one clear error); writes to a snapshot raise. Within one
@@ -17,6 +21,7 @@ The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -31,8 +36,9 @@ from typing import Any
 
 from coalora import __version__
 from coalora.errors import CoaloraError
+from coalora.evalspec import DEFAULT_SPEC
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILE = "results.duckdb"
 TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds")
 SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
@@ -41,7 +47,8 @@ SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One measured perplexity (token-level, non-overlapping windows: stack.md's convention)."""
+    """One measured perplexity and KL divergence (token-level, non-overlapping windows picked by an
+    eval spec: :mod:`coalora.evaluate`)."""
 
     model: str
     config_hash: str
@@ -59,6 +66,14 @@ class Evaluation:
     avg_bits: float
     seconds: float = 0.0
     version: str = __version__
+    eval_spec: str = DEFAULT_SPEC
+    """The rule that picked the windows (:mod:`coalora.evalspec`); part of the key."""
+    kld: float | None = None
+    """Mean per-token KL(p_unquantized || p_model) in nats; None when not measured (old rows)."""
+    window_nll: tuple[float, ...] = ()
+    """Summed token NLL per window, in window order (for intervals over windows); () when not kept."""
+    window_kld: tuple[float, ...] = ()
+    """Summed token KL per window; () without KL."""
 
     def __post_init__(self) -> None:
         for name in ("ppl", "nll", "avg_bits", "seconds"):
@@ -67,13 +82,33 @@ class Evaluation:
                 raise CoaloraError(f"evaluation {name} must be a number, got {v!r}")
         if self.seqlen < 1 or self.windows < 1 or self.tokens < 1:
             raise CoaloraError("evaluation seqlen, windows and tokens must be positive")
+        if not isinstance(self.eval_spec, str) or not self.eval_spec:
+            raise CoaloraError(f"evaluation eval_spec must name an eval spec, got {self.eval_spec!r}")
+        if self.kld is not None and (not isinstance(self.kld, (int, float)) or not math.isfinite(self.kld)):
+            raise CoaloraError(f"evaluation kld must be a finite number or None, got {self.kld!r}")
+        for name in ("window_nll", "window_kld"):
+            v = getattr(self, name)
+            if isinstance(v, str):  # a JSON list, as the store keeps it
+                v = json.loads(v) if v else ()
+            v = tuple(float(x) for x in (v or ()))
+            if v and len(v) != self.windows:
+                raise CoaloraError(f"evaluation {name} has {len(v)} entries for {self.windows} windows")
+            object.__setattr__(self, name, v)
 
     @property
     def key(self) -> tuple:
-        return (self.model, self.config_hash, self.adapter_id, self.method, self.eval_set, self.seqlen, self.windows)
+        return (self.model, self.config_hash, self.adapter_id, self.method, self.eval_set, self.seqlen, self.windows,
+                self.eval_spec)
 
 
-EVAL_KEY = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows")
+EVAL_KEY = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "eval_spec")
+LEGACY_SPEC = "prefix-v0"
+"""The spec of every evaluation stored before schema 2 (or imported from a file without ``eval_spec``)."""
+_EVAL_KEY_V1 = EVAL_KEY[:-1]
+_EVAL_COLS_V1 = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "tokens", "ppl",
+                 "nll", "avg_bits", "seconds", "version", "created_at")
+_IMPLIED = {"evaluations": ("eval_spec",)}
+"""Key columns a file may lack: the table's default fills them (``eval_spec``: :data:`LEGACY_SPEC`)."""
 
 # Migration k brings a store from version k-1 to k; each runs in one transaction.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -88,10 +123,25 @@ _MIGRATIONS: dict[int, list[str]] = {
         " method VARCHAR NOT NULL, eval_set VARCHAR NOT NULL, seqlen INTEGER NOT NULL, windows INTEGER NOT NULL,"
         " tokens BIGINT NOT NULL, ppl DOUBLE NOT NULL, nll DOUBLE NOT NULL, avg_bits DOUBLE NOT NULL,"
         " seconds DOUBLE, version VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp,"
-        f" PRIMARY KEY ({', '.join(EVAL_KEY)}))",
+        f" PRIMARY KEY ({', '.join(_EVAL_KEY_V1)}))",
         "CREATE TABLE search_rounds (run VARCHAR NOT NULL, round INTEGER NOT NULL, model VARCHAR, after_step INTEGER,"
         " hypervolume DOUBLE, encoding VARCHAR, loo_index DOUBLE, loo_bits DOUBLE, pool INTEGER, kept INTEGER,"
         " seconds DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (run, round))",
+    ],
+    # The eval spec joins the key (DuckDB cannot alter a primary key: the table is rebuilt, its rows
+    # kept as prefix-v0, the only rule before), with KL and the per-window sums (JSON lists).
+    2: [
+        "CREATE TABLE evaluations_v2 (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL,"
+        " adapter_id VARCHAR NOT NULL, method VARCHAR NOT NULL, eval_set VARCHAR NOT NULL, seqlen INTEGER NOT NULL,"
+        " windows INTEGER NOT NULL, tokens BIGINT NOT NULL, ppl DOUBLE NOT NULL, nll DOUBLE NOT NULL,"
+        " avg_bits DOUBLE NOT NULL, seconds DOUBLE, version VARCHAR,"
+        f" eval_spec VARCHAR NOT NULL DEFAULT '{LEGACY_SPEC}', kld DOUBLE, window_nll VARCHAR, window_kld VARCHAR,"
+        " created_at TIMESTAMP DEFAULT current_timestamp,"
+        f" PRIMARY KEY ({', '.join(EVAL_KEY)}))",
+        f"INSERT INTO evaluations_v2 ({', '.join(_EVAL_COLS_V1)}, eval_spec) SELECT {', '.join(_EVAL_COLS_V1)},"
+        f" '{LEGACY_SPEC}' FROM evaluations",
+        "DROP TABLE evaluations",
+        "ALTER TABLE evaluations_v2 RENAME TO evaluations",
     ],
 }
 _PRIMARY_KEYS = {"models": ("model",), "configs": ("config_hash",), "adapters": ("adapter_id",),
@@ -268,8 +318,6 @@ class Store:
 
     def add_adapter(self, adapter_id: str, model: str, method: str, path: str = "", sha256: str = "",
                     meta: dict | None = None) -> None:
-        import json
-
         self._check_writable()
         with self._transaction() as cur:
             cur.execute("INSERT INTO adapters (adapter_id, model, method, path, sha256, meta) VALUES (?, ?, ?, ?, ?, ?) "
@@ -284,8 +332,8 @@ class Store:
         self._check_writable()
         if config is not None and config.hash != ev.config_hash:
             raise CoaloraError(f"evaluation is of config {ev.config_hash} but config {config.hash} was given")
-        row = asdict(ev)
-        cols = [f.name for f in fields(Evaluation)]
+        row = _eval_row(ev)
+        cols = list(row)
         with self._transaction() as cur:
             if config is not None:
                 _insert_config(cur, config)
@@ -307,35 +355,36 @@ class Store:
     # ---- reads
 
     def find_evaluation(self, model: str, config_hash: str, adapter_id: str, method: str, eval_set: str,
-                        seqlen: int, windows: int) -> Evaluation | None:
-        """The stored evaluation with this key, or None (the quick-eval cache lookup)."""
+                        seqlen: int, windows: int, eval_spec: str = DEFAULT_SPEC) -> Evaluation | None:
+        """The stored evaluation with this key, or None (the quick-eval cache lookup).
+
+        ``eval_spec`` is part of the key: a result measured on other windows is never returned.
+        """
         cols = [f.name for f in fields(Evaluation)]
         row = self._cursor().execute(
             f"SELECT {', '.join(cols)} FROM evaluations WHERE {' AND '.join(f'{k} = ?' for k in EVAL_KEY)}",
-            [model, config_hash, adapter_id, method, eval_set, seqlen, windows]).fetchone()
+            [model, config_hash, adapter_id, method, eval_set, seqlen, windows, eval_spec]).fetchone()
         return Evaluation(**dict(zip(cols, row))) if row else None
 
     def evaluations(self, model: str | None = None, method: str | None = None, eval_set: str | None = None,
-                    seqlen: int | None = None, windows: int | None = None, adapter_id: str | None = None) -> list[Evaluation]:
-        """Stored evaluations matching every given filter, oldest first."""
+                    seqlen: int | None = None, windows: int | None = None, adapter_id: str | None = None,
+                    eval_spec: str | None = None) -> list[Evaluation]:
+        """Stored evaluations matching every given filter, oldest first (``eval_spec`` None: every spec;
+        callers that compare or fit numbers pass one)."""
         cols = [f.name for f in fields(Evaluation)]
         where, args = _where(model=model, method=method, eval_set=eval_set, seqlen=seqlen, windows=windows,
-                             adapter_id=adapter_id)
+                             adapter_id=adapter_id, eval_spec=eval_spec)
         rows = self._cursor().execute(f"SELECT {', '.join(cols)} FROM evaluations{where} ORDER BY created_at, config_hash",
                                       args).fetchall()
         return [Evaluation(**dict(zip(cols, r))) for r in rows]
 
     def config_ids(self, config_hash: str) -> tuple[str, list[int]] | None:
         """(model, per-target config ids) of a stored configuration, or None."""
-        import json
-
         row = self._cursor().execute("SELECT model, ids FROM configs WHERE config_hash = ?", [config_hash]).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
     def configs(self, model: str) -> dict[str, list[int]]:
         """Every stored configuration of ``model``: hash -> per-target config ids."""
-        import json
-
         rows = self._cursor().execute("SELECT config_hash, ids FROM configs WHERE model = ?", [model]).fetchall()
         return {h: json.loads(ids) for h, ids in rows}
 
@@ -396,7 +445,7 @@ class Store:
         cols = [r[0] for r in cur.execute(f"DESCRIBE {table}").fetchall()]
         try:
             have = [r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
-            missing = [c for c in _PRIMARY_KEYS[table] if c not in have]
+            missing = [c for c in _PRIMARY_KEYS[table] if c not in have and c not in _IMPLIED.get(table, ())]
             if missing:
                 raise CoaloraError(f"{p} cannot go into table {table}: it lacks column(s) {', '.join(missing)}")
             use = [c for c in cols if c in have]
@@ -408,9 +457,15 @@ class Store:
 
 # ---- helpers
 
-def _insert_config(cur, config) -> None:
-    import json
+def _eval_row(ev: Evaluation) -> dict[str, Any]:
+    """``ev`` as the table's column values (the per-window sums as JSON lists, None when empty)."""
+    row = asdict(ev)
+    for name in ("window_nll", "window_kld"):
+        row[name] = json.dumps(list(row[name])) if row[name] else None
+    return row
 
+
+def _insert_config(cur, config) -> None:
     cur.execute("INSERT INTO configs (config_hash, model, avg_bits, ids) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [config.hash, config.model, config.avg_bits, json.dumps(list(config.ids))])
 

@@ -46,7 +46,8 @@ def _fill(store):
     cfg = _cfg(1)
     store.add_model("tiny-llama", "w" * 8, 14, 12345)
     store.add_adapter("a1", "tiny-llama", "coalora", path="/x/a1.safetensors", sha256="s" * 8, meta={"rank": 4})
-    evs = [_ev(cfg.hash, seqlen=256, windows=8, ppl=11.0),
+    evs = [_ev(cfg.hash, seqlen=256, windows=8, ppl=11.0, kld=0.125, window_nll=[600.5 + i for i in range(8)],
+               window_kld=[31.875] * 8),
            _ev(cfg.hash, method="none", adapter_id="", ppl=20.0),
            _ev("d" * 16, model="other", method="qlora", ppl=13.0)]
     assert store.add_evaluation(evs[0], cfg)
@@ -72,7 +73,8 @@ def test_evaluation_round_trips_with_its_config(tmp_path):
         assert s.add_evaluation(ev, cfg) is True
         got = s.find_evaluation(*ev.key)
         assert got == ev
-        assert s.find_evaluation(*ev.key[:-1], ev.windows + 1) is None
+        assert s.find_evaluation(*ev.key[:-2], ev.windows + 1, ev.eval_spec) is None
+        assert s.find_evaluation(*ev.key[:-1], "prefix-v0") is None  # another spec: another key
         assert s.config_ids(cfg.hash) == ("tiny-llama", list(cfg.ids))
         assert s.config_ids("nope") is None
         assert s.configs("tiny-llama") == {cfg.hash: list(cfg.ids)}
@@ -146,6 +148,86 @@ def test_same_config_twice_is_one_row(tmp_path):
         s.add_config(cfg)
         s.add_evaluation(_ev(cfg.hash), cfg)
         assert s.count("configs") == 1
+
+
+def test_specs_never_share_an_evaluation(tmp_path):
+    with _store(tmp_path) as s:
+        strided = _ev(ppl=10.0, kld=0.25, window_nll=[1.0] * 8, window_kld=[0.5] * 8)
+        prefix = _ev(ppl=99.0, eval_spec="prefix-v0")
+        assert strided.eval_spec == "strided-v1" and strided.key != prefix.key
+        assert s.add_evaluation(strided) and s.add_evaluation(prefix)  # both kept: different keys
+        assert s.find_evaluation(*strided.key[:-1]) == strided  # the default spec
+        assert s.find_evaluation(*prefix.key).ppl == 99.0 and s.find_evaluation(*prefix.key).kld is None
+        assert s.find_evaluation(*strided.key[:-1], "strided-v1").window_kld == (0.5,) * 8
+        assert [e.ppl for e in s.evaluations(eval_spec="strided-v1")] == [10.0]
+        assert [e.ppl for e in s.evaluations(eval_spec="prefix-v0")] == [99.0]
+        assert len(s.evaluations()) == 2
+
+
+@pytest.mark.parametrize("kw", [{"kld": float("nan")}, {"kld": float("inf")}, {"eval_spec": ""},
+                                {"window_nll": [1.0, 2.0]}])
+def test_bad_kl_fields_are_refused(kw):
+    with pytest.raises(CoaloraError):
+        _ev(**kw)
+
+
+def _v1_store(path, rows):
+    """A schema-1 store file (as coalora 0.x wrote it) holding ``rows`` evaluations."""
+    import duckdb
+
+    from coalora.store import _MIGRATIONS
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    for sql in _MIGRATIONS[1]:
+        con.execute(sql)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    for ev in rows:
+        con.execute("INSERT INTO evaluations (model, config_hash, adapter_id, method, eval_set, seqlen, windows, "
+                    "tokens, ppl, nll, avg_bits, seconds, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [ev.model, ev.config_hash, ev.adapter_id, ev.method, ev.eval_set, ev.seqlen, ev.windows,
+                     ev.tokens, ev.ppl, ev.nll, ev.avg_bits, ev.seconds, ev.version])
+    con.execute("INSERT INTO models VALUES ('tiny-llama', 'w', 14, 100, current_timestamp)")
+    con.close()
+
+
+def test_schema_1_store_is_migrated_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.duckdb"
+    old = [_ev("a" * 16, ppl=11.0), _ev("b" * 16, method="none", adapter_id="", ppl=22.0), _ev("a" * 16, windows=16)]
+    _v1_store(path, old)
+    with Store(path, seed_dir=None) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.count("evaluations") == 3 and s.count("models") == 1
+        got = s.evaluations(eval_spec="prefix-v0")
+        assert sorted((e.config_hash, e.windows, e.ppl) for e in got) == \
+            sorted((e.config_hash, e.windows, e.ppl) for e in old)
+        assert all(e.kld is None and e.window_nll == () for e in got)
+        assert s.find_evaluation(*old[0].key[:-1]) is None  # not under the new default spec
+        assert s.find_evaluation(*old[0].key[:-1], "prefix-v0").ppl == 11.0
+        # the same configuration measured under the new spec is a new row next to the old one
+        assert s.add_evaluation(_ev("a" * 16, ppl=12.0, kld=0.1))
+        assert s.count("evaluations") == 4
+    with Store(path, seed_dir=None) as s:  # reopening does not migrate again
+        assert s.count("evaluations") == 4 and len(s.evaluations(eval_spec="prefix-v0")) == 3
+
+
+def test_seed_files_without_spec_columns_read_as_prefix_v0(tmp_path):
+    """A seed / export file written by a schema-1 store (no eval_spec, kld, window sums) still loads."""
+    import duckdb
+
+    _v1_store(tmp_path / "old.duckdb", [_ev("h" * 16, ppl=3.0)])
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    f = seed / "evaluations.parquet"
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute(f"COPY (SELECT * FROM evaluations) TO '{f}' (FORMAT PARQUET)")
+    con.close()
+    with Store(tmp_path / "r.duckdb", seed_dir=seed) as s:
+        (ev,) = s.evaluations()
+        assert (ev.eval_spec, ev.kld, ev.ppl) == ("prefix-v0", None, 3.0)
+    with _store(tmp_path, "b.duckdb") as b:
+        assert b.import_table("evaluations", f) == 1
+        assert b.find_evaluation(*_ev("h" * 16).key[:-1], "prefix-v0").ppl == 3.0
 
 
 # ---- seeding
