@@ -3,7 +3,10 @@ CLI's ``front``, ``search``, ``export`` commands work through.
 
 An :class:`Explorer` loads the model once and keeps it; every configuration is applied in place
 (only changed matrices are re-quantized: :class:`coalora.apply.ConfigApplier`). Quick evaluations
-are cached in the store by their full key, so asking twice costs nothing.
+are cached in the store by their full key, so asking twice costs nothing. Every evaluation reads
+the windows of the default eval spec (:data:`coalora.evalspec.DEFAULT_SPEC`) and measures the KL
+divergence to the unquantized model next to the perplexity, against the unquantized model's
+log-probs on those windows, computed once and cached on disk (:mod:`coalora.reference`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from coalora.config import ModelQuantConfig
 from coalora.errors import CoaloraError
+from coalora.evalspec import DEFAULT_SPEC, EvalWindows
 from coalora.store import Evaluation, Store
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
@@ -64,7 +68,10 @@ class Explorer:
         self.store = store if store is not None else Store()
         self.corpus = data.load_corpus(corpus, "eval")
         self._corpora = {corpus: self.corpus}
-        self._ids: dict[str, Any] = {}
+        self.eval_spec = DEFAULT_SPEC
+        """The eval spec of every evaluation this explorer measures and of every front it fits."""
+        self._windows: dict[tuple[str, int, int], EvalWindows] = {}
+        self._refs: dict[str, Any] = {}
         self.lock = threading.RLock()
         """Held while the model's weights are in use (apply + eval + export): one heavy job at a time."""
         path = default_adapter(model_name) if adapter == "default" else adapter
@@ -181,8 +188,9 @@ class Explorer:
             lora = self.coa.generate(config)
         return lora, (time.perf_counter() - t0) * 1000
 
-    def windows(self, seqlen: int, windows: int, corpus: str | None = None):
-        from coalora import data
+    def eval_windows(self, seqlen: int, windows: int, corpus: str | None = None) -> EvalWindows:
+        """The default spec's ``windows`` windows of ``seqlen`` tokens from an eval corpus (picked once)."""
+        from coalora import evalspec
         from coalora.models import context_length
 
         if not (2 <= seqlen <= context_length(self.model)):
@@ -190,19 +198,56 @@ class Explorer:
         if not (1 <= windows <= MAX_WINDOWS):
             raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}], got {windows}")
         c = self.eval_corpus(corpus)
-        if c.id not in self._ids:
-            self._ids[c.id] = data.tokenize(self.tokenizer, c)
-        return data.windows(self._ids[c.id], seqlen, windows)
+        key = (c.id, int(seqlen), int(windows))
+        if key not in self._windows:
+            self._windows[key] = evalspec.select(c, self.tokenizer, int(seqlen), int(windows), self.eval_spec)
+        return self._windows[key]
+
+    def windows(self, seqlen: int, windows: int, corpus: str | None = None):
+        """The token windows ``[n, seqlen]`` of :meth:`eval_windows`."""
+        return self.eval_windows(seqlen, windows, corpus).windows
+
+    def reference(self, ew: EvalWindows):
+        """The unquantized model's log-probs on ``ew`` (:mod:`coalora.reference`), built once.
+
+        Building runs the model with its original weights and no adapter, so it holds the lock and
+        puts the original weights back; the next evaluation re-applies its configuration. A
+        reference too large to cache is refused: its log-probs would have to be recomputed during
+        the evaluation, from a model that is then quantized.
+        """
+        import torch
+
+        from coalora import reference
+
+        if ew.key in self._refs:
+            return self._refs[ew.key]
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        size = reference.reference_bytes(ew.windows, vocab)
+        if size > reference.DEFAULT_MAX_CACHE_BYTES:
+            per = reference.reference_bytes(ew.windows[:1], vocab)
+            raise CoaloraError(f"KL divergence over {ew.n} windows x {ew.seqlen} tokens needs a {size / 2**30:.1f} GiB "
+                               f"reference, over the {reference.DEFAULT_MAX_CACHE_BYTES / 2**30:.0f} GiB cache limit; "
+                               f"use at most {reference.DEFAULT_MAX_CACHE_BYTES // per} windows here, or "
+                               "`coalora eval --full` for every window")
+        bare = self.coa.disabled() if self.coa is not None else contextlib.nullcontext()
+        with self.lock, torch.no_grad(), bare:
+            self.applier.restore()  # the reference is the original weights without the adapter
+            ref = reference.build(self.model, ew.windows, reference.key(self.model_name, self.weights_hash, ew.key))
+        self._refs[ew.key] = ref
+        return ref
 
     def cached(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8,
                corpus: str | None = None) -> Evaluation | None:
+        """The stored evaluation of ``config`` under this explorer's eval spec, or None."""
         return self.store.find_evaluation(self.model_name, config.hash, self.adapter_id if method == "coalora" else "",
-                                          method, self.eval_corpus(corpus).id, seqlen, windows)
+                                          method, self.eval_corpus(corpus).id, seqlen, windows, self.eval_spec)
 
     def evaluate(self, config: ModelQuantConfig, method: str = "coalora", seqlen: int = 256, windows: int = 8,
                  progress: Callable[[float], None] | bool = False, corpus: str | None = None) -> tuple[Evaluation, bool]:
-        """Perplexity of ``config`` (with the adapter for ``coalora``); returns (evaluation, from_cache).
+        """Perplexity and KL to the unquantized model of ``config`` (with the adapter for
+        ``coalora``) on the default spec's windows; returns (evaluation, from_cache).
 
+        ``progress``: a tqdm bar (True), none (False) or a callback given the finished fraction.
         The result is stored (when the store is writable), so the next call is a lookup.
         """
         import torch
@@ -215,20 +260,23 @@ class Explorer:
         hit = self.cached(config, method, seqlen, windows, corpus)
         if hit is not None:
             return hit, True
-        w = self.windows(seqlen, windows, corpus)
-        eval_set = self.eval_corpus(corpus).id
+        ew = self.eval_windows(seqlen, windows, corpus)
         # "none" on a model with an adapter: the same weights with the LoRA path switched off
         bare = self.coa.disabled() if method == "none" and self.coa is not None else contextlib.nullcontext()
-        with self.lock, torch.no_grad(), bare:
-            t0 = time.perf_counter()
-            if method == "coalora":
-                self.coa.set_config(config)
-            else:
-                self.applier.apply(config)
-            r = perplexity(self.model, w, dataset=eval_set, progress=progress is True)
-            seconds = time.perf_counter() - t0
+        with self.lock, torch.no_grad():
+            ref = self.reference(ew)
+            with bare:
+                t0 = time.perf_counter()
+                if method == "coalora":
+                    self.coa.set_config(config)
+                else:
+                    self.applier.apply(config)
+                r = perplexity(self.model, ew.windows, dataset=ew.dataset, progress=progress, reference=ref,
+                               spec=ew.spec)
+                seconds = time.perf_counter() - t0
         ev = Evaluation(self.model_name, config.hash, method, self.adapter_id if method == "coalora" else "",
-                        eval_set, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds)
+                        ew.dataset, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds,
+                        eval_spec=ew.spec, kld=r.kld, window_nll=r.window_nll, window_kld=r.window_kld)
         if not self.store.read_only:
             self.store.add_evaluation(ev, config=config)
         return ev, False
@@ -277,16 +325,18 @@ class Explorer:
     # ---- front
 
     def front(self, method: str = "coalora", budget: float | None = None, seqlen: int = 256, windows: int = 8,
-              corpus: str | None = None):
+              corpus: str | None = None, metric: str = "ppl"):
+        """The front of ``method``'s stored evaluations under this explorer's eval spec; ``metric``:
+        ``ppl`` or ``kld`` (KL divergence to the unquantized model) as the second objective."""
         if method not in ("coalora", "qlora", "lqlora", "shared", "none"):
             raise CoaloraError(f"unknown method {method!r}; use coalora, qlora, lqlora, shared or none")
-        return self.front_service().front(self.query(method, seqlen, windows, corpus), budget)
+        return self.front_service().front(self.query(method, seqlen, windows, corpus, metric), budget)
 
-    def query(self, method: str, seqlen: int, windows: int, corpus: str | None = None):
+    def query(self, method: str, seqlen: int, windows: int, corpus: str | None = None, metric: str = "ppl"):
         from coalora.front import FrontQuery
 
         return FrontQuery(self.model_name, method, self.eval_corpus(corpus).id, seqlen, windows,
-                          self.adapter_id if method == "coalora" else None)
+                          self.adapter_id if method == "coalora" else None, metric=metric, eval_spec=self.eval_spec)
 
     # ---- export
 
@@ -300,7 +350,8 @@ class Explorer:
         if ev is None and measure:
             ev, _ = self.evaluate(config, method, seqlen, windows, corpus=corpus)
         measured = None if ev is None else {"ppl": ev.ppl, "nll": ev.nll, "eval_set": ev.eval_set, "seqlen": ev.seqlen,
-                                            "windows": ev.windows, "tokens": ev.tokens}
+                                            "windows": ev.windows, "tokens": ev.tokens, "eval_spec": ev.eval_spec,
+                                            "kld": ev.kld}
         p = self.front_service().predict(self.query(method, seqlen, windows, corpus), config)
         predicted = None if p is None else {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi,
                                             "band": "+-2 sigma of log ppl"}

@@ -1,6 +1,6 @@
-"""The GP-predicted Pareto front of average bits vs. perplexity, from stored evaluations.
+"""The GP-predicted Pareto front of average bits vs. perplexity (or KL divergence), from stored evaluations.
 
-For one (model, method, eval set, seqlen, windows) the service
+For one (model, method, eval set, seqlen, windows, eval spec, metric) the service
 
 1. fits a botorch ``SingleTaskGP`` to the stored log-perplexities (= mean token NLL, the quantity
    the search's probe loss measures) on a two-number encoding of each configuration (``ENCODING``,
@@ -8,6 +8,10 @@ For one (model, method, eval set, seqlen, windows) the service
 2. scores a candidate set: the allocator's solutions on a dense budget grid (2.05..8.6 bits),
    random neighbours of each (a few matrices moved by one weight-bit step) and every measured
    configuration;
+   With ``metric="kld"`` the modelled outcome is log KL(p_unquantized || p_model) per token
+   (floored at :data:`KLD_FLOOR`) instead of log ppl, the same way; evaluations without a KL are
+   left out. Only evaluations of the query's eval spec enter (:mod:`coalora.evalspec`): numbers
+   measured on other windows are never fitted together;
 3. returns the measured points, the non-dominated set of the *predicted* means with a +-2 sigma
    band, hypervolumes (measured and predicted, one recorded reference point), EHVI proposals
    (a batch of unmeasured candidates whose evaluation would most grow the front: greedy expected
@@ -62,7 +66,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,12 +78,24 @@ from gpytorch.means import Mean
 
 from coalora.config import ALL_CONFIGS, FIELD_VALUES, MAX_BITS, MIN_BITS, ModelQuantConfig
 from coalora.errors import CoaloraError
+from coalora.evalspec import DEFAULT_SPEC
 
 CONFIG_BITS = np.array([c.bits for c in ALL_CONFIGS])
 CONFIG_B0 = np.array([FIELD_VALUES[0].index(c.b0) for c in ALL_CONFIGS])
 HV_BITS_REF = 8.75
 """Reference point of every front hypervolume: (8.75 bits, ppl 1000) in (avg bits, log ppl)."""
 HV_PPL_REF = 1000.0
+HV_KLD_REF = 5.0
+"""Reference of a KL front's hypervolume: (8.75 bits, 5 nats per token) in (avg bits, log KL). At
+5 nats the quantized model's next-token distribution has little left of the unquantized one's."""
+KLD_FLOOR = 1e-5
+"""KL values below this (nats per token) are modelled, and shown, as this. The cached reference's
+uint16 rounding (:mod:`coalora.reference`: at most ~3e-4 nats per vocabulary entry, of either
+sign) leaves a mean per-token KL uncertain by roughly 1e-5 over a few thousand tokens, so smaller
+values (and rounding's small negative ones) are noise; without a floor their logs would span the
+fit. Real SmolLM2 configurations measure well above it (tens of millinats at 8 bits and up)."""
+METRICS = ("ppl", "kld")
+"""What a front's second objective is: perplexity (modelled as log ppl = mean NLL) or KL (log KL)."""
 FIT_MAXITER = 50
 MAX_LOG_PPL = 100.0
 """Shown perplexities are capped at exp(100) ~ 3e43: a GP fitted on a few points can predict a log
@@ -134,16 +150,34 @@ class FrontQuery:
     seqlen: int = 256
     windows: int = 8
     adapter_id: str | None = None
+    metric: str = "ppl"
+    """``ppl`` or ``kld`` (:data:`METRICS`): the front's second objective."""
+    eval_spec: str = DEFAULT_SPEC
+    """Only evaluations of this spec are fitted."""
+
+    def __post_init__(self) -> None:
+        check_metric(self.metric)
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`, else one clear error."""
+    if metric not in METRICS:
+        raise CoaloraError(f"unknown front metric {metric!r}; use ppl (perplexity) or kld (KL divergence to the "
+                           "unquantized model)")
+    return metric
 
 
 @dataclass
 class FrontPoint:
+    """One configuration on a front. The ``ppl`` fields hold the front's metric: perplexity, or KL
+    in nats per token for a ``kld`` front (:attr:`FrontResult.metric`)."""
+
     config_hash: str
     avg_bits: float
     ppl: float | None = None
-    """Measured perplexity, when stored."""
+    """Measured value (perplexity or KL), when stored."""
     pred_ppl: float | None = None
-    """exp of the GP's posterior mean of log ppl."""
+    """exp of the GP's posterior mean of log ppl (log KL)."""
     pred_lo: float | None = None
     """exp(mean - 2 sigma)."""
     pred_hi: float | None = None
@@ -167,6 +201,8 @@ class FrontResult:
     refit: str = ""
     """``full``, ``warm``, ``condition`` or ``cached``: what the last fit did."""
     seconds: float = 0.0
+    metric: str = "ppl"
+    """What the points' ``ppl`` fields hold: ``ppl`` or ``kld`` (nats per token)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,28 +288,31 @@ class FrontService:
             raise CoaloraError(f"this front service is for {self.model}, not {q.model}")
         if q.eval_set is not None:
             return q
-        evs = self.store.evaluations(model=q.model, method=q.method, seqlen=q.seqlen, windows=q.windows,
-                                     adapter_id=q.adapter_id)
-        if not evs:
-            return q
+        evs = self._evaluations(q, None)
         sets: dict[str, int] = {}
         for e in evs:
-            sets[e.eval_set] = sets.get(e.eval_set, 0) + 1
-        return FrontQuery(q.model, q.method, max(sets, key=sets.get), q.seqlen, q.windows, q.adapter_id)
+            if _outcome(e, q.metric) is not None:
+                sets[e.eval_set] = sets.get(e.eval_set, 0) + 1
+        return replace(q, eval_set=max(sets, key=sets.get)) if sets else q
+
+    def _evaluations(self, q: FrontQuery, eval_set: str | None) -> list:
+        return self.store.evaluations(model=q.model, method=q.method, eval_set=eval_set, seqlen=q.seqlen,
+                                      windows=q.windows, adapter_id=q.adapter_id, eval_spec=q.eval_spec)
 
     def measured(self, q: FrontQuery) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Stored (config hashes, ids ``[n, N]``, log ppl ``[n]``) for a resolved query.
+        """Stored (config hashes, ids ``[n, N]``, outcome ``[n]``) for a resolved query; the outcome
+        is log ppl (= mean NLL), or log KL for ``metric="kld"`` (evaluations without KL skipped).
 
         Several adapters' evaluations of one configuration (without ``adapter_id``) are averaged in
         log space; configurations of another target layout are skipped.
         """
-        evs = self.store.evaluations(model=q.model, method=q.method, eval_set=q.eval_set, seqlen=q.seqlen,
-                                     windows=q.windows, adapter_id=q.adapter_id)
+        evs = self._evaluations(q, q.eval_set)
         configs = self.store.configs(q.model)
         by_hash: dict[str, list[float]] = {}
         for e in evs:
-            if e.config_hash in configs and len(configs[e.config_hash]) == len(self.targets) and math.isfinite(e.nll):
-                by_hash.setdefault(e.config_hash, []).append(e.nll)
+            y = _outcome(e, q.metric)
+            if e.config_hash in configs and len(configs[e.config_hash]) == len(self.targets) and y is not None:
+                by_hash.setdefault(e.config_hash, []).append(y)
         hashes = sorted(by_hash)
         ids = np.array([configs[h] for h in hashes], dtype=np.int64).reshape(len(hashes), len(self.targets))
         return hashes, ids, np.array([float(np.mean(by_hash[h])) for h in hashes])
@@ -286,7 +325,7 @@ class FrontService:
         hashes, ids, y = data if data is not None else self.measured(q)
         if len(hashes) < 3:
             return None, f"{len(hashes)} stored evaluations (a GP needs at least 3)"
-        key = (q.model, q.method, q.eval_set, q.seqlen, q.windows, q.adapter_id)
+        key = (q.model, q.method, q.eval_set, q.seqlen, q.windows, q.adapter_id, q.metric, q.eval_spec)
         have = frozenset(hashes)
         prev = self._fits.get(key)
         if prev is not None and prev[0] == have:
@@ -313,10 +352,11 @@ class FrontService:
         hashes, ids, y = data
         bits_m = self.avg_bits(ids) if len(ids) else np.zeros(0)
         measured = [FrontPoint(h, float(b), float(math.exp(v))) for h, b, v in zip(hashes, bits_m, y)]
-        ref = {"bits": HV_BITS_REF, "ppl": HV_PPL_REF, "space": "(avg bits, log ppl)"}
-        hv = {"measured": _hv(bits_m, y)}
+        log_ref = _log_ref(q.metric)
+        ref = {"bits": HV_BITS_REF, q.metric: float(math.exp(log_ref)), "space": f"(avg bits, log {q.metric})"}
+        hv = {"measured": _hv(bits_m, y, log_ref)}
         gp, how = self.fit(q, data)
-        res = FrontResult(asdict(q), measured, [], hv, ref, budget=budget, refit=how)
+        res = FrontResult(asdict(q), measured, [], hv, ref, budget=budget, refit=how, metric=q.metric)
         if gp is None:
             res.refit = "none: " + how
             res.seconds = time.perf_counter() - t0
@@ -339,7 +379,7 @@ class FrontService:
         meas = dict(zip(hashes, y))
         hash_of = self._hasher(all_ids)
         res.front = [self._point(hash_of(i), all_bits[i], mean[i], std[i], all_src[i], meas) for i in order]
-        hv["predicted"] = _hv(all_bits[mask], mean[mask])
+        hv["predicted"] = _hv(all_bits[mask], mean[mask], log_ref)
         if budget is not None:
             ok = np.flatnonzero(all_bits <= budget + 1e-9)
             if len(ok):
@@ -349,7 +389,7 @@ class FrontService:
                 res.best = self._point(hash_of(i), all_bits[i], mean[i], std[i], all_src[i], meas)
         if self.settings.proposals:
             n = len(cids)
-            res.proposals = self._proposals(gp, cids, cbits, mean[:n], std[:n], bits_m, y, hash_of)
+            res.proposals = self._proposals(gp, cids, cbits, mean[:n], std[:n], bits_m, y, hash_of, log_ref)
         res.seconds = time.perf_counter() - t0
         return res
 
@@ -399,8 +439,9 @@ class FrontService:
         q = self._resolve(query)
         hashes, ids, y = self.measured(q)
         if len(hashes) < max(folds, 6):
-            raise CoaloraError(f"{len(hashes)} stored evaluations for {q.model}/{q.method} on {q.eval_set}; "
-                               f"validation needs at least {max(folds, 6)}")
+            what = "evaluations" if q.metric == "ppl" else "evaluations with a KL"
+            raise CoaloraError(f"{len(hashes)} stored {what} for {q.model}/{q.method} on {q.eval_set} "
+                               f"({q.eval_spec}); validation needs at least {max(folds, 6)}")
         x = self.encode(ids)
         perm = np.random.default_rng(seed).permutation(len(y))
         pred = np.empty(len(y))
@@ -412,7 +453,7 @@ class FrontService:
         rho = float(spearmanr(pred, y).statistic)
         return {"n": len(y), "folds": folds, "spearman": rho, "rmse_log_ppl": float(np.sqrt(np.mean((pred - y) ** 2))),
                 "median_abs_err_log_ppl": float(np.median(np.abs(pred - y))), "eval_set": q.eval_set,
-                "method": q.method, "encoding": ENCODING}
+                "method": q.method, "encoding": ENCODING, "metric": q.metric, "eval_spec": q.eval_spec}
 
     # ---- helpers
 
@@ -431,7 +472,8 @@ class FrontService:
         return FrontPoint(h, float(bits), _ppl(m) if m is not None else None, _ppl(mu), _ppl(mu - 2 * sd),
                           _ppl(mu + 2 * sd), "measured" if m is not None else src)
 
-    def _proposals(self, gp, cids, cbits, mean, std, bits_m, y, hash_of) -> list[FrontPoint]:
+    def _proposals(self, gp, cids, cbits, mean, std, bits_m, y, hash_of,
+                   log_ref: float = math.log(HV_PPL_REF)) -> list[FrontPoint]:
         """A batch of the (unmeasured) candidates that together would most grow the measured front.
 
         Greedy by expected hypervolume improvement, Kriging believer (Ginsbourger et al., 2010):
@@ -446,7 +488,7 @@ class FrontService:
         value sits at or above the latent mean), so only the ``PROPOSAL_SHORTLIST`` best candidates
         are re-scored, and all of them only if the best of those falls below the rest's bound.
         """
-        ref = (HV_BITS_REF, math.log(HV_PPL_REF))
+        ref = (HV_BITS_REF, log_ref)
         front = _pareto(bits_m, y)
         fb, fl = bits_m[front], y[front]
         ehvi = expected_hvi(cbits, mean, std, fb, fl, ref, seed=self.settings.seed)
@@ -700,8 +742,22 @@ def _pareto(bits: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _hv(bits: np.ndarray, log_ppl: np.ndarray) -> float:
+def _hv(bits: np.ndarray, log_value: np.ndarray, log_ref: float = math.log(HV_PPL_REF)) -> float:
+    """Hypervolume of points (bits, log ppl or log KL) up to (HV_BITS_REF, ``log_ref``)."""
     from coalora.pareto import hypervolume_2d
 
-    pts = [(float(b), float(v)) for b, v in zip(bits, log_ppl) if math.isfinite(v)]
-    return float(hypervolume_2d(pts, (HV_BITS_REF, math.log(HV_PPL_REF)))) if pts else 0.0
+    pts = [(float(b), float(v)) for b, v in zip(bits, log_value) if math.isfinite(v)]
+    return float(hypervolume_2d(pts, (HV_BITS_REF, log_ref))) if pts else 0.0
+
+
+def _log_ref(metric: str) -> float:
+    """log of the hypervolume reference of ``metric``'s axis."""
+    return math.log(HV_PPL_REF if metric == "ppl" else HV_KLD_REF)
+
+
+def _outcome(ev, metric: str) -> float | None:
+    """The modelled value of one stored evaluation: its mean NLL (log ppl), or log of its KL
+    floored at :data:`KLD_FLOOR`; None when it has none (no KL measured, or not finite)."""
+    if metric == "kld":
+        return None if ev.kld is None or not math.isfinite(ev.kld) else math.log(max(ev.kld, KLD_FLOOR))
+    return ev.nll if math.isfinite(ev.nll) else None

@@ -120,6 +120,39 @@ def test_budget_outside_the_space_is_one_clear_error(filled):
     assert check_budget(MIN_BITS) == MIN_BITS and check_budget(MAX_BITS) == MAX_BITS
 
 
+def test_kld_front_fits_log_kl_and_never_mixes_specs(problem):
+    """metric="kld": the measured points are the stored KLs (rows without one skipped), the front
+    falls with bits; a prefix-v0 row of the same configuration enters neither front."""
+    targets, table = problem
+    store = Store(":memory:", seed_dir=None)
+    svc = _service(problem, store)
+    cids, _, _ = svc.candidates()
+    klds = {}
+    for n, i in enumerate(np.random.default_rng(2).choice(len(cids), 24, replace=False)):
+        c = ModelQuantConfig.from_ids(MODEL, targets, cids[i].tolist())
+        y = truth(table, cids[i])
+        kld = None if n % 4 == 3 else 0.3 * (y - math.log(20.0)) + 2e-3  # every 4th without KL
+        store.add_evaluation(Evaluation(MODEL, c.hash, "coalora", "a", SET, 256, 8, 2040, math.exp(y), y, c.avg_bits,
+                                        kld=kld), config=c)
+        if kld is not None:
+            klds[c.hash] = kld
+        if n == 0:  # the same configuration under the old spec, far off: must not be fitted
+            store.add_evaluation(Evaluation(MODEL, c.hash, "coalora", "a", SET, 256, 8, 2040, 1e6, math.log(1e6),
+                                            c.avg_bits, eval_spec="prefix-v0", kld=50.0))
+    res = svc.front(FrontQuery(MODEL, metric="kld"))
+    assert res.metric == "kld" and res.query["metric"] == "kld" and "kld" in res.hv_reference
+    assert {p.config_hash: p.ppl for p in res.measured} == pytest.approx(klds, rel=1e-9)
+    preds = [p.pred_ppl for p in res.front]
+    assert preds and all(a > b for a, b in zip(preds, preds[1:])) and all(0 < v < 5 for v in preds)
+    assert res.hypervolume["measured"] > 0 and res.proposals
+    ppl = svc.front(FrontQuery(MODEL))
+    assert len(ppl.measured) == 24 and max(p.ppl for p in ppl.measured) < 1e3  # the prefix-v0 row is not in it
+    assert len(svc.front(FrontQuery(MODEL, eval_spec="prefix-v0")).measured) == 1
+    with pytest.raises(CoaloraError, match="unknown front metric"):
+        FrontQuery(MODEL, metric="loss")
+    store.close()
+
+
 def test_refits_are_incremental(filled, problem):
     svc, store = filled
     q = FrontQuery(MODEL)
