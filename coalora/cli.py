@@ -58,8 +58,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from coalora.evaluate import evaluate_corpus
-    from coalora.models import load_model
+    from coalora.evaluate import eval_windows, perplexity
+    from coalora.models import context_length, load_model
 
     _check_positive(args, "seqlen", "windows", "batch_size")
     if args.config and args.preset:
@@ -67,7 +67,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.adapter and not (args.config or args.preset):
         raise CoaloraError("--adapter needs a quantization configuration: give --config or --preset too")
     model, tok = load_model(args.model)
+    if args.seqlen > context_length(model):
+        raise CoaloraError(f"seqlen {args.seqlen} exceeds the model's context length {context_length(model)}")
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
+    ew = eval_windows(tok, corpus=args.corpus, split=args.split, seqlen=args.seqlen,
+                      windows=None if args.full else args.windows, spec=args.spec)
+    # KL's reference: the unquantized model's log-probs on these windows, taken before any
+    # configuration or adapter touches the weights.
+    ref = _eval_reference(args, model, ew) if qcfg is not None else None
     if args.adapter:
         import torch
 
@@ -83,30 +90,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         stats = ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
         _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) to {stats.changed} matrices in {stats.seconds:.1f} s")
-    res = evaluate_corpus(
-        model,
-        tok,
-        corpus=args.corpus,
-        split=args.split,
-        seqlen=args.seqlen,
-        windows=args.windows,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
-    out = {"model": args.model, "adapter": args.adapter, **res.to_dict()}
+    res = perplexity(model, ew.windows, batch_size=args.batch_size, dataset=ew.dataset,
+                     progress=not args.no_progress, reference=ref, spec=ew.spec)
+    body = res.to_dict()
+    body["eval_spec"] = body.pop("spec")
+    out = {"model": args.model, "adapter": args.adapter, **body, "positions": len(ew.positions),
+           "documents": list(ew.documents)}
     if qcfg is not None:
         out.update(avg_bits=qcfg.avg_bits, config_hash=qcfg.hash)
     else:
-        out.update(avg_bits=None, config_hash=None)  # unquantized
+        out.update(avg_bits=None, config_hash=None)  # unquantized: no KL (it is 0 by definition)
     if args.json:
         _print_json(out)
     else:
         bits = f" at {qcfg.avg_bits:.4f} avg bits" if qcfg is not None else " (unquantized)"
+        kl = f", KL to the unquantized model {res.kld:.4f} nats/token" if res.kld is not None else ""
         print(
-            f"{args.model}{bits} on {res.dataset}: ppl {res.ppl:.3f} (nll {res.nll:.4f}) over {res.windows} windows x "
-            f"{res.seqlen} tokens, {res.tokens_per_s:.0f} tokens/s"
+            f"{args.model}{bits} on {res.dataset}: ppl {res.ppl:.3f} (nll {res.nll:.4f}){kl} over {res.windows} "
+            f"windows x {res.seqlen} tokens ({ew.spec}: {len(ew.documents)} documents), {res.tokens_per_s:.0f} tokens/s"
         )
     return 0
+
+
+def _eval_reference(args: argparse.Namespace, model, ew):
+    """KL's reference for ``coalora eval``: the unquantized ``model``'s log-probs on ``ew``.
+
+    Cached on disk when it fits (:mod:`coalora.reference`). Too large to cache (``--full``): a
+    second, unquantized copy of the model computes them batch by batch during the evaluation,
+    since ``model`` itself is about to be quantized.
+    """
+    from coalora import reference
+    from coalora.models import find_targets, load_model
+    from coalora.sensitivity import weights_fingerprint
+
+    key = reference.key(args.model, weights_fingerprint(model, find_targets(model)), ew.key)
+    ref = reference.build(model, ew.windows, key, batch_size=args.batch_size, progress=not args.no_progress)
+    if not ref.cached:
+        _log(f"the KL reference of {ew.n} windows is too large to cache; computing it with a second, unquantized "
+             "copy of the model")
+        second, _ = load_model(args.model)
+        ref = reference.build(second, ew.windows, key, batch_size=args.batch_size)
+    return ref
 
 
 def _load_quant_config(args: argparse.Namespace, model):
@@ -227,22 +251,17 @@ def cmd_export_trained(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from coalora.compare import CompareConfig, run_compare
+    from dataclasses import fields
 
-    opts = {k: v for k, v in vars(args).items() if k in _COMPARE_FIELDS and v is not None}
-    for k in ("eval_budgets", "methods"):
-        if k in opts:
-            opts[k] = tuple(opts[k])
-    res = run_compare(CompareConfig(**opts), args.out, log=_log, progress=not args.no_progress)
-    from coalora.compare import markdown_table
+    from coalora import protocol, protocol_report
+    from coalora.dataclass_cli import values
 
-    print(markdown_table(res))
+    cfg = protocol.ProtocolConfig(**values(args, tuple(f.name for f in fields(protocol.ProtocolConfig))))
+    if not args.report_only:
+        protocol.run(cfg, args.out, max_units=args.max_units, only=args.only, log=_log, progress=not args.no_progress)
+    summary = protocol_report.write(args.out)
+    print(summary)
     return 0
-
-
-_COMPARE_FIELDS = ("model", "corpus", "eval_corpus", "rank", "seqlen", "batch_size", "lr", "per_config_steps", "coalora_steps",
-                   "coalora_init", "coalora_theta_lr_scale",
-                   "search_every", "eval_budgets", "seen", "ood", "eval_windows", "eval_seqlen", "methods", "seed")
 
 
 def _explorer(args: argparse.Namespace, store=None):
@@ -269,9 +288,10 @@ def _pick_config(args: argparse.Namespace, ex):
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from coalora.front import check_budget
+    from coalora.front import check_budget, check_metric
 
     _check_positive(args, "seqlen", "windows")
+    check_metric(args.metric)
     if args.budget is not None:
         check_budget(args.budget)
     if args.validate and args.folds < 2:
@@ -281,31 +301,35 @@ def cmd_front(args: argparse.Namespace) -> int:
     if ex.store.warning:
         _log(f"warning: {ex.store.warning}")
     if args.validate:
-        v = ex.front_service().validate(ex.query(args.method, args.seqlen, args.windows), folds=args.folds)
+        v = ex.front_service().validate(ex.query(args.method, args.seqlen, args.windows, metric=args.metric),
+                                        folds=args.folds)
         if args.json:
             _print_json(v)
         else:
-            print(f"GP on {v['n']} stored {args.method} evaluations ({v['folds']}-fold): Spearman {v['spearman']:.3f}, "
-                  f"RMSE of log ppl {v['rmse_log_ppl']:.4f}")
+            print(f"GP on {v['n']} stored {args.method} evaluations ({v['folds']}-fold, {v['eval_spec']}): Spearman "
+                  f"{v['spearman']:.3f}, RMSE of log {args.metric} {v['rmse_log_ppl']:.4f}")
         return 0
-    res = ex.front(args.method, args.budget, args.seqlen, args.windows)
+    res = ex.front(args.method, args.budget, args.seqlen, args.windows, metric=args.metric)
     if args.json:
         _print_json(res.to_json())
         return 0
-    print(f"{ex.model_name} / {args.method} on {res.query['eval_set']} ({args.windows} x {args.seqlen}): "
-          f"{len(res.measured)} measured, {res.n_candidates} candidates, GP {res.refit}, {res.seconds:.2f} s")
-    print(f"hypervolume (avg bits, log ppl) to ({res.hv_reference['bits']}, ppl {res.hv_reference['ppl']:.0f}): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in res.hypervolume.items()))
+    name, fmt = ("ppl", ".2f") if args.metric == "ppl" else ("KL", ".4f")
+    print(f"{ex.model_name} / {args.method} on {res.query['eval_set']} ({args.windows} x {args.seqlen}, "
+          f"{res.query['eval_spec']}), {name}: {len(res.measured)} measured, {res.n_candidates} candidates, "
+          f"GP {res.refit}, {res.seconds:.2f} s")
+    print(f"hypervolume (avg bits, log {args.metric}) to ({res.hv_reference['bits']}, {name} "
+          f"{res.hv_reference[args.metric]:g}): " + ", ".join(f"{k} {v:.3f}" for k, v in res.hypervolume.items()))
     if res.front:
-        print("predicted front (bits: ppl [-2 sigma, +2 sigma], measured):")
+        print(f"predicted front (bits: {name} [-2 sigma, +2 sigma], measured):")
         step = max(1, len(res.front) // 20)
         for p in res.front[::step]:
-            meas = f"  measured {p.ppl:.2f}" if p.ppl is not None else ""
-            print(f"  {p.avg_bits:6.3f}: {p.pred_ppl:10.2f} [{p.pred_lo:.2f}, {p.pred_hi:.2f}]  {p.config_hash}{meas}")
+            meas = f"  measured {p.ppl:{fmt}}" if p.ppl is not None else ""
+            print(f"  {p.avg_bits:6.3f}: {p.pred_ppl:10{fmt}} [{p.pred_lo:{fmt}}, {p.pred_hi:{fmt}}]  {p.config_hash}{meas}")
     if res.best is not None:
         b = res.best
-        print(f"best within {args.budget} bits: {b.config_hash} at {b.avg_bits:.3f} bits, predicted ppl {b.pred_ppl:.2f} "
-              f"[{b.pred_lo:.2f}, {b.pred_hi:.2f}]" + (f", measured {b.ppl:.2f}" if b.ppl is not None else ""))
+        print(f"best within {args.budget} bits: {b.config_hash} at {b.avg_bits:.3f} bits, predicted {name} "
+              f"{b.pred_ppl:{fmt}} [{b.pred_lo:{fmt}}, {b.pred_hi:{fmt}}]"
+              + (f", measured {b.ppl:{fmt}}" if b.ppl is not None else ""))
     return 0
 
 
@@ -374,8 +398,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     out = {"bundle": str(b.path), "model": meta["model"], "config_hash": b.config.hash, "avg_bits": b.config.avg_bits,
            "adapter": meta["adapter"], "recorded": meta["measured"], "reproduced": None}
     if args.eval:
-        from coalora import data
+        from coalora import data, evalspec
         from coalora.evaluate import perplexity
+        from coalora.store import LEGACY_SPEC
 
         m = meta["measured"]
         if not m:
@@ -383,8 +408,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         corpus = data.load_corpus("shakespeare", "eval")
         if corpus.id != m["eval_set"]:
             raise CoaloraError(f"the bundle's perplexity is on {m['eval_set']}, but this machine's eval set is {corpus.id}")
-        w = data.windows(data.tokenize(b.tokenizer, corpus), m["seqlen"], m["windows"])
-        r = perplexity(b.model, w, dataset=corpus.id, progress=not args.no_progress)
+        spec = m.get("eval_spec") or LEGACY_SPEC  # bundles from before eval specs measured the prefix
+        w = evalspec.select(corpus, b.tokenizer, m["seqlen"], m["windows"], spec).windows
+        r = perplexity(b.model, w, dataset=corpus.id, progress=not args.no_progress, spec=spec)
         out["reproduced"] = {"ppl": r.ppl, "relative_diff": abs(r.ppl - m["ppl"]) / m["ppl"]}
     if args.json:
         _print_json(out)
@@ -504,13 +530,19 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp = add(
         "eval",
         cmd_eval,
-        "Token perplexity over non-overlapping windows of the held-out text (GPTQ/LQ-LoRA convention).",
+        "Token perplexity over non-overlapping windows of the held-out text (GPTQ/LQ-LoRA convention) and, "
+        "with --config or --preset, the KL divergence to the unquantized model.",
     )
     sp.add_argument("--model", default="smollm2-135m", help="registry name or local checkpoint directory")
     sp.add_argument("--corpus", default="shakespeare", help="shakespeare, a .txt/.jsonl file or directory, or hf:<dataset>[:<config>]:<split>")
     sp.add_argument("--split", default="eval", choices=["train", "eval"], help="corpus split (shakespeare: by play)")
     sp.add_argument("--seqlen", type=int, default=256, help="tokens per window (default 256)")
-    sp.add_argument("--windows", type=int, default=8, help="evaluate the first N windows (quick mode); default 8")
+    sp.add_argument("--windows", type=int, default=8,
+                    help="evaluate N windows picked by --spec (quick mode; default 8)")
+    sp.add_argument("--full", action="store_true", help="evaluate every window of the split (full mode; ignores --windows)")
+    sp.add_argument("--spec", default="strided-v1", choices=["strided-v1", "prefix-v0"],
+                    help="which windows: strided-v1 (default) spreads them evenly over every held-out document; "
+                         "prefix-v0 is the old rule, the first N windows of the joined text")
     sp.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     sp.add_argument("--config", help="quantize with this configuration file (coalora.quant_config/1 JSON) first")
     sp.add_argument("--preset", help="quantize every target uniformly: nf2-dq, nf3-dq, nf4-dq, nf8-dq or uniform:b0,b1,b2,B0,B1")
@@ -586,41 +618,35 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--out", required=True, help="output .safetensors file")
 
     sp = add("compare", cmd_compare,
-             "Compare CoA-LoRA with QLoRA, LQ-LoRA, Shared-LoRA and no adapter on unseen, seen and random "
-             "configurations (perplexity, hypervolume, training time). Resumable: rerun to continue.")
-    sp.add_argument("--out", required=True, help="output directory (runs/, compare.json, compare.parquet, compare.md)")
-    sp.add_argument("--model")
-    sp.add_argument("--corpus", help="training corpus (default shakespeare)")
-    sp.add_argument("--eval-corpus", dest="eval_corpus", help="evaluation corpus, eval split (default shakespeare)")
-    sp.add_argument("--rank", type=int)
-    sp.add_argument("--seqlen", type=int)
-    sp.add_argument("--batch-size", dest="batch_size", type=int)
-    sp.add_argument("--lr", type=float, help="AdamW learning rate of every method's LoRA (default 1e-4, the paper's)")
-    sp.add_argument("--per-config-steps", dest="per_config_steps", type=int, help="steps of each per-config baseline")
-    sp.add_argument("--coalora-steps", dest="coalora_steps", type=int, help="steps of the CoA-LoRA run")
-    sp.add_argument("--coalora-init", dest="coalora_init", choices=("lq", "peft"),
-                    help="CoA-LoRA's A, B initialisation (default peft; lq: SVD of the nf3 residual)")
-    sp.add_argument("--coalora-theta-lr-scale", dest="coalora_theta_lr_scale", type=float,
-                    help="CoA-LoRA's theta learning rate as a multiple of the shared lr (default 100; 1 = the paper's)")
-    sp.add_argument("--search-every", dest="search_every", type=int)
-    sp.add_argument("--eval-budgets", dest="eval_budgets", type=float, nargs="+")
-    sp.add_argument("--seen", type=int)
-    sp.add_argument("--ood", type=int)
-    sp.add_argument("--eval-windows", dest="eval_windows", type=int)
-    sp.add_argument("--eval-seqlen", dest="eval_seqlen", type=int)
-    sp.add_argument("--methods", nargs="+", choices=["coalora", "qlora", "lqlora", "shared", "none"])
-    sp.add_argument("--seed", type=int)
+             "The equal-compute, multi-seed comparison of CoA-LoRA, its theta-off ablation, Shared-LoRA, QLoRA, "
+             "LQ-LoRA and no adapter (learning-rate grid on a validation split, then every method at the same "
+             "token-passes, perplexity and KL with 95%% intervals). Runs in resumable units: rerun to continue.")
+    sp.add_argument("--out", required=True,
+                    help="output directory (units/, eval_configs.json, points.parquet, runs.parquet, summary.md, front.png)")
+    sp.add_argument("--max-units", dest="max_units", type=int, help="stop after this many units (default: all)")
+    sp.add_argument("--only", choices=("grid", "theta-grid", "none", "headline", "scale"),
+                    help="run only units of this kind")
+    sp.add_argument("--report-only", dest="report_only", action="store_true",
+                    help="write the report from the finished units without training")
     sp.add_argument("--no-progress", action="store_true")
+    from coalora.dataclass_cli import add_options
+    from coalora.protocol import ProtocolConfig
+
+    add_options(sp, ProtocolConfig)
 
     sp = add("front", cmd_front,
-             "The GP-predicted Pareto front (avg bits vs perplexity) from stored evaluations; with --budget, the best "
+             "The GP-predicted Pareto front (avg bits vs perplexity or KL) from stored evaluations of the default "
+             "eval spec; with --budget, the best "
              "predicted configuration within it; with --validate, the GP's held-out accuracy.")
     _model_args(sp)
     sp.add_argument("--method", default="coalora", choices=["coalora", "qlora", "lqlora", "shared", "none"])
     sp.add_argument("--budget", type=float, help="average bits per weight (2.03 .. 8.625)")
     sp.add_argument("--seqlen", type=int, default=256, help="perplexity convention of the stored points: window length")
     sp.add_argument("--windows", type=int, default=8, help="... and number of windows")
-    sp.add_argument("--validate", action="store_true", help="k-fold Spearman and RMSE of log ppl on stored evaluations")
+    sp.add_argument("--metric", default="ppl", choices=["ppl", "kld"],
+                    help="the front's second objective: perplexity (default) or kld, the KL divergence to the "
+                         "unquantized model (evaluations without a KL are left out)")
+    sp.add_argument("--validate", action="store_true", help="k-fold Spearman and RMSE of log ppl (log KL) on stored evaluations")
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--json", action="store_true")
 

@@ -148,6 +148,8 @@ ARGPARSE = [
     (["serve", "--port", "http"], "invalid int value"),
     (["front", "--budget", "three"], "invalid float value"),
     (["front", "--method", "gptq"], "invalid choice: 'gptq'"),
+    (["front", "--metric", "loss"], "invalid choice: 'loss'"),
+    (["eval", "--spec", "random-v9"], "invalid choice: 'random-v9'"),
     (["generate", "--adapter", "a.safetensors"], "required: --out"),
 ]
 
@@ -201,7 +203,8 @@ NUMBERS = [
     (["--seqlen", str(10**9)], "exceeds the model's context length"),
     (["--windows", "-3"], "--windows must be a positive integer"),
     (["--batch-size", "-1"], "--batch-size must be a positive integer"),
-    (["--seqlen", "128", "--corpus", "{tiny}"], "fewer than one window"),
+    (["--seqlen", "128", "--corpus", "{tiny}"], "has a full window of 128 tokens"),
+    (["--seqlen", "128", "--spec", "prefix-v0", "--corpus", "{tiny}"], "fewer than one window"),
 ]
 
 

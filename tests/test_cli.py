@@ -31,6 +31,54 @@ def test_non_positive_numbers_are_rejected(flag, capsys):
     assert "must be a positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # reads the prepared Shakespeare corpus
+def test_eval_json_reports_kl_and_the_spec(tmp_home_store, capsys):
+    import json
+    import math
+
+    base = ["eval", "--model", "tiny-llama", "--seqlen", "64", "--windows", "6", "--no-progress", "--json"]
+    assert main([*base, "--preset", "nf2-dq"]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert q["eval_spec"] == "strided-v1" and q["positions"] == q["windows"] == 6
+    assert len(q["documents"]) == 4  # spread over the four held-out plays, not the opening of Hamlet
+    assert q["kld"] is not None and math.isfinite(q["kld"]) and q["kld"] > 0
+    assert len(q["window_kld"]) == 6 and sum(q["window_kld"]) / q["tokens"] == pytest.approx(q["kld"])
+    assert main([*base, "--preset", "nf8-dq"]) == 0  # 8 bits: much closer to the unquantized model
+    assert 0 <= json.loads(capsys.readouterr().out)["kld"] < q["kld"]
+    assert main(base) == 0  # unquantized: no KL
+    dense = json.loads(capsys.readouterr().out)
+    assert dense["kld"] is None and dense["config_hash"] is None  # (a random tiny model: ppl says little)
+    assert main([*base, "--spec", "prefix-v0"]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert old["eval_spec"] == "prefix-v0" and old["documents"] == ["<joined>"] and old["ppl"] != dense["ppl"]
+    assert main([*base[:-1], "--preset", "nf3-dq"]) == 0
+    assert "KL to the unquantized model" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tmp_home_store(tmp_path, monkeypatch):
+    """A private results store and KL-reference cache; the prepared corpus and models stay where they are."""
+    monkeypatch.setenv("COALORA_STORE", str(tmp_path / "results.duckdb"))
+    monkeypatch.setattr("coalora.reference.cache_dir", lambda: tmp_path / "reference")
+    return tmp_path
+
+
+def test_unquantized_model_has_no_kl_to_itself(tmp_path):
+    """The reference path itself: KL of the unquantized model against its own cached log-probs ~ 0."""
+    import torch
+
+    from coalora import reference
+    from coalora.evaluate import perplexity
+    from coalora.models import tiny_llama
+
+    model = tiny_llama(seed=0)
+    windows = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
+    ref = reference.build(model, windows, "self-test", directory=tmp_path)
+    assert ref.cached
+    r = perplexity(model, windows, progress=False, reference=ref)
+    assert abs(r.kld) < 1e-4 and all(abs(k) < 1e-2 for k in r.window_kld)
+
+
 def test_models_lists_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -71,6 +119,19 @@ def test_search_front_export_load_results_end_to_end(tiny_setup, capsys):
     front = json.loads(capsys.readouterr().out)
     assert len(front["measured"]) == rounds[1]["measured"] and front["front"]
     assert front["best"]["avg_bits"] <= 4.0
+
+    # the KL front: the same stored evaluations, their KL to the unquantized model as the objective
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--metric", "kld", "--json"]) == 0
+    kl = json.loads(capsys.readouterr().out)
+    from coalora.store import Store
+
+    with Store() as st:
+        stored = {e.config_hash: e.kld for e in st.evaluations(model="tiny-llama", eval_spec="strided-v1")}
+    assert kl["metric"] == "kld" and kl["query"]["eval_spec"] == "strided-v1" and kl["front"]
+    assert {p["config_hash"]: p["ppl"] for p in kl["measured"]} == pytest.approx(stored)
+    assert all(v is not None and v >= 0 for v in stored.values())
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--metric", "kld"]) == 0
+    assert "KL" in capsys.readouterr().out
 
     assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--budget", "1.0"]) == 2
     assert "outside the feasible range" in capsys.readouterr().err
