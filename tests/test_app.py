@@ -145,12 +145,69 @@ def test_select_row_and_api_front(app):
     class Evt:
         row_value = rows[0]
 
-    out = app.select_row(rows, MODEL, *_view(), Evt())
+    out = app.select_row(rows, MODEL, *_view(), evt=Evt())
     assert out[0] == rows[0][0]
     js = app.api_front(MODEL, 4.0, "none", 128, 2)
     assert len(js["measured"]) == 3 and js["front"] and js["best"]["avg_bits"] <= 4.0
-    with pytest.raises(gr.Error, match="shipped comparison"):
+    with pytest.raises(gr.Error, match="coalora compare"):
         app.api_front(MODEL, 4.0, "qlora", 128, 2)
+    with pytest.raises(gr.Error, match="unknown front metric"):
+        app.api_front(MODEL, 4.0, "none", 128, 2, "shakespeare", "loss")
+
+
+def test_kl_axis_shows_the_measured_kl(app):
+    """The y-axis selector: the same quick evals give a KL front; the selection shows KL next to ppl."""
+    hashes = []
+    for budget in (2.5, 4.0, 6.0):
+        h = app.select_best(MODEL, "shakespeare", budget, *_view()[2:])[0]
+        result = app.quick_eval(h, MODEL, "shakespeare", budget, *_view()[2:])
+        assert "KL to the unquantized model" in result[0] and "strided-v1" in result[0]
+        assert result[5]["measured_kld"] is not None and result[5]["measured_kld"] >= 0
+        assert "nats/token" in result[4]  # the selection summary
+        hashes.append(h)
+    fig, rows, md = app.refresh_front(MODEL, *_view(), "kld")
+    assert "3 measured" in md and "KL" in md and "KL divergence" in fig.layout.yaxis.title.text
+    stored = {e.config_hash: e.kld for e in app.MODELS.get(MODEL).store.evaluations(model=MODEL)}
+    measured = [t for t in fig.data if t.name == "no adapter measured"][0]
+    assert dict(zip(measured.customdata, measured.y)) == pytest.approx(stored)
+    sel = app.select(hashes[1], MODEL, *_view(), "kld")
+    assert sel[4]["metric"] == "kld" and sel[4]["predicted_kld"] is not None and "predicted KL" in sel[1]
+    ring = [t for t in sel[5].data if t.name == "selected"][0]
+    assert ring.y[0] == pytest.approx(stored[hashes[1]])  # ringed on the KL axis
+    with pytest.raises(gr.Error, match="unknown front metric"):
+        app.refresh_front(MODEL, *_view(), "bits")
+
+
+def test_a_result_of_another_spec_is_not_a_cache_hit(app):
+    import math
+
+    from coalora.store import Evaluation
+
+    ex = app.MODELS.get(MODEL)
+    cfg = ex.allocate(4.0)
+    old = Evaluation(MODEL, cfg.hash, "none", "", ex.eval_set, 128, 2, 254, 1e6, math.log(1e6), cfg.avg_bits,
+                     eval_spec="prefix-v0")
+    assert ex.store.add_evaluation(old, config=cfg)
+    assert ex.cached(cfg, "none", 128, 2) is None
+    out = app.quick_eval(cfg.hash, MODEL, "shakespeare", 4.0, ["none"], 128, 2)
+    assert "measured in" in out[0] and out[5]["measured_ppl"] < 1e6 and out[5]["eval_spec"] == "strided-v1"
+    assert ex.cached(cfg, "none", 128, 2).eval_spec == "strided-v1"
+    assert len(ex.store.evaluations(model=MODEL)) == 2  # both kept, neither replaced
+
+
+def test_methods_tab_shows_the_protocol_comparison(app, monkeypatch, tmp_path):
+    import types
+
+    png = tmp_path / "front.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    fake = types.SimpleNamespace(load=lambda directory=None: {"markdown": "# summary [1.0, 2.0]", "front_png": png})
+    monkeypatch.setattr(app, "_protocol_report", lambda: fake)
+    assert app.comparison() == ("# summary [1.0, 2.0]", str(png))
+    monkeypatch.setattr(app, "_protocol_report", lambda: types.SimpleNamespace(load=lambda directory=None: None))
+    md, img = app.comparison()
+    assert img is None and "has not been run yet" in md and "coalora compare --out data/results/protocol" in md
+    monkeypatch.setattr(app, "_protocol_report", lambda: None)  # a checkout without the module
+    assert app.comparison()[1] is None
 
 
 def test_sample_and_its_limits(app):

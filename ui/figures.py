@@ -1,5 +1,6 @@
-"""Plotly figures of the explorer: the front, the per-layer bits heatmap, the search's hypervolume
-history and the method comparison. Pure functions of plain values (no model, no store).
+"""Plotly figures of the explorer: the front (perplexity or KL divergence against bits), the
+per-layer bits heatmap and the search's hypervolume history. Pure functions of plain values (no
+model, no store). The method comparison is the protocol report's own image (Methods tab).
 
 Every clickable marker carries its configuration hash in ``customdata``; the page's click bridge
 (:mod:`ui.bridge`) hands it to the ``select`` event.
@@ -7,7 +8,7 @@ Every clickable marker carries its configuration hash in ``customdata``; the pag
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import plotly.graph_objects as go
@@ -29,25 +30,40 @@ def method_label(method: str) -> str:
     return METHODS.get(method, (method, ""))[0]
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+METRIC_AXES = {"ppl": "perplexity", "kld": "KL divergence to the unquantized model (nats/token)"}
+"""The front's y-axis title per metric (:data:`coalora.front.METRICS`)."""
 
 
-def _hover_text(p) -> str:
-    pred = f"predicted {_fmt(p.pred_ppl)} [{_fmt(p.pred_lo)}, {_fmt(p.pred_hi)}]"
-    return pred + (f"<br>measured {_fmt(p.ppl)}" if p.ppl is not None else "<br>not measured")
+def metric_name(metric: str) -> str:
+    """Short name of a front metric in text: ``ppl`` or ``KL``."""
+    return "ppl" if metric == "ppl" else "KL"
 
 
-def front_figure(fronts: dict[str, Any], baselines: Sequence[dict] = (), budget: float | None = None,
-                 best: Any | None = None, selected: tuple[str, float, float] | None = None,
-                 convention: str = "") -> go.Figure:
-    """The bits-vs-perplexity front.
+def metric_format(metric: str) -> str:
+    """Format spec of a metric's values: perplexities to 2 decimals, KL (nats, often < 0.1) to 4."""
+    return ".2f" if metric == "ppl" else ".4f"
 
-    ``fronts``: method -> :class:`coalora.front.FrontResult` (measured points, predicted front with
-    its +-2 sigma band, EHVI proposals); ``baselines``: shipped comparison points (dicts with
-    ``method, avg_bits, ppl, config_hash``); ``best``: the best predicted point within ``budget``;
-    ``selected``: (hash, bits, ppl) of the selected configuration, ringed.
+
+def _fmt(v: float | None, f: str = ".2f") -> str:
+    return "-" if v is None else f"{v:{f}}"
+
+
+def _hover_text(p, f: str = ".2f") -> str:
+    pred = f"predicted {_fmt(p.pred_ppl, f)} [{_fmt(p.pred_lo, f)}, {_fmt(p.pred_hi, f)}]"
+    return pred + (f"<br>measured {_fmt(p.ppl, f)}" if p.ppl is not None else "<br>not measured")
+
+
+def front_figure(fronts: dict[str, Any], budget: float | None = None, best: Any | None = None,
+                 selected: tuple[str, float, float] | None = None, convention: str = "",
+                 metric: str = "ppl") -> go.Figure:
+    """The bits-vs-perplexity (or bits-vs-KL) front.
+
+    ``fronts``: method -> :class:`coalora.front.FrontResult` of ``metric`` (measured points,
+    predicted front with its +-2 sigma band, EHVI proposals); ``best``: the best predicted point
+    within ``budget``; ``selected``: (hash, bits, value on the y axis) of the selected
+    configuration, ringed.
     """
+    f = metric_format(metric)
     fig = go.Figure()
     for method, res in fronts.items():
         label, colour = METHODS.get(method, (method, "#333"))
@@ -61,39 +77,29 @@ def front_figure(fronts: dict[str, Any], baselines: Sequence[dict] = (), budget:
             fig.add_trace(go.Scatter(x=xs, y=[p.pred_ppl for p in pts], mode="lines+markers",
                                      line={"color": colour, "width": 2, "shape": "hv"},
                                      marker={"size": 5, "color": colour, "opacity": 0.6},
-                                     customdata=[p.config_hash for p in pts], text=[_hover_text(p) for p in pts],
+                                     customdata=[p.config_hash for p in pts], text=[_hover_text(p, f) for p in pts],
                                      hovertemplate=_HOVER, name=f"{label} predicted front", legendgroup=method))
         if res.measured:
             m = res.measured
             fig.add_trace(go.Scatter(x=[p.avg_bits for p in m], y=[p.ppl for p in m], mode="markers",
                                      marker={"size": 9, "color": colour, "line": {"width": 1, "color": "white"}},
                                      customdata=[p.config_hash for p in m],
-                                     text=[f"measured {_fmt(p.ppl)}" for p in m], hovertemplate=_HOVER,
+                                     text=[f"measured {_fmt(p.ppl, f)}" for p in m], hovertemplate=_HOVER,
                                      name=f"{label} measured", legendgroup=method))
         if res.proposals:
             q = res.proposals
             fig.add_trace(go.Scatter(x=[p.avg_bits for p in q], y=[p.pred_ppl for p in q], mode="markers",
                                      marker={"size": 8, "symbol": "diamond-open", "color": colour},
-                                     customdata=[p.config_hash for p in q], text=[_hover_text(p) for p in q],
+                                     customdata=[p.config_hash for p in q], text=[_hover_text(p, f) for p in q],
                                      hovertemplate=_HOVER, name=f"{label} suggested (EHVI)", legendgroup=method,
                                      visible="legendonly"))
-    by_method: dict[str, list[dict]] = {}
-    for b in baselines:
-        by_method.setdefault(b["method"], []).append(b)
-    for method, pts in by_method.items():
-        label, colour = METHODS.get(method, (method, "#333"))
-        fig.add_trace(go.Scatter(x=[p["avg_bits"] for p in pts], y=[p["ppl"] for p in pts], mode="markers",
-                                 marker={"size": 9, "symbol": "square", "color": colour},
-                                 customdata=[p["config_hash"] for p in pts],
-                                 text=[f"measured {p['ppl']:.2f} (shipped comparison, {p.get('kind', '')})" for p in pts],
-                                 hovertemplate=_HOVER, name=f"{label} (comparison)", legendgroup=method))
     if budget is not None:
         fig.add_vline(x=budget, line={"dash": "dash", "color": "#d62728"},
                       annotation_text=f"budget {budget:.2f}", annotation_position="top")
     if best is not None:
         fig.add_trace(go.Scatter(x=[best.avg_bits], y=[best.ppl if best.ppl is not None else best.pred_ppl],
                                  mode="markers", marker={"size": 16, "symbol": "star", "color": "#d62728"},
-                                 customdata=[best.config_hash], text=[_hover_text(best)], hovertemplate=_HOVER,
+                                 customdata=[best.config_hash], text=[_hover_text(best, f)], hovertemplate=_HOVER,
                                  name="best within budget"))
     if selected is not None:
         h, x, y = selected
@@ -103,7 +109,7 @@ def front_figure(fronts: dict[str, Any], baselines: Sequence[dict] = (), budget:
     fig.update_layout(
         height=480, margin={"l": 60, "r": 20, "t": 40, "b": 50}, hovermode="closest", clickmode="event",
         xaxis_title="average bits per weight (incl. scales)",
-        yaxis_title=f"perplexity{f' ({convention})' if convention else ''}",
+        yaxis_title=METRIC_AXES.get(metric, metric) + (f" ({convention})" if convention else ""),
         legend={"orientation": "h", "y": -0.18}, template="plotly_white",
     )
     fig.update_yaxes(type="log")
@@ -147,20 +153,4 @@ def hv_history_figure(rounds: Iterable[dict]) -> go.Figure:
     if not runs:
         fig.add_annotation(text="no search rounds stored for this model", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")
-    return fig
-
-
-def compare_figure(points: Sequence[dict]) -> go.Figure:
-    """The shipped comparison: each method's perplexity at the unseen budgets (and per-config runs)."""
-    fig = go.Figure()
-    for method, (label, colour) in METHODS.items():
-        pts = sorted((p for p in points if p["method"] == method and p.get("kind") in ("unseen", "own")),
-                     key=lambda p: p["avg_bits"])
-        if pts:
-            fig.add_trace(go.Scatter(x=[p["avg_bits"] for p in pts], y=[p["ppl"] for p in pts], mode="lines+markers",
-                                     name=label, line={"color": colour},
-                                     hovertemplate="%{x:.2f} bits: ppl %{y:.2f}<extra>%{fullData.name}</extra>"))
-    fig.update_layout(height=420, xaxis_title="average bits per weight", yaxis_title="perplexity",
-                      template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 50})
-    fig.update_yaxes(type="log")
     return fig

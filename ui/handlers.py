@@ -29,11 +29,13 @@ from ui import figures
 
 log = logging.getLogger("coalora.ui")
 
-METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items()]
-"""The method filter: (label, key)."""
 GP_METHODS = ("coalora", "none")
-"""Methods whose front the app fits and can extend with quick evals (the baselines come from
-``coalora compare``)."""
+"""Methods whose front the app fits and can extend with quick evals (the baselines are measured by
+``coalora compare``: the *Methods* tab shows that comparison)."""
+METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items() if key in GP_METHODS]
+"""The method filter: (label, key)."""
+METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld")]
+"""The front's y axis: (label, :data:`coalora.front.METRICS` key)."""
 DEFAULT_METHODS = ["coalora", "none"]
 SEQLENS = (128, 256, 512)
 MAX_WINDOWS = 32
@@ -151,7 +153,7 @@ allows at start (``app.py --eval-set NAME=PATH``); the browser can only pick a n
 
 @dataclass(frozen=True)
 class Convention:
-    """Where and how perplexity is measured: one front per convention."""
+    """Where and how perplexity and KL are measured: one front per convention (and metric)."""
 
     eval_set: str
     corpus: str
@@ -160,7 +162,9 @@ class Convention:
 
     @property
     def label(self) -> str:
-        return f"token ppl, {self.windows} x {self.seqlen} tokens of {self.eval_set}"
+        from coalora.evalspec import DEFAULT_SPEC
+
+        return f"{self.windows} x {self.seqlen} tokens of {self.eval_set}, {DEFAULT_SPEC}"
 
 
 def add_eval_set(spec: str) -> str:
@@ -190,6 +194,13 @@ def check_eval(eval_set: Any, seqlen: Any, windows: Any) -> Convention:
     if not (1 <= w <= MAX_WINDOWS):
         raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}] here (the CLI takes more), got {w}")
     return Convention(eval_set, EVAL_SETS[eval_set], s, w)
+
+
+def check_metric(metric: Any) -> str:
+    """The front's metric (``ppl`` or ``kld``), or one clear error."""
+    from coalora.front import check_metric as check
+
+    return check(metric if isinstance(metric, str) else str(metric)[:40])
 
 
 def check_methods(methods: Any) -> list[str]:
@@ -236,79 +247,63 @@ class _FrontCache:
 FRONTS = _FrontCache()
 
 
-def fronts(model: str, budget: float, methods: list[str], cv: Convention, fresh: bool = False) -> dict:
-    """method -> FrontResult for the shown GP methods (cached for selections)."""
-    key = (model, round(budget, 4), tuple(methods), cv)
+def fronts(model: str, budget: float, methods: list[str], cv: Convention, fresh: bool = False,
+           metric: str = "ppl") -> dict:
+    """method -> FrontResult for the shown GP methods on ``metric`` (cached for selections)."""
+    key = (model, round(budget, 4), tuple(methods), cv, metric)
     hit = None if fresh else FRONTS.get(key)
     if hit is not None:
         return hit
     ex = MODELS.get(model)
-    out = {m: ex.front(m, budget, cv.seqlen, cv.windows, cv.corpus) for m in GP_METHODS
+    out = {m: ex.front(m, budget, cv.seqlen, cv.windows, cv.corpus, metric) for m in GP_METHODS
            if m in methods and m in ex.methods}
     FRONTS.put(key, out)
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def shipped_comparison() -> dict | None:
-    """``data/results/compare.json`` (read once: it ships with the code), or None if absent."""
-    from coalora.compare import load_results
-
-    return load_results()
-
-
-def baselines(model: str, methods: list[str], cv: Convention) -> list[dict]:
-    """The shipped comparison's per-budget points of the selected baselines (same model and convention)."""
-    try:
-        res = shipped_comparison()
-    except CoaloraError:  # the Methods tab says what is wrong with it; the front goes on without
-        return []
-    c = {} if res is None else res.get("config", {})
-    if res is None or c.get("model") != model or c.get("eval_corpus") != cv.corpus or \
-            (c.get("eval_seqlen"), c.get("eval_windows")) != (cv.seqlen, cv.windows):
-        return []
-    return [p for p in res["points"] if p["method"] in methods and p["method"] not in GP_METHODS
-            and p.get("kind") in ("unseen", "own")]
-
-
-def _front_md(fr: dict, budget: float) -> str:
+def _front_md(fr: dict, budget: float, metric: str = "ppl") -> str:
     if not fr:
         return "No GP front for the selected methods (tick CoA-LoRA or no adapter)."
+    name, f = figures.metric_name(metric), figures.metric_format(metric)
     lines = []
     for m, r in fr.items():
         label = figures.method_label(m)
         if r.refit.startswith("none"):
-            lines.append(f"**{label}**: {len(r.measured)} measured; no GP yet ({r.refit.removeprefix('none: ')}). "
-                         "Select configurations and run Quick eval to build one.")
+            what = "" if metric == "ppl" else " with a KL"
+            lines.append(f"**{label}**: {len(r.measured)} measured{what}; no GP yet "
+                         f"({r.refit.removeprefix('none: ')}). Select configurations and run Quick eval to build one.")
             continue
         hv = r.hypervolume
         lines.append(f"**{label}**: {len(r.measured)} measured, predicted front of {len(r.front)} points over "
                      f"{r.n_candidates:,} candidates; hypervolume measured {hv['measured']:.4f}, predicted "
-                     f"{hv.get('predicted', float('nan')):.4f} (area in bits x log ppl up to {r.hv_reference['bits']} bits, ppl "
-                     f"{r.hv_reference['ppl']:g}); fit {r.refit}, {r.seconds:.2f} s.")
+                     f"{hv.get('predicted', float('nan')):.4f} (area in bits x log {metric} up to "
+                     f"{r.hv_reference['bits']} bits, {name} {r.hv_reference[metric]:g}); fit {r.refit}, "
+                     f"{r.seconds:.2f} s.")
         if r.best is not None:
             b = r.best
-            meas = f", measured {b.ppl:.2f}" if b.ppl is not None else ""
+            meas = f", measured {b.ppl:{f}}" if b.ppl is not None else ""
             lines.append(f"  Best within {budget:.2f} bits: `{b.config_hash}` at {b.avg_bits:.3f} bits, predicted "
-                         f"ppl {b.pred_ppl:.2f} [{b.pred_lo:.2f}, {b.pred_hi:.2f}]{meas}.")
+                         f"{name} {b.pred_ppl:{f}} [{b.pred_lo:{f}}, {b.pred_hi:{f}}]{meas}.")
     return "\n\n".join(lines)
 
 
-TABLE_HEADERS = ["config", "method", "avg bits", "predicted ppl", "-2 sigma", "+2 sigma", "measured ppl", "source"]
+TABLE_HEADERS = ["config", "method", "avg bits", "predicted", "-2 sigma", "+2 sigma", "measured", "source"]
+"""The front table's columns; "predicted" and "measured" are of the shown metric (ppl or KL)."""
 
 
 def _table(fr: dict) -> list[list]:
     rows = []
     for m, r in fr.items():
+        d = 3 if r.metric == "ppl" else 5
         for p in r.front:
-            rows.append([p.config_hash, m, round(p.avg_bits, 4), _r(p.pred_ppl), _r(p.pred_lo), _r(p.pred_hi),
-                         _r(p.ppl), p.source])
+            rows.append([p.config_hash, m, round(p.avg_bits, 4), _r(p.pred_ppl, d), _r(p.pred_lo, d), _r(p.pred_hi, d),
+                         _r(p.ppl, d), p.source])
     rows.sort(key=lambda r: (r[1], r[2]))
     return rows
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 3)
+def _r(v: float | None, digits: int = 3) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def _best(fr: dict, methods: list[str], ex) -> Any:
@@ -317,41 +312,48 @@ def _best(fr: dict, methods: list[str], ex) -> Any:
 
 
 def _figure(model: str, fr: dict, budget: float, methods: list[str], cv: Convention,
-            selected: tuple[str, float, float] | None = None):
+            selected: tuple[str, float, float] | None = None, metric: str = "ppl"):
     ex = MODELS.get(model)
-    return figures.front_figure(fr, baselines(model, methods, cv), budget, _best(fr, methods, ex), selected, cv.label)
+    return figures.front_figure(fr, budget, _best(fr, methods, ex), selected, cv.label, metric)
 
 
 @user_errors
 def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                  selected: str = ""):
+                  metric: str = "ppl", selected: str = ""):
     """Outputs: (front figure, table rows, front summary markdown)."""
-    b, ms = check_budget(budget), check_methods(methods)
+    b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
-    fr = fronts(model, b, ms, cv)
-    sel = _selected_point(model, selected, ms, cv) if selected else None
-    return _figure(model, fr, b, ms, cv, sel), _table(fr), _front_md(fr, b)
+    fr = fronts(model, b, ms, cv, metric=mt)
+    sel = _selected_point(model, selected, ms, cv, mt) if selected else None
+    return _figure(model, fr, b, ms, cv, sel, mt), _table(fr), _front_md(fr, b, mt)
 
 
-def _selected_point(model: str, h: str, methods: list[str], cv: Convention):
+def _selected_point(model: str, h: str, methods: list[str], cv: Convention, metric: str = "ppl"):
     ex = MODELS.get(model)
     try:
         cfg = ex.config(h)
     except CoaloraError:
         return None
-    measured, p = _ppl(ex, cfg, primary_method(ex, methods), cv)
-    return _marker(cfg, measured, None if p is None else p.pred_ppl)
+    ev, p = _measured(ex, cfg, primary_method(ex, methods), cv, metric)
+    return _marker(cfg, _value(ev, metric), None if p is None else p.pred_ppl)
 
 
-def _ppl(ex, cfg, method: str, cv: Convention) -> tuple[float | None, Any]:
-    """(measured ppl or None, the GP's FrontPoint prediction or None) of ``cfg`` under ``cv``."""
+def _measured(ex, cfg, method: str, cv: Convention, metric: str = "ppl") -> tuple[Any, Any]:
+    """(the stored Evaluation or None, the ``metric`` GP's FrontPoint prediction or None) of ``cfg``."""
     ev = ex.cached(cfg, method, cv.seqlen, cv.windows, cv.corpus)
-    p = ex.front_service().predict(ex.query(method, cv.seqlen, cv.windows, cv.corpus), cfg)
-    return (None if ev is None else ev.ppl), p
+    p = ex.front_service().predict(ex.query(method, cv.seqlen, cv.windows, cv.corpus, metric), cfg)
+    return ev, p
+
+
+def _value(ev, metric: str) -> float | None:
+    """An evaluation's value of ``metric`` (None: not stored, or no KL measured)."""
+    if ev is None:
+        return None
+    return ev.ppl if metric == "ppl" else ev.kld
 
 
 def _marker(cfg, measured: float | None, predicted: float | None) -> tuple[str, float, float] | None:
-    """The selection ring (hash, bits, ppl): at the measured ppl, else the predicted one."""
+    """The selection ring (hash, bits, value on the shown axis): at the measured value, else the predicted one."""
     y = measured if measured is not None else predicted
     return None if y is None else (cfg.hash, cfg.avg_bits, y)
 
@@ -376,20 +378,28 @@ def share_link(request: gr.Request | None, model: str, budget: float, config_has
     return f"{base}?{urlencode(q)}"
 
 
-def describe_selection(model: str, cfg, methods: list[str], cv: Convention) -> dict:
-    """Everything the selection panel shows about ``cfg``, as plain values (also the ``select`` API's JSON)."""
+def describe_selection(model: str, cfg, methods: list[str], cv: Convention, metric: str = "ppl") -> dict:
+    """Everything the selection panel shows about ``cfg``, as plain values (also the ``select`` API's JSON).
+
+    The perplexity GP's prediction is always there; the KL GP's only while the KL front is shown
+    (``metric="kld"``), so a selection on the perplexity front fits one GP, not two.
+    """
     ex = MODELS.get(model)
     m = primary_method(ex, methods)
     ms = None
     if ex.coa is not None:
         _, ms = ex.generate(cfg)
-    measured, p = _ppl(ex, cfg, m, cv)
+    ev, p = _measured(ex, cfg, m, cv)
+    k = _measured(ex, cfg, m, cv, "kld")[1] if metric == "kld" else None
     return {
         "model": model, "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "method": m,
         "adapter_ms": ms, "adapter_id": ex.adapter_id or None,
         "predicted_ppl": None if p is None else p.pred_ppl,
         "predicted_band": None if p is None else [p.pred_lo, p.pred_hi],
-        "measured_ppl": measured, "convention": cv.label,
+        "measured_ppl": _value(ev, "ppl"), "measured_kld": _value(ev, "kld"),
+        "predicted_kld": None if k is None else k.pred_ppl,
+        "predicted_kld_band": None if k is None else [k.pred_lo, k.pred_hi],
+        "metric": metric, "convention": cv.label, "eval_spec": ex.eval_spec,
         "matrices": len(cfg.targets),
     }
 
@@ -403,49 +413,58 @@ def _selection_md(d: dict) -> tuple[str, str]:
     pred = "no GP yet" if d["predicted_ppl"] is None else \
         f"{d['predicted_ppl']:.2f} (+-2 sigma: {d['predicted_band'][0]:.2f} .. {d['predicted_band'][1]:.2f})"
     meas = "not measured yet (Quick eval)" if d["measured_ppl"] is None else f"**{d['measured_ppl']:.3f}**"
+    if d["measured_kld"] is not None:
+        meas += f", KL to the unquantized model **{d['measured_kld']:.4f}** nats/token"
+    elif d["measured_ppl"] is not None:
+        meas += " (no KL measured)"
+    kl = ""
+    if d.get("predicted_kld") is not None:
+        lo, hi = d["predicted_kld_band"]
+        kl = f"\n- predicted KL: {d['predicted_kld']:.4f} nats/token (+-2 sigma: {lo:.4f} .. {hi:.4f})"
     s = (f"**Configuration** `{d['config_hash']}` of {d['model']}, **{d['avg_bits']:.3f}** average bits\n\n"
-         f"- method: {figures.method_label(d['method'])}\n- predicted ppl: {pred}\n- measured ppl: {meas} "
+         f"- method: {figures.method_label(d['method'])}\n- predicted ppl: {pred}{kl}\n- measured ppl: {meas} "
          f"({d['convention']})")
     return s, t
 
 
 @user_errors
 def select(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-           request: gr.Request = None):
+           metric: str = "ppl", request: gr.Request = None):
     """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
-    b, ms = check_budget(budget), check_methods(methods)
+    b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     cfg = MODELS.get(model).config(check_hash(config_hash))
-    d = describe_selection(model, cfg, ms, cv)
+    d = describe_selection(model, cfg, ms, cv, mt)
     summary, adapter = _selection_md(d)
-    marker = _marker(cfg, d["measured_ppl"], d["predicted_ppl"])
-    fig = _figure(model, fronts(model, b, ms, cv), b, ms, cv, marker)
+    marker = _marker(cfg, d[f"measured_{mt}"], d[f"predicted_{mt}"])
+    fig = _figure(model, fronts(model, b, ms, cv, metric=mt), b, ms, cv, marker, mt)
     return (cfg.hash, summary, adapter, figures.heatmap_figure(cfg), d, fig,
             share_link(request, model, b, cfg.hash, cv.eval_set))
 
 
 @user_errors
 def select_best(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                request: gr.Request = None):
-    """Select the best predicted configuration within the budget (same outputs as :func:`select`)."""
-    b, ms = check_budget(budget), check_methods(methods)
+                metric: str = "ppl", request: gr.Request = None):
+    """Select the best predicted configuration within the budget on the shown metric (same outputs
+    as :func:`select`)."""
+    b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     ex = MODELS.get(model)
-    best = _best(fronts(model, b, ms, cv), ms, ex)
+    best = _best(fronts(model, b, ms, cv, metric=mt), ms, ex)
     if best is None:  # no GP yet (a new model): the allocator's configuration for the budget
         gr.Info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
-        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, request)
-    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, request)
+        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, mt, request)
+    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, mt, request)
 
 
 @user_errors
 def select_row(rows, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-               evt: gr.SelectData, request: gr.Request = None):
+               metric: str = "ppl", evt: gr.SelectData = None, request: gr.Request = None):
     """A click on a table row selects its configuration (the path without JavaScript)."""
     row = evt.row_value if evt is not None else None
     if not row:
         raise CoaloraError("click a row of the table to select its configuration")
-    return select(row[0], model, eval_set, budget, methods, seqlen, windows, request)
+    return select(row[0], model, eval_set, budget, methods, seqlen, windows, metric, request)
 
 
 # ---- heavy work: evaluation, sampling, export
@@ -453,27 +472,32 @@ def select_row(rows, model: str, eval_set: str, budget: float, methods: list[str
 
 @user_errors
 def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-               windows: int,
-               progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it by this default)
+               windows: int, metric: str = "ppl",
+               progress=gr.Progress()):  # noqa: B008 (Gradio injects it by this default)
     """Outputs: (result md, front figure, table, front md, summary md, details JSON)."""
-    b, ms = check_budget(budget), check_methods(methods)
+    b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(config_hash)
     ex = MODELS.get(model)
     cfg = ex.config(h)
     m = primary_method(ex, ms)
     progress(0, desc="applying the configuration")
-    ev, cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=True, corpus=cv.corpus)
+
+    def step(fraction: float) -> None:  # after each batch of windows
+        progress(fraction, desc="perplexity and KL")
+
+    ev, cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=step, corpus=cv.corpus)
     if not cached:
         FRONTS.drop(model)
-    fr = fronts(model, b, ms, cv, fresh=not cached)
+    fr = fronts(model, b, ms, cv, fresh=not cached, metric=mt)
     how = "cached result (no recomputation)" if cached else f"measured in {ev.seconds:.1f} s and stored"
-    result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}** "
-              f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}`, {how}.")
-    d = describe_selection(model, cfg, ms, cv)
+    kl = f", KL to the unquantized model **{ev.kld:.4f}** nats/token" if ev.kld is not None else ""
+    result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}**{kl} "
+              f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}` ({ev.eval_spec}), {how}.")
+    d = describe_selection(model, cfg, ms, cv, mt)
     summary, _ = _selection_md(d)
-    fig = _figure(model, fr, b, ms, cv, _marker(cfg, ev.ppl, None))
-    return result, fig, _table(fr), _front_md(fr, b), summary, d
+    fig = _figure(model, fr, b, ms, cv, _marker(cfg, _value(ev, mt), d[f"predicted_{mt}"]), mt)
+    return result, fig, _table(fr), _front_md(fr, b, mt), summary, d
 
 
 @user_errors
@@ -554,11 +578,11 @@ def on_load(default_model: str, request: gr.Request = None):
 
 @user_errors
 def restore_selection(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-                      windows: int, request: gr.Request = None):
+                      windows: int, metric: str = "ppl", request: gr.Request = None):
     """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
     if not config_hash:
         return tuple(gr.skip() for _ in range(7))
-    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, request)
+    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, metric, request)
 
 
 @user_errors
@@ -579,18 +603,33 @@ def hv_history(model: str):
     return figures.hv_history_figure(ex.store.search_rounds(model=model))
 
 
-def comparison() -> tuple[str, Any]:
+NO_COMPARISON = ("The protocol comparison (equal compute, several seeds, perplexity and KL with 95% intervals) "
+                 "has not been run yet. Run it with `coalora compare --out data/results/protocol`.")
+
+
+def _protocol_report():
+    """``coalora.protocol_report``, or None where this checkout does not have it."""
     try:
-        res = shipped_comparison()
-    except CoaloraError as e:
-        return f"The shipped comparison could not be read: {e}", figures.compare_figure([])
+        from coalora import protocol_report
+    except ImportError:
+        return None
+    return protocol_report
+
+
+def comparison() -> tuple[str, Any]:
+    """The Methods tab: (the protocol comparison's summary markdown, its front image path or None)."""
+    report = _protocol_report()
+    if report is None:
+        return NO_COMPARISON, None
+    try:
+        res = report.load(directory=None)
+    except (CoaloraError, OSError, ValueError, KeyError) as e:
+        log.exception("reading the protocol comparison failed")
+        return f"The protocol comparison's results could not be read ({type(e).__name__}: {e}).", None
     if res is None:
-        return "No comparison shipped (run `coalora compare --out data/results`).", figures.compare_figure([])
-    c = res["config"]
-    head = (f"Shipped comparison on **{c.get('model')}** ({res.get('device', '?')}, {res.get('created', '')}): "
-            f"perplexity at each budget (unseen by CoA-LoRA's training set; QLoRA and LQ-LoRA trained one adapter "
-            f"per configuration). Recipe and every caveat: data/README.md.\n\n")
-    return head + res["markdown"], figures.compare_figure(res["points"])
+        return NO_COMPARISON, None
+    png = res.get("front_png")
+    return res["markdown"], (str(png) if png is not None and Path(png).is_file() else None)
 
 
 # ---- start-up and the JSON API
@@ -600,19 +639,20 @@ def warm(model: str) -> None:
     """Load ``model``, fit its default fronts and index its candidates before the first page."""
     ex = MODELS.get(model)
     ex.candidate_index()
-    fronts(model, 4.0, DEFAULT_METHODS, check_eval("shakespeare", 256, 8))
+    fronts(model, 4.0, DEFAULT_METHODS, check_eval("shakespeare", 256, 8))  # the first page's metric: ppl
 
 
 @user_errors
 def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: int = 256, windows: int = 8,
-              eval_set: str = "shakespeare") -> dict:
+              eval_set: str = "shakespeare", metric: str = "ppl") -> dict:
     """The front as JSON (``coalora front --json``'s content): measured points, predicted front with its
-    +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals."""
-    b = check_budget(budget)
+    +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals;
+    ``metric``: ``ppl`` or ``kld`` (KL divergence to the unquantized model)."""
+    b, mt = check_budget(budget), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     (m,) = check_methods([method])
     ex = MODELS.get(model)
     if m not in GP_METHODS:
-        raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {m} points come from the shipped "
-                           "comparison (Methods tab)")
-    return ex.front(m, b, cv.seqlen, cv.windows, cv.corpus).to_json()
+        raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {m} is measured by the protocol "
+                           "comparison (`coalora compare`, Methods tab)")
+    return ex.front(m, b, cv.seqlen, cv.windows, cv.corpus, mt).to_json()

@@ -25,10 +25,17 @@ ABOUT = """
   number of parameters: `b0 + b1/B0 + b2/(B0 B1)` per matrix, over the quantized matrices only
   (embeddings and norms stay in full precision).
 - **Perplexity** is token-level `exp(mean NLL)` over non-overlapping windows of the held-out text
-  (`windows x seqlen` tokens, both recorded with every result); numbers are comparable only within one
-  convention, and the front is fitted on one convention at a time.
+  (`windows x seqlen` tokens, both recorded with every result). The windows are picked by the eval spec
+  `strided-v1`: spread evenly over every held-out play (beginning, middle and end), not the opening of
+  the first one. Numbers are comparable only within one convention and spec, and the front is fitted
+  on one at a time.
+- **KL divergence** is the mean per-token KL(p_unquantized || p_model) in nats, on the same windows,
+  against the unquantized model's next-token distribution (computed once and cached). Unlike
+  perplexity it is 0 only for a model that predicts exactly like the unquantized one, so an adapter
+  that also adapts the model to Shakespeare (lower perplexity) can still have a larger KL. The
+  *Y axis* selector fits and shows the front on either.
 - **Predicted** means the posterior of a Gaussian process (botorch `SingleTaskGP`) fitted to the stored
-  log-perplexities of this model, method and convention, on two features per configuration (average
+  log-perplexities (or log KL) of this model, method and convention, on two features per configuration (average
   bits and the allocator's summed quantization error); the band is +-2 posterior standard deviations
   (narrower than it should be: about 70% of held-out points fall inside it).
   Measured configurations are shown at their measured value. *Best within budget* minimises
@@ -36,7 +43,8 @@ ABOUT = """
   the EHVI proposals: the unmeasured configurations whose evaluation would most grow the front.
 - **Quick eval** applies the configuration (only changed matrices are re-quantized), adds the generated
   adapter and measures perplexity; the result is stored in DuckDB and the GP refits.
-- The shipped comparison (tab *Methods*) and the seed results are described in `data/README.md`.
+- The comparison of methods (tab *Methods*) is the protocol's: `coalora compare`, equal compute, several
+  seeds, intervals; the seed results are described in `data/README.md`.
 """
 
 
@@ -67,13 +75,15 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                                        elem_id="budget")
                     methods = gr.CheckboxGroup(handlers.METHOD_CHOICES, value=handlers.DEFAULT_METHODS,
                                                label="Methods", elem_id="methods")
+                    metric = gr.Radio(handlers.METRIC_CHOICES, value="ppl", label="Y axis", elem_id="metric",
+                                      info="the front's objective next to average bits")
                     with gr.Accordion("Evaluation settings", open=False):
                         seqlen = gr.Dropdown(list(handlers.SEQLENS), value=256, label="Tokens per window")
                         windows = gr.Slider(1, handlers.MAX_WINDOWS, value=8, step=1, label="Windows")
                     best_btn = gr.Button("Select best within budget", elem_id="select-best")
                     summary = gr.Markdown(elem_id="model-summary")
                 with gr.Column(scale=3):
-                    front_plot = gr.Plot(label="Average bits vs. perplexity", elem_id=bridge.FRONT_PLOT)
+                    front_plot = gr.Plot(label="Average bits vs. perplexity or KL divergence", elem_id=bridge.FRONT_PLOT)
                     front_md = gr.Markdown(elem_id="front-summary")
             bridge_box = gr.Textbox(visible=False)
             bridge_btn = gr.Button("select clicked point", elem_id=bridge.BRIDGE_BUTTON)
@@ -108,12 +118,13 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         with gr.Tab("Search history"):
             hv_plot = gr.Plot(label="Hypervolume of the training set per search round")
         with gr.Tab("Methods"):
-            cmp_md = gr.Markdown()
-            cmp_plot = gr.Plot(label="Perplexity per budget, by method")
+            cmp_md = gr.Markdown(elem_id="comparison")
+            cmp_img = gr.Image(label="The protocol comparison's fronts", type="filepath", interactive=False,
+                               elem_id="comparison-front")
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
 
-        view = [model_dd, eval_set, budget, methods, seqlen, windows]
+        view = [model_dd, eval_set, budget, methods, seqlen, windows, metric]
         front_out = [front_plot, table, front_md]
         select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share]
         light = {"concurrency_limit": 4, "concurrency_id": "light"}
@@ -123,10 +134,10 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
             .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
             .then(handlers.model_summary, [model_dd], [summary], api_name=False)
-        demo.load(handlers.comparison, None, [cmp_md, cmp_plot], api_name=False)
+        demo.load(handlers.comparison, None, [cmp_md, cmp_img], api_name=False)
         demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False)
 
-        for ctl in (eval_set, budget, methods, seqlen, windows):
+        for ctl in (eval_set, budget, methods, seqlen, windows, metric):
             ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
         model_dd.change(lambda: "", None, [selected], api_name=False) \
             .then(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light) \
