@@ -83,7 +83,11 @@ def hqq_tag_map(config: ModelQuantConfig) -> tuple[dict[str, dict[str, int]] | N
 
 def _readme(meta: dict[str, Any]) -> str:
     m = meta["measured"]
-    ppl = f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens)" if m else "not measured"
+    ppl = "not measured"
+    if m:
+        spec = f", eval spec {m['eval_spec']}" if m.get("eval_spec") else ""
+        kl = f"; KL to the unquantized model {m['kld']:.4f} nats/token" if m.get("kld") is not None else ""
+        ppl = f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens{spec}){kl}"
     return f"""# coalora bundle: {meta['model']} at {meta['avg_bits']:.3f} average bits
 
 Configuration `{meta['config_hash']}` ({meta['config']['format']}), adapter: {meta['adapter']['method'] if meta['adapter'] else 'none'}.
@@ -128,7 +132,8 @@ def export_bundle(
 
     ``originals``: the unquantized target weights ``{module: [d_out, d_in]}``; ``lora``: the
     generated adapter ``{module: (A [r, d_in], B [d_out, r])}`` with ``adapter`` = ``{"id", "method",
-    "rank", "alpha"}``; ``measured``: ``{"ppl", "nll", "eval_set", "seqlen", "windows", "tokens"}``.
+    "rank", "alpha"}``; ``measured``: ``{"ppl", "nll", "eval_set", "seqlen", "windows", "tokens"}`` and,
+    since eval specs, ``"eval_spec"`` and ``"kld"`` (None when not measured).
     Returns the directory (or the zip file with ``make_zip``).
     """
     from coalora.export_peft import save_peft_adapter

@@ -384,7 +384,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
     else:
-        m = f", measured ppl {meta['measured']['ppl']:.3f}" if meta["measured"] else ""
+        mm = meta["measured"]
+        m = f", measured ppl {mm['ppl']:.3f}" if mm else ""
+        if mm and mm.get("kld") is not None:
+            m += f" and KL {mm['kld']:.4f} nats/token ({mm.get('eval_spec')})"
         print(f"exported {cfg.hash} ({cfg.avg_bits:.4f} avg bits) to {path}: packed weights {meta['packed_bytes'] / 1e6:.2f} MB "
               f"({out['size_vs_bits']:.4f} x avg_bits * params / 8){m}")
     return 0
