@@ -188,12 +188,12 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from coalora.dataclass_cli import values
     from coalora.train import TrainConfig, Trainer
 
-    opts = {k: v for k, v in vars(args).items() if k in _TRAIN_FIELDS and v is not None}
-    if "budgets" in opts:
-        opts["budgets"] = tuple(opts["budgets"])
-    cfg = TrainConfig(**opts)
+    cfg = TrainConfig(**values(args, tuple(f.name for f in fields(TrainConfig))))
     trainer = Trainer(cfg, args.out, log=_log, progress=not args.no_progress)
     state = trainer.run()
     if trainer.acc.is_main_process:
@@ -205,13 +205,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"trained {cfg.method} to step {state.step} in {state.seconds:.0f} s ({state.searches} search rounds, "
                   f"{state.search_seconds:.0f} s); training set {len(state.train_set)} configs; checkpoint in {args.out}")
     return 0
-
-
-_TRAIN_FIELDS = (
-    "model", "method", "rank", "alpha", "init", "ref_preset", "corpus", "seqlen", "batch_size", "steps", "lr", "theta_lr_scale",
-    "weight_decay", "configs_per_step", "initial_budgets", "budgets", "weighting", "search_every",
-    "search_candidates", "search_steps", "segments", "probe_windows", "checkpoint_every", "cache_gib", "seed",
-)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -257,6 +250,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from coalora.dataclass_cli import values
 
     cfg = protocol.ProtocolConfig(**values(args, tuple(f.name for f in fields(protocol.ProtocolConfig))))
+    if args.arm:
+        try:
+            options = json.loads(args.arm_options or "{}")
+        except ValueError:
+            raise CoaloraError("--arm-options must be a JSON object, e.g. '{\"base\": \"lq\"}'") from None
+        if not isinstance(options, dict):
+            raise CoaloraError("--arm-options must be a JSON object of training options")
+        protocol.add_arm(args.out, protocol.Arm(args.arm, options, args.arm_why or ""))
+        _log(f"arm {args.arm} registered in {args.out}/arms.json")
+    elif args.arm_options or args.arm_why:
+        raise CoaloraError("--arm-options and --arm-why need --arm NAME")
     if not args.report_only:
         protocol.run(cfg, args.out, max_units=args.max_units, only=args.only, log=_log, progress=not args.no_progress)
     summary = protocol_report.write(args.out)
@@ -509,6 +513,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    from coalora.dataclass_cli import add_options
+
     p = _Parser(
         prog="coalora",
         description="CoA-LoRA for mixed-precision quantized LLMs: quantize, allocate bits, train, search, evaluate, export.",
@@ -576,34 +582,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
         "Data-parallel: accelerate launch --num_processes P -m coalora train ...",
     )
     sp.add_argument("--out", required=True, help="run directory (checkpoint.safetensors, log.jsonl)")
-    sp.add_argument("--model", help="registry name or local checkpoint directory (default smollm2-135m)")
-    sp.add_argument("--method", choices=["coalora", "qlora", "lqlora", "shared"], help="default coalora; the others are the baselines")
-    sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    sp.add_argument("--alpha", type=float, help="LoRA alpha, scaling alpha/rank (default 16)")
-    sp.add_argument("--init", choices=["lq", "peft"], help="A, B init: SVD of the reference residual (lq) or PEFT's")
-    sp.add_argument("--ref-preset", dest="ref_preset", help="reference config of the lq init (default nf3-dq)")
-    sp.add_argument("--corpus", help="training corpus (default shakespeare, train plays)")
-    sp.add_argument("--seqlen", type=int, help="tokens per training window (default 128)")
-    sp.add_argument("--batch-size", dest="batch_size", type=int, help="windows per step, over all processes (default 4)")
-    sp.add_argument("--steps", type=int, help="optimizer steps (default 300)")
-    sp.add_argument("--lr", type=float, help="AdamW learning rate of A, B (default 1e-3, constant; the paper's is 1e-4)")
-    sp.add_argument("--theta-lr-scale", dest="theta_lr_scale", type=float,
-                    help="theta's learning rate as a multiple of --lr (default 10; 1 = the paper's single rate)")
-    sp.add_argument("--weight-decay", dest="weight_decay", type=float)
-    sp.add_argument("--configs-per-step", dest="configs_per_step", type=int, help="K configs per batch (default 2)")
-    sp.add_argument("--initial-budgets", dest="initial_budgets", type=int, help="initial training set size (default 50)")
-    sp.add_argument("--budgets", type=float, nargs="+", help="explicit budgets (qlora: one; shared: several)")
-    sp.add_argument("--weighting", choices=["none", "activation", "fisher"], help="allocator error weighting (default fisher)")
-    sp.add_argument("--search-every", dest="search_every", type=int, help="steps between searches; 0 = frozen set")
-    sp.add_argument("--search-candidates", dest="search_candidates", type=int)
-    sp.add_argument("--search-steps", dest="search_steps", type=int)
-    sp.add_argument("--segments", type=int, help="Pareto filter segments over the bit range (default 40)")
-    sp.add_argument("--probe-windows", dest="probe_windows", type=int)
-    sp.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    sp.add_argument("--cache-gib", dest="cache_gib", type=float, help="quantized-weight cache size (default 4)")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--no-progress", action="store_true")
-    sp.add_argument("--json", action="store_true")
+    from coalora.train import TrainConfig
+
+    add_options(sp, TrainConfig)
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument("--json", action="store_true", help="print the final state as one JSON object")
 
     sp = add("generate", cmd_generate,
              "Generate the LoRA adapter of one quantization configuration from a trained CoA-LoRA adapter "
@@ -631,8 +614,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
                     help="run only units of this kind")
     sp.add_argument("--report-only", dest="report_only", action="store_true",
                     help="write the report from the finished units without training")
+    sp.add_argument("--arm", help="register a CoA-LoRA ablation arm NAME (runs at coalora's rates, seeds and compute)")
+    sp.add_argument("--arm-options", dest="arm_options",
+                    help="the arm's training options as JSON, e.g. '{\"base\": \"lq\", \"sampling\": \"excess\"}'")
+    sp.add_argument("--arm-why", dest="arm_why", help="one line on what the arm tests (shown in the report)")
     sp.add_argument("--no-progress", action="store_true")
-    from coalora.dataclass_cli import add_options
     from coalora.protocol import ProtocolConfig
 
     add_options(sp, ProtocolConfig)

@@ -45,6 +45,7 @@ class TrainConfig:
     """A training recipe. Defaults are the CPU recipe for SmolLM2-135M (README, data/README.md)."""
 
     model: str = "smollm2-135m"
+    """Registry name (`coalora models`) or a local Hugging Face checkpoint directory."""
     method: str = "coalora"
     """``coalora`` (theta + search); baselines: ``qlora`` (one config, Q = quant(W), plain LoRA),
     ``lqlora`` (one config, LQ-LoRA's decomposition W ~ Q + L1 L2 as base and init), ``shared`` (one
@@ -52,10 +53,12 @@ class TrainConfig:
     rank: int = 8
     """LoRA rank: 8 is SmolLM2's hidden size (576) over 64, the paper's r/d for LLaMA-2-7B (64/4096)."""
     alpha: float = 16.0
+    """LoRA scaling numerator: the LoRA term is scaled by alpha / rank."""
     init: str = "peft"
     """A, B initialisation: ``peft`` (Kaiming A, zero B) or ``lq`` (SVD of the residual at ``ref_preset``).
     peft did better in every 100-step comparison run (data/results/archive/ablations)."""
     ref_preset: str = "nf3-dq"
+    """Reference configuration of the ``lq`` init (a preset or ``uniform:b0,b1,b2,B0,B1``)."""
     base: str = "quant"
     """What the adapter sits on: ``quant`` (Q_c(W)) or ``lq`` (LQ-LoRA's split Q_c(W - L1 L2) + L1 L2,
     computed per configuration when it is applied; coalora.apply.BaseSpec)."""
@@ -64,9 +67,13 @@ class TrainConfig:
     lq_iters: int = 1
     """Alternations of the ``lq`` base's split."""
     corpus: str = "shakespeare"
+    """Training corpus (its train split): ``shakespeare``, a .txt/.jsonl file or directory, or ``hf:...``."""
     seqlen: int = 128
+    """Tokens per training window."""
     batch_size: int = 4
+    """Windows per step, summed over processes."""
     steps: int = 300
+    """Optimizer steps (a resumed run may raise or lower it)."""
     lr: float = 1e-3
     """AdamW rate of A, B. The paper's is 1e-4; for a few hundred CPU steps 1e-3 does better for
     CoA-LoRA and for QLoRA alike (data/results/archive/ablations/lr-1e-3, data/results/archive/qlora-lr)."""
@@ -76,7 +83,9 @@ class TrainConfig:
     rate of 1e-2, U grows into a large per-layer gain that depends partly on the layer's configuration
     (data/results/archive/ablations, data/README.md)."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient clipping norm over all trained parameters (the log flags clipped steps)."""
     configs_per_step: int = 2
     """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
     theta: bool = True
@@ -91,7 +100,9 @@ class TrainConfig:
     """How the K losses combine: ``sum`` (the official code) or ``equal`` (each configuration's loss
     divided by its own detached value, so a 10-nat 2-bit loss does not drown a 3-nat 6-bit one)."""
     budget_lo: float = 2.25
+    """Lowest budget (average bits) of the initial training set and of the search's Pareto segments."""
     budget_hi: float = 7.25
+    """Highest budget of the initial training set and of the search's segments."""
     initial_budgets: int = 50
     """Size of the initial training set: allocator solutions at evenly spaced budgets."""
     budgets: tuple[float, ...] = ()
@@ -101,15 +112,22 @@ class TrainConfig:
     search_every: int = 100
     """Steps between search rounds; 0 freezes the training set (the paper's ablation)."""
     search_candidates: int = 5
+    """Configurations each search round proposes (EHVI) and scores."""
     search_steps: int = 20
+    """Coordinate-ascent steps of each proposal's acquisition optimisation."""
     segments: int = 40
+    """Segments of the bit range in the segment-wise Pareto filter."""
     probe_windows: int = 4
+    """Training-text windows held out to score configurations in the search (its f1)."""
     validation_windows: int = 0
     """Training windows held out before the probe windows (never trained on): the validation split
     that learning rates are tuned on (``coalora compare``'s grid), carved from the training text."""
     checkpoint_every: int = 50
+    """Steps between checkpoints (one is always written at the end)."""
     cache_gib: float = 4.0
+    """Size of the per-(matrix, config) cache of quantized weights, GiB."""
     seed: int = 0
+    """Seed of the data order, configuration draws and LoRA initialisation."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -169,3 +169,22 @@ def test_load_of_a_missing_bundle_is_one_line(tmp_path, capsys):
 def test_results_import_needs_a_file(tiny_setup, capsys):
     assert main(["results", "import"]) == 2
     assert "needs --file" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_training_option_with_its_docstring(capsys):
+    import re
+    from dataclasses import fields
+
+    from coalora.cli import main
+    from coalora.dataclass_cli import field_docs
+    from coalora.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(TrainConfig)
+    for f in fields(TrainConfig):
+        assert f.name in docs, f"TrainConfig.{f.name} has no docstring"
+        assert "--" + f.name.replace("_", "-") in out
+        first = re.sub(r"\s+", " ", docs[f.name]).split(". ")[0][:40]
+        assert first in out, f.name
