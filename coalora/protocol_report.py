@@ -398,7 +398,8 @@ def write(out: str | os.PathLike) -> str:
     out = Path(out)
     pts, runs, grid, meta = _frames(out)
     for name, df in (("points", pts), ("runs", runs)):
-        _parquet(df, out / f"{name}.parquet")
+        if len(df.columns):  # only the grid so far: no scored points yet
+            _parquet(df, out / f"{name}.parquet")
     text = markdown(pts, runs, grid, meta) if len(pts) else _grid_only(grid, meta)
     write_text_atomic(out / "summary.md", text)
     if len(pts):
