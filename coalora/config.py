@@ -22,13 +22,12 @@ import itertools
 import json
 import numbers
 import os
-import reprlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coalora.errors import CoaloraError
+from coalora.errors import CoaloraError, short
 
 if TYPE_CHECKING:
     import torch
@@ -46,15 +45,6 @@ B2_BITS: dict[str, int] = {"bf16": 16, "fp16": 16, "fp32": 32}
 FIELD_NAMES: tuple[str, ...] = ("b0", "b1", "b2", "B0", "B1")
 FIELD_VALUES: tuple[tuple[Any, ...], ...] = (B0_VALUES, B1_BITS_VALUES, B2_VALUES, BLOCK0_VALUES, BLOCK1_VALUES)
 FIELD_SIZES: tuple[int, ...] = tuple(len(v) for v in FIELD_VALUES)  # (4, 4, 3, 3, 3)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-
-
-def _short(value: Any) -> str:
-    """``repr`` of a user-given value for an error message: bounded in length and nesting."""
-    return _REPR.repr(value)
 
 
 @dataclass(frozen=True)
@@ -82,7 +72,7 @@ class QuantConfig:
                 wrong = "" if isinstance(value, kind) and not isinstance(value, bool) else \
                     f" ({'a string' if kind is str else 'an integer'}, not {type(value).__name__})"
                 raise CoaloraError(
-                    f"quantization config field {name}={_short(value)} is outside the space; "
+                    f"quantization config field {name}={short(value)} is outside the space; "
                     f"allowed values: {', '.join(map(str, allowed))}{wrong}"
                 )
 
@@ -275,16 +265,16 @@ class ModelQuantConfig:
             raise CoaloraError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         fmt = obj.get("format")
         if fmt != FORMAT:
-            raise CoaloraError(f"{where}: key 'format' is {_short(fmt)}; this coalora reads {FORMAT!r}")
+            raise CoaloraError(f"{where}: key 'format' is {short(fmt)}; this coalora reads {FORMAT!r}")
         file_model = obj.get("model")
         if not isinstance(file_model, str) or not file_model:
             raise CoaloraError(f"{where}: key 'model' must name the model the config is for")
         if model is not None and file_model != model:
-            raise CoaloraError(f"{where}: key 'model' is {_short(file_model)} but the model in use is {model!r}")
+            raise CoaloraError(f"{where}: key 'model' is {short(file_model)} but the model in use is {model!r}")
         known = {"format", "model", "default", "modules", "avg_bits", "hash"}
         extra = [k for k in obj if k not in known]
         if extra:
-            raise CoaloraError(f"{where}: unknown key {_short(extra[0])} (allowed: {', '.join(sorted(known))})")
+            raise CoaloraError(f"{where}: unknown key {short(extra[0])} (allowed: {', '.join(sorted(known))})")
         default = None
         if obj.get("default") is not None:
             default = QuantConfig.from_dict(obj["default"], where=f"{where}: key 'default'")
@@ -297,8 +287,8 @@ class ModelQuantConfig:
         for name, c in modules.items():
             if name not in name_set:
                 hint = f" (e.g. {names[0]})" if names else ""
-                raise CoaloraError(f"{where}: unknown module {_short(name)} in 'modules' for model {file_model}{hint}")
-            parsed[name] = QuantConfig.from_dict(c, where=f"{where}: modules[{_short(name)}]")
+                raise CoaloraError(f"{where}: unknown module {short(name)} in 'modules' for model {file_model}{hint}")
+            parsed[name] = QuantConfig.from_dict(c, where=f"{where}: modules[{short(name)}]")
         if default is None:
             missing = [n for n in names if n not in parsed]
             if missing:
@@ -339,4 +329,4 @@ def resolve_preset(name: str) -> QuantConfig:
                 return QuantConfig(int(parts[0]), int(parts[1]), parts[2], int(parts[3]), int(parts[4]))
             except ValueError:
                 pass
-    raise CoaloraError(f"unknown preset {_short(name)}; use {', '.join(PRESETS)} or uniform:b0,b1,b2,B0,B1 (e.g. uniform:3,8,fp32,64,256)")
+    raise CoaloraError(f"unknown preset {short(name)}; use {', '.join(PRESETS)} or uniform:b0,b1,b2,B0,B1 (e.g. uniform:3,8,fp32,64,256)")

@@ -22,17 +22,14 @@ from typing import Any
 import numpy as np
 
 from coalora.config import ModelQuantConfig
-from coalora.errors import CoaloraError
+from coalora.errors import CoaloraError, short
 from coalora.evalspec import DEFAULT_SPEC, EvalWindows
+from coalora.limits import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_WINDOWS
 from coalora.store import Evaluation, Store
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
 METHODS = ("coalora", "none")
 """Methods an explorer can evaluate itself (the baselines' points come from `coalora compare`)."""
-MAX_WINDOWS = 4096
-"""The most evaluation windows one request may ask for (1M tokens at seqlen 256)."""
-MAX_PROMPT_CHARS = 2000
-MAX_NEW_TOKENS = 128
 
 
 def default_adapter(model_name: str) -> Path | None:
@@ -175,7 +172,7 @@ class Explorer:
     def _check_method(self, method: str) -> None:
         if method not in self.methods:
             why = "" if self.coa is not None else f" ({self.model_name} has no trained CoA-LoRA adapter here)"
-            raise CoaloraError(f"method {method!r} cannot be evaluated here; use one of {', '.join(self.methods)}{why}")
+            raise CoaloraError(f"method {short(method)} cannot be evaluated here; use one of {', '.join(self.methods)}{why}")
 
     def generate(self, config: ModelQuantConfig) -> tuple[dict, float]:
         """The plain LoRA for ``config`` and the milliseconds theta took (no weights touched)."""
@@ -194,9 +191,9 @@ class Explorer:
         from coalora.models import context_length
 
         if not (2 <= seqlen <= context_length(self.model)):
-            raise CoaloraError(f"seqlen must be in [2, {context_length(self.model)}], got {seqlen}")
+            raise CoaloraError(f"seqlen must be in [2, {context_length(self.model)}], got {short(seqlen)}")
         if not (1 <= windows <= MAX_WINDOWS):
-            raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}], got {windows}")
+            raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}], got {short(windows)}")
         c = self.eval_corpus(corpus)
         key = (c.id, int(seqlen), int(windows))
         if key not in self._windows:
@@ -256,7 +253,7 @@ class Explorer:
 
         self._check_method(method)
         if config.model != self.model_name:
-            raise CoaloraError(f"configuration is for model {config.model!r}, not {self.model_name!r}")
+            raise CoaloraError(f"configuration is for model {short(config.model)}, not {self.model_name!r}")
         hit = self.cached(config, method, seqlen, windows, corpus)
         if hit is not None:
             return hit, True
@@ -296,7 +293,7 @@ class Explorer:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise CoaloraError(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if not (1 <= int(max_new_tokens) <= MAX_NEW_TOKENS):
-            raise CoaloraError(f"max new tokens must be in [1, {MAX_NEW_TOKENS}], got {max_new_tokens}")
+            raise CoaloraError(f"max new tokens must be in [1, {MAX_NEW_TOKENS}], got {short(max_new_tokens)}")
         ids = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long)
         device = next(self.model.parameters()).device
         ids = ids.to(device)
@@ -329,7 +326,7 @@ class Explorer:
         """The front of ``method``'s stored evaluations under this explorer's eval spec; ``metric``:
         ``ppl`` or ``kld`` (KL divergence to the unquantized model) as the second objective."""
         if method not in ("coalora", "qlora", "lqlora", "shared", "none"):
-            raise CoaloraError(f"unknown method {method!r}; use coalora, qlora, lqlora, shared or none")
+            raise CoaloraError(f"unknown method {short(method)}; use coalora, qlora, lqlora, shared or none")
         return self.front_service().front(self.query(method, seqlen, windows, corpus, metric), budget)
 
     def query(self, method: str, seqlen: int, windows: int, corpus: str | None = None, metric: str = "ppl"):
@@ -340,11 +337,11 @@ class Explorer:
 
     # ---- export
 
-    def export(self, config: ModelQuantConfig, out: str | os.PathLike, *, make_zip: bool = False, force: bool = False,
-               measure: bool = True, seqlen: int = 256, windows: int = 8, corpus: str | None = None) -> Path:
-        """Write the bundle of ``config`` (with the generated adapter when there is one)."""
-        from coalora.bundle import export_bundle
-
+    def export_inputs(self, config: ModelQuantConfig, *, measure: bool = True, seqlen: int = 256, windows: int = 8,
+                      corpus: str | None = None) -> dict[str, Any]:
+        """Everything a bundle of ``config`` records besides the weights: measured and predicted
+        perplexity (``measure`` evaluates when nothing is stored) and the adapter's description.
+        Two exports with equal inputs write equal bundles (:meth:`export_key`)."""
         method = "coalora" if self.coa is not None else "none"
         ev = self.cached(config, method, seqlen, windows, corpus)
         if ev is None and measure:
@@ -355,12 +352,38 @@ class Explorer:
         p = self.front_service().predict(self.query(method, seqlen, windows, corpus), config)
         predicted = None if p is None else {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi,
                                             "band": "+-2 sigma of log ppl"}
-        lora, adapter = None, None
+        adapter = None
         if self.coa is not None:
-            lora, _ = self.generate(config)
             a = self.coa.adapter_config
             adapter = {"id": self.adapter_id, "method": "coalora", "rank": a.rank, "alpha": a.alpha}
+        return {"measured": measured, "predicted": predicted, "adapter": adapter}
+
+    def export_key(self, config: ModelQuantConfig, inputs: dict[str, Any]) -> str:
+        """The content hash (16 hex digits) of the bundle that ``config`` with ``inputs`` makes: the
+        model's weights, the configuration, the adapter (its file's hash fixes the generated LoRA),
+        the recorded results and the coalora version; equal keys, equal bundle contents."""
+        import hashlib
+        import json
+
+        from coalora import __version__
+        from coalora.bundle import FORMAT
+
+        what = {"format": FORMAT, "version": __version__, "model": self.model_name, "weights": self.weights_hash,
+                "config": config.hash, "ids": list(config.ids), **inputs}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def export(self, config: ModelQuantConfig, out: str | os.PathLike, *, make_zip: bool = False, force: bool = False,
+               measure: bool = True, seqlen: int = 256, windows: int = 8, corpus: str | None = None,
+               inputs: dict[str, Any] | None = None) -> Path:
+        """Write the bundle of ``config`` (with the generated adapter when there is one); ``inputs``:
+        what :meth:`export_inputs` gave (computed now when None)."""
+        from coalora.bundle import export_bundle
+
+        if inputs is None:
+            inputs = self.export_inputs(config, measure=measure, seqlen=seqlen, windows=windows, corpus=corpus)
+        lora = self.generate(config)[0] if self.coa is not None else None
         with self.lock:
             return export_bundle(self.model_name, config, dict(self.applier.originals), out,
-                                 weights_hash=self.weights_hash, lora=lora, adapter=adapter, predicted=predicted,
-                                 measured=measured, make_zip=make_zip, force=force)
+                                 weights_hash=self.weights_hash, lora=lora, adapter=inputs["adapter"],
+                                 predicted=inputs["predicted"], measured=inputs["measured"], make_zip=make_zip,
+                                 force=force)

@@ -77,7 +77,7 @@ from botorch.posteriors import Posterior, TransformedPosterior
 from gpytorch.means import Mean
 
 from coalora.config import ALL_CONFIGS, FIELD_VALUES, MAX_BITS, MIN_BITS, ModelQuantConfig
-from coalora.errors import CoaloraError
+from coalora.errors import CoaloraError, short
 from coalora.evalspec import DEFAULT_SPEC
 
 CONFIG_BITS = np.array([c.bits for c in ALL_CONFIGS])
@@ -162,7 +162,7 @@ class FrontQuery:
 def check_metric(metric: str) -> str:
     """``metric`` if it is one of :data:`METRICS`, else one clear error."""
     if metric not in METRICS:
-        raise CoaloraError(f"unknown front metric {metric!r}; use ppl (perplexity) or kld (KL divergence to the "
+        raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity) or kld (KL divergence to the "
                            "unquantized model)")
     return metric
 
@@ -425,7 +425,7 @@ class FrontService:
             c = ModelQuantConfig.from_ids(self.model, self.targets, row.tolist())
             if c.hash == config_hash:
                 return c
-        raise CoaloraError(f"unknown configuration {config_hash!r} for {self.model}: not stored and not a front candidate")
+        raise CoaloraError(f"unknown configuration {short(config_hash)} for {self.model}: not stored and not a front candidate")
 
     def validate(self, query: FrontQuery, folds: int = 5, seed: int = 0) -> dict[str, float]:
         """K-fold predictive accuracy on stored evaluations: Spearman, RMSE and median absolute error of log ppl.
@@ -642,9 +642,9 @@ def check_budget(budget: float) -> float:
     try:
         b = float(budget)
     except (TypeError, ValueError):
-        raise CoaloraError(f"budget must be a number of bits per weight, got {budget!r}") from None
+        raise CoaloraError(f"budget must be a number of bits per weight, got {short(budget)}") from None
     if not math.isfinite(b) or not (MIN_BITS <= b <= MAX_BITS):
-        raise CoaloraError(f"budget {budget} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}] "
+        raise CoaloraError(f"budget {short(budget)} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}] "
                            "(the cheapest and the most precise configuration)")
     return b
 
