@@ -21,6 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("COALORA_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
     p.add_argument("--model", default=os.environ.get("COALORA_MODEL", "smollm2-135m"), help="the model shown first")
     p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")
+    p.add_argument("--public-url", default=os.environ.get("COALORA_PUBLIC_URL"), metavar="URL",
+                   help="the page's public address in share links (default $COALORA_PUBLIC_URL; on a Hugging Face "
+                        "Space https://$SPACE_HOST/; else http://HOST:PORT/ of this app)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
                    help="also offer a local text file or directory as an eval set (repeatable)")
     return p.parse_args(argv)
@@ -28,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ui import scratch
+
+    scratch.claim()  # before gradio is imported: its cache and the exports are this process's own
     from coalora.errors import CoaloraError
 
     try:
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         from ui import handlers
         from ui.layout import build_app, launch_kwargs
 
+        handlers.set_public_url(handlers.public_url(args.public_url, args.host, args.port))
         for spec in args.eval_set:
             handlers.add_eval_set(spec)
 

@@ -23,7 +23,7 @@ def app(tmp_path, monkeypatch):
     from coalora.store import Store
     from ui import handlers
 
-    models = handlers.Models()
+    models = handlers.Models(default=MODEL)  # what build_app(MODEL) sets: the operator's test model
     models.store = Store(tmp_path / "results.duckdb")
     monkeypatch.setattr(handlers, "MODELS", models)
     monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
@@ -48,11 +48,21 @@ def test_app_builds_with_named_endpoints(app):
 
 
 def test_model_choices_mark_trained_and_hub_models(app):
-    labels = dict((v, k) for k, v in app.MODELS.choices("smollm2-135m"))
+    models = app.Models(default="smollm2-135m")
+    labels = dict((v, k) for k, v in models.choices())
     assert "trained CoA-LoRA" in labels["smollm2-135m"]
     assert "needs the hub" in labels["Qwen/Qwen2.5-0.5B"]
-    assert MODEL not in labels  # the test model only shows when it is the app's model
-    assert MODEL in dict((v, k) for k, v in app.MODELS.choices(MODEL))
+    assert MODEL not in labels and MODEL not in models.allowed()  # the test model only when it is the app's
+    assert MODEL in dict((v, k) for k, v in app.MODELS.choices()) and MODEL in app.MODELS.allowed()
+
+
+def test_a_test_model_is_refused_without_loading_unless_it_is_the_apps(app):
+    from coalora.errors import CoaloraError
+
+    models = app.Models(default="smollm2-135m")
+    with pytest.raises(CoaloraError, match="unknown model 'tiny-llama'"):
+        models.get(MODEL)
+    assert models._explorers == {} and models.store is None  # nothing loaded, no store opened
 
 
 @pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/tmp", ""])
@@ -145,7 +155,7 @@ def test_select_row_and_api_front(app):
     class Evt:
         row_value = rows[0]
 
-    out = app.select_row(rows, MODEL, *_view(), evt=Evt())
+    out = app.select_row(MODEL, *_view(), evt=Evt())
     assert out[0] == rows[0][0]
     js = app.api_front(MODEL, 4.0, "none", 128, 2)
     assert len(js["measured"]) == 3 and js["front"] and js["best"]["avg_bits"] <= 4.0
@@ -235,14 +245,15 @@ def test_export_serves_a_loadable_bundle_from_the_export_dir(app):
     assert meta["config_hash"] == h and meta["model"] == MODEL
 
 
-def test_shared_link_restores_the_selection(app):
+def test_shared_link_restores_the_selection(app, monkeypatch):
     class Req:
         query_params = {"model": MODEL, "budget": "3.5", "config": "00000000deadbeef"}
-        headers = {"referer": "http://127.0.0.1:7860/?model=x"}
+        headers = {"referer": "http://evil.example/phish", "host": "evil.example"}
 
+    monkeypatch.setattr(app, "PUBLIC_URL", "http://127.0.0.1:7861/")
     assert app.on_load("smollm2-135m", Req()) == (MODEL, "shakespeare", 3.5, "00000000deadbeef")
-    assert app.share_link(Req(), MODEL, 3.5, "00000000deadbeef") == \
-        "http://127.0.0.1:7860/?model=tiny-llama&budget=3.50&config=00000000deadbeef"
+    assert app.share_link(MODEL, 3.5, "00000000deadbeef") == \
+        "http://127.0.0.1:7861/?model=tiny-llama&budget=3.50&config=00000000deadbeef"
 
     class Bad:
         query_params = {"model": "/etc", "budget": "nan", "config": "<script>"}

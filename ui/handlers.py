@@ -9,14 +9,12 @@ one ``gr.Error`` toast, never a traceback in the page: :func:`user_errors` turns
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import math
 import re
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,31 +22,59 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
-from coalora.errors import CoaloraError
-from ui import figures
+from coalora import limits
+from coalora.errors import CoaloraError, short
+from ui import exports, figures
 
 log = logging.getLogger("coalora.ui")
 
 GP_METHODS = ("coalora", "none")
 """Methods whose front the app fits and can extend with quick evals (the baselines are measured by
-``coalora compare``: the *Methods* tab shows that comparison)."""
+``coalora compare``: the *Methods* tab shows that comparison). The only methods the app takes."""
 METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items() if key in GP_METHODS]
 """The method filter: (label, key)."""
 METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld")]
 """The front's y axis: (label, :data:`coalora.front.METRICS` key)."""
 DEFAULT_METHODS = ["coalora", "none"]
-SEQLENS = (128, 256, 512)
-MAX_WINDOWS = 32
+SEQLENS = limits.APP_SEQLENS
+MAX_WINDOWS = limits.APP_MAX_WINDOWS
 BUDGET_RANGE = (2.0, 8.6)
 """The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it."""
-EXPORT_DIR = Path(tempfile.gettempdir()) / "coalora-exports"
-"""The only directory the app serves downloads from (one fresh subdirectory per export)."""
-EXPORT_KEEP_S = 3600.0
+EXPORT_DIR = Path(gr.utils.get_upload_folder()) / "coalora-exports"
+"""The only directory the app serves downloads from besides Gradio's own cache (app.py points it
+inside this process's scratch directory, :mod:`ui.scratch`)."""
+PUBLIC_URL = "http://127.0.0.1:7860/"
+"""The page's address in share links (:func:`public_url`; app.py sets it at start, never a request header)."""
 _HASH_RE = re.compile(r"^[0-9a-f]{16}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+
+
+# ---- messages
+
+
+def toast(message: str) -> str:
+    """``message`` safe for a Gradio toast, which renders HTML: ``&``, ``<`` and ``>`` escaped, so a
+    quoted value can never become a link or a tag."""
+    return html.escape(message, quote=False)
+
+
+def md_code(value: Any) -> str:
+    """``value`` as a Markdown code span (shown literally: no link, no tag, no emphasis)."""
+    return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"
+
+
+def warn(message: str) -> None:
+    """A warning toast (escaped: :func:`toast`)."""
+    gr.Warning(toast(message))
+
+
+def info(message: str) -> None:
+    """An info toast (escaped: :func:`toast`)."""
+    gr.Info(toast(message))
 
 
 def user_errors(fn):
-    """Show a CoaloraError as its message; log anything else and show a short generic error."""
+    """Show a CoaloraError as its (escaped) message; log anything else and show a short generic error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -57,7 +83,7 @@ def user_errors(fn):
         except gr.Error:
             raise
         except CoaloraError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(toast(str(e)), print_exception=False) from None
         except Exception as e:  # a bug, not a user mistake: the details go to the server log only
             log.exception("%s failed", fn.__name__)
             raise gr.Error(f"internal error in {fn.__name__} ({type(e).__name__}); the server log has the details",
@@ -70,40 +96,46 @@ def user_errors(fn):
 
 
 class Models:
-    """The models the app may load: registry entries only (never a path from the browser)."""
+    """The models the app offers: registry entries only (never a path from the browser), and of the
+    test models only the one the operator started the app with (:attr:`default`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, default: str | None = None) -> None:
         self._explorers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.store = None
         """A shared :class:`coalora.store.Store` (None: each explorer opens the default one)."""
+        self.default = default
+        """The app's model (build_app sets it): offered even when it is a test model."""
 
-    @staticmethod
-    def allowed() -> list[str]:
+    def allowed(self) -> list[str]:
+        """The names the page lists and the API takes: every non-test registry model, plus :attr:`default`."""
         from coalora.models import REGISTRY
 
-        return list(REGISTRY)
+        return [name for name, spec in REGISTRY.items() if spec.source != "tiny" or name == self.default]
 
-    def choices(self, default: str) -> list[tuple[str, str]]:
-        """Dropdown entries: every non-test registry model (plus ``default``), marked by adapter."""
+    def choices(self, default: str | None = None) -> list[tuple[str, str]]:
+        """Dropdown entries: :meth:`allowed` (with ``default`` offered too), marked by adapter."""
         from coalora.explorer import default_adapter
         from coalora.models import REGISTRY
 
         out = []
         for name, spec in REGISTRY.items():
-            if spec.source == "tiny" and name != default:
+            if spec.source == "tiny" and name not in (default, self.default):
                 continue
             tag = "trained CoA-LoRA" if default_adapter(name) else "quantization only"
             hub = ", needs the hub" if spec.source == "hub" else ""
             out.append((f"{name} ({tag}{hub})", name))
         return out
 
-    def get(self, name: str):
+    def check(self, name: Any) -> str:
+        """``name`` if the app offers it, else one clear error (nothing is loaded)."""
+        return check_choice(name, "model", self.allowed())
+
+    def get(self, name: Any):
         """The loaded explorer of ``name`` (loads it on first use)."""
         from coalora.explorer import Explorer
 
-        if name not in self.allowed():
-            raise CoaloraError(f"unknown model {name!r}; pick one of {', '.join(self.allowed())}")
+        name = self.check(name)
         with self._lock:  # one load per model even when several sessions ask at once
             if name not in self._explorers:
                 if self.store is None:
@@ -117,33 +149,86 @@ class Models:
 MODELS = Models()
 
 
-# ---- inputs
+# ---- inputs: every argument of every event and endpoint goes through one of these
+
+
+def check_choice(value: Any, what: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices`` (text only), else one clear error quoting it shortly."""
+    if isinstance(value, str) and value in choices:
+        return value
+    kind = "" if isinstance(value, str) else f" (a {type(value).__name__}, not text)"
+    raise CoaloraError(f"unknown {what} {short(value)}{kind}; pick one of {', '.join(map(str, choices))}")
+
+
+def check_int(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as a whole number in [lo, hi]: ints, integral floats (8.0) and digit strings; never
+    8.5, NaN, infinity, a boolean or a list."""
+    n: int | None = None
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,12}\s*", value):
+        n = int(value)
+    if n is None:
+        raise CoaloraError(f"{what} must be a whole number in [{lo}, {hi}], got {short(value)}")
+    if not lo <= n <= hi:
+        raise CoaloraError(f"{what} must be in [{lo}, {hi}], got {n}")
+    return n
 
 
 def check_budget(budget: Any) -> float:
-    """The slider's budget, clamped into the feasible range with a warning (NaN and text: an error)."""
+    """The slider's budget, clamped into the feasible range with a warning (NaN, text, lists: an error)."""
     from coalora.config import MAX_BITS, MIN_BITS
 
-    try:
+    b = None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
         b = float(budget)
-    except (TypeError, ValueError):
-        raise CoaloraError(f"budget must be a number of bits per weight, got {budget!r}") from None
+    elif isinstance(budget, str) and len(budget) <= 32:
+        try:
+            b = float(budget)
+        except ValueError:
+            b = None
+    if b is None:
+        raise CoaloraError(f"budget must be a number of bits per weight, got {short(budget)}")
     if not math.isfinite(b):
-        raise CoaloraError(f"budget must be a finite number of bits, got {budget!r}")
+        raise CoaloraError(f"budget must be a finite number of bits, got {short(budget)}")
     if b < MIN_BITS or b > MAX_BITS:
         c = min(max(b, MIN_BITS), MAX_BITS)
-        gr.Warning(f"{b:.3f} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}]; using {c:.3f}")
+        warn(f"{b:.3f} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}]; using {c:.3f}")
         return c
     return b
 
 
 def check_hash(config_hash: Any) -> str:
-    h = str(config_hash or "").strip().lower()
-    if not h:
+    """A configuration hash (16 hex digits, any case), or one clear error."""
+    if config_hash is None or config_hash == "":
         raise CoaloraError("no configuration selected: click a point on the front or a row of the table")
+    h = config_hash.strip().lower() if isinstance(config_hash, str) else None
+    if not h:
+        raise CoaloraError(f"{short(config_hash)} is not a configuration hash (16 hex digits)")
     if not _HASH_RE.match(h):
-        raise CoaloraError(f"{str(config_hash)[:40]!r} is not a configuration hash (16 hex digits)")
+        raise CoaloraError(f"{short(config_hash)} is not a configuration hash (16 hex digits)")
     return h
+
+
+def check_prompt(prompt: Any) -> str:
+    """A prompt to continue: non-empty text of at most :data:`coalora.limits.MAX_PROMPT_CHARS`
+    characters, all of them encodable (no lone surrogates)."""
+    if not isinstance(prompt, str):
+        raise CoaloraError(f"prompt must be text, got {short(prompt)}")
+    if not prompt.strip():
+        raise CoaloraError("prompt is empty; type a few words to continue")
+    if len(prompt) > limits.MAX_PROMPT_CHARS:
+        raise CoaloraError(f"prompt has {len(prompt)} characters; the limit is {limits.MAX_PROMPT_CHARS}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CoaloraError(f"prompt has a character that is not text (a lone surrogate at position {e.start}); "
+                           "remove it") from None
+    return prompt
 
 
 EVAL_SETS: dict[str, str] = {"shakespeare": "shakespeare"}
@@ -174,7 +259,9 @@ def add_eval_set(spec: str) -> str:
     name, sep, path = spec.partition("=")
     name, path = name.strip(), path.strip()
     if not sep or not name or not path:
-        raise CoaloraError(f"--eval-set takes NAME=PATH, got {spec!r}")
+        raise CoaloraError(f"--eval-set takes NAME=PATH, got {short(spec)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name):
+        raise CoaloraError(f"--eval-set {short(name)}: a name is 1-40 letters, digits, '_', '.' or '-'")
     if not Path(path).expanduser().exists():
         raise CoaloraError(f"--eval-set {name}: {path} does not exist")
     data.load_corpus(str(Path(path).expanduser()), "eval")  # fails now, not in a user's session
@@ -183,32 +270,45 @@ def add_eval_set(spec: str) -> str:
 
 
 def check_eval(eval_set: Any, seqlen: Any, windows: Any) -> Convention:
-    if eval_set not in EVAL_SETS:
-        raise CoaloraError(f"unknown eval set {str(eval_set)[:40]!r}; pick one of {', '.join(EVAL_SETS)}")
-    try:
-        s, w = int(seqlen), int(windows)
-    except (TypeError, ValueError):
-        raise CoaloraError(f"seqlen and windows must be integers, got {seqlen!r} and {windows!r}") from None
+    """The evaluation convention: an offered eval set, an offered window length and a whole number
+    of windows up to :data:`coalora.limits.APP_MAX_WINDOWS` (the CLI takes more)."""
+    name = check_choice(eval_set, "eval set", list(EVAL_SETS))
+    s = check_int(seqlen, "tokens per window", min(SEQLENS), max(SEQLENS))
     if s not in SEQLENS:
         raise CoaloraError(f"tokens per window must be one of {', '.join(map(str, SEQLENS))}, got {s}")
-    if not (1 <= w <= MAX_WINDOWS):
-        raise CoaloraError(f"windows must be in [1, {MAX_WINDOWS}] here (the CLI takes more), got {w}")
-    return Convention(eval_set, EVAL_SETS[eval_set], s, w)
+    w = check_int(windows, "windows", 1, MAX_WINDOWS)
+    return Convention(name, EVAL_SETS[name], s, w)
 
 
 def check_metric(metric: Any) -> str:
     """The front's metric (``ppl`` or ``kld``), or one clear error."""
     from coalora.front import check_metric as check
 
-    return check(metric if isinstance(metric, str) else str(metric)[:40])
+    if not isinstance(metric, str):
+        raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity) or kld (KL divergence to "
+                           "the unquantized model)")
+    return check(metric)
 
 
 def check_methods(methods: Any) -> list[str]:
-    ms = [methods] if isinstance(methods, str) else list(methods or [])
-    bad = [m for m in ms if m not in figures.METHODS]
-    if bad:
-        raise CoaloraError(f"unknown method {bad[0]!r}; use {', '.join(figures.METHODS)}")
-    return ms
+    """The shown methods: a list (or one name) of :data:`GP_METHODS`, duplicates dropped."""
+    if methods is None:
+        return []
+    ms = [methods] if isinstance(methods, str) else methods
+    if not isinstance(ms, (list, tuple)) or len(ms) > limits.MAX_METHODS:
+        raise CoaloraError(f"methods must be a list of up to {limits.MAX_METHODS} of {', '.join(GP_METHODS)}, "
+                           f"got {short(methods)}")
+    for m in ms:
+        check_method(m)
+    return list(dict.fromkeys(ms))
+
+
+def check_method(method: Any) -> str:
+    """One method the app fits (:data:`GP_METHODS`); a baseline's name gets where its results are."""
+    if isinstance(method, str) and method in figures.METHODS and method not in GP_METHODS:
+        raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {method} is measured by the protocol "
+                           "comparison (`coalora compare`, Methods tab)")
+    return check_choice(method, "method", GP_METHODS)
 
 
 def primary_method(ex, methods: list[str]) -> str:
@@ -323,8 +423,9 @@ def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], 
     """Outputs: (front figure, table rows, front summary markdown)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
+    h = check_hash(selected) if selected else ""
     fr = fronts(model, b, ms, cv, metric=mt)
-    sel = _selected_point(model, selected, ms, cv, mt) if selected else None
+    sel = _selected_point(model, h, ms, cv, mt) if h else None
     return _figure(model, fr, b, ms, cv, sel, mt), _table(fr), _front_md(fr, b, mt)
 
 
@@ -361,21 +462,46 @@ def _marker(cfg, measured: float | None, predicted: float | None) -> tuple[str, 
 # ---- selection
 
 
-def share_link(request: gr.Request | None, model: str, budget: float, config_hash: str,
-               eval_set: str = "shakespeare") -> str:
-    """The page's own address with ``?model=&budget=&config=[&eval_set=]`` (opening it restores the selection)."""
-    base = "http://127.0.0.1:7860/"
-    if request is not None:
-        ref = (request.headers or {}).get("referer")
-        if ref:
-            u = urlsplit(ref)
-            base = urlunsplit((u.scheme, u.netloc, u.path or "/", "", ""))
+def public_url(configured: str | None, host: str, port: int) -> str:
+    """The page's public address for share links: ``configured`` (``--public-url`` /
+    ``$COALORA_PUBLIC_URL``), else a Hugging Face Space's own ``https://$SPACE_HOST/``, else the host
+    and port the app serves on (this machine's name for a wildcard bind). Never a request header,
+    which a client can set to anything."""
+    import os
+    import socket
+
+    if configured:
+        u = urlsplit(configured.strip())
+        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment or not _HOST_RE.match(u.netloc):
+            raise CoaloraError(f"--public-url must be an http(s) address like https://example.org/coalora/, "
+                               f"got {short(configured)}")
+        return urlunsplit((u.scheme, u.netloc, u.path.rstrip("/") + "/", "", ""))
+    space = os.environ.get("SPACE_HOST", "").strip()
+    if space:
+        if not _HOST_RE.match(space):
+            raise CoaloraError(f"$SPACE_HOST is not a host name: {short(space)}")
+        return f"https://{space}/"
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname() or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{int(port)}/"
+
+
+def set_public_url(url: str) -> None:
+    """Use ``url`` (from :func:`public_url`) in every share link from now on."""
+    global PUBLIC_URL
+    PUBLIC_URL = url
+
+
+def share_link(model: str, budget: float, config_hash: str, eval_set: str = "shakespeare") -> str:
+    """:data:`PUBLIC_URL` with ``?model=&budget=&config=[&eval_set=]`` (opening it restores the selection)."""
     q = {"model": model, "budget": f"{budget:.2f}"}
     if eval_set != "shakespeare":
         q["eval_set"] = eval_set
     if config_hash:
         q["config"] = config_hash
-    return f"{base}?{urlencode(q)}"
+    return f"{PUBLIC_URL}?{urlencode(q)}"
 
 
 def describe_selection(model: str, cfg, methods: list[str], cv: Convention, metric: str = "ppl") -> dict:
@@ -429,22 +555,23 @@ def _selection_md(d: dict) -> tuple[str, str]:
 
 @user_errors
 def select(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-           metric: str = "ppl", request: gr.Request = None):
+           metric: str = "ppl"):
     """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
-    cfg = MODELS.get(model).config(check_hash(config_hash))
+    h = check_hash(config_hash)
+    cfg = MODELS.get(model).config(h)
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, adapter = _selection_md(d)
     marker = _marker(cfg, d[f"measured_{mt}"], d[f"predicted_{mt}"])
     fig = _figure(model, fronts(model, b, ms, cv, metric=mt), b, ms, cv, marker, mt)
     return (cfg.hash, summary, adapter, figures.heatmap_figure(cfg), d, fig,
-            share_link(request, model, b, cfg.hash, cv.eval_set))
+            share_link(model, b, cfg.hash, cv.eval_set))
 
 
 @user_errors
 def select_best(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                metric: str = "ppl", request: gr.Request = None):
+                metric: str = "ppl"):
     """Select the best predicted configuration within the budget on the shown metric (same outputs
     as :func:`select`)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
@@ -452,19 +579,19 @@ def select_best(model: str, eval_set: str, budget: float, methods: list[str], se
     ex = MODELS.get(model)
     best = _best(fronts(model, b, ms, cv, metric=mt), ms, ex)
     if best is None:  # no GP yet (a new model): the allocator's configuration for the budget
-        gr.Info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
-        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, mt, request)
-    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, mt, request)
+        info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
+        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, mt)
+    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, mt)
 
 
 @user_errors
-def select_row(rows, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-               metric: str = "ppl", evt: gr.SelectData = None, request: gr.Request = None):
+def select_row(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
+               metric: str = "ppl", evt: gr.SelectData = None):
     """A click on a table row selects its configuration (the path without JavaScript)."""
     row = evt.row_value if evt is not None else None
-    if not row:
+    if not isinstance(row, (list, tuple)) or not row:
         raise CoaloraError("click a row of the table to select its configuration")
-    return select(row[0], model, eval_set, budget, methods, seqlen, windows, metric, request)
+    return select(row[0], model, eval_set, budget, methods, seqlen, windows, metric)
 
 
 # ---- heavy work: evaluation, sampling, export
@@ -493,7 +620,7 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     how = "cached result (no recomputation)" if cached else f"measured in {ev.seconds:.1f} s and stored"
     kl = f", KL to the unquantized model **{ev.kld:.4f}** nats/token" if ev.kld is not None else ""
     result = (f"**{figures.method_label(m)}** `{h}` ({cfg.avg_bits:.3f} bits): perplexity **{ev.ppl:.3f}**{kl} "
-              f"on {ev.windows} x {ev.seqlen} tokens of `{ev.eval_set}` ({ev.eval_spec}), {how}.")
+              f"on {ev.windows} x {ev.seqlen} tokens of {md_code(ev.eval_set)} ({ev.eval_spec}), {how}.")
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, _ = _selection_md(d)
     fig = _figure(model, fr, b, ms, cv, _marker(cfg, _value(ev, mt), d[f"predicted_{mt}"]), mt)
@@ -503,46 +630,73 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
 @user_errors
 def sample(config_hash: str, model: str, methods: list[str], prompt: str, max_new_tokens: int):
     """Outputs: (continuation under the configuration, continuation of the unquantized model, timing md)."""
+    h, ms = check_hash(config_hash), check_methods(methods)
+    text = check_prompt(prompt)
+    n = check_int(max_new_tokens, "max new tokens", 1, limits.MAX_NEW_TOKENS)
     ex = MODELS.get(model)
-    cfg = ex.config(check_hash(config_hash))
-    m = primary_method(ex, check_methods(methods))
-    r = ex.sample(cfg, prompt, int(max_new_tokens), m)
+    cfg = ex.config(h)
+    m = primary_method(ex, ms)
+    r = ex.sample(cfg, text, n, m)
     t = (f"{figures.method_label(m)} at {cfg.avg_bits:.3f} bits: {r['quantized_s']:.2f} s; unquantized: "
-         f"{r['dense_s']:.2f} s (greedy, {int(max_new_tokens)} new tokens).")
-    return prompt + r["quantized"], prompt + r["dense"], t
+         f"{r['dense_s']:.2f} s (greedy, {n} new tokens).")
+    return text + r["quantized"], text + r["dense"], t
 
 
-def _clean_exports() -> None:
-    """Drop exports older than an hour (the directory only ever holds the app's own bundles)."""
-    if not EXPORT_DIR.is_dir():
-        return
-    now = time.time()
-    for d in EXPORT_DIR.iterdir():
-        try:
-            if now - d.stat().st_mtime > EXPORT_KEEP_S:
-                shutil.rmtree(d, ignore_errors=True)
-        except OSError:
-            pass
+def _cache_dirs() -> list[Path]:
+    """What export disk use counts: the export directory and Gradio's cache (where served files go)."""
+    return [EXPORT_DIR, Path(gr.utils.get_upload_folder())]
+
+
+def _expected_bytes(ex, cfg) -> int:
+    """Disk an export of ``cfg`` needs while it is built: the bundle directory and its zip (twice the
+    packed weights, which dominate), plus room for the adapter and metadata."""
+    packed = sum(t.numel for t in cfg.targets) * cfg.avg_bits / 8
+    return int(2 * packed) + 16 * 2**20
+
+
+def _write_bundle(ex, cfg, stem: str, cv: Convention, inputs: dict) -> Any:
+    """The writer of one export entry: the bundle zip and its configuration JSON into a directory."""
+
+    def write(d: Path) -> list[Path]:
+        bundle = ex.export(cfg, d / stem, make_zip=True, seqlen=cv.seqlen, windows=cv.windows, corpus=cv.corpus,
+                           inputs=inputs)
+        return [Path(bundle), cfg.save(d / f"{stem}.config.json")]
+
+    return write
 
 
 @user_errors
 def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: int):
-    """Outputs: ([bundle zip, config JSON] for download, note md)."""
+    """Outputs: ([bundle zip, config JSON] for download, note md).
+
+    The same bundle content (configuration, adapter, recorded results) is written once and reused;
+    the export directory and Gradio's cache stay under :data:`coalora.limits.EXPORT_CAP_BYTES`
+    together, least recently used entries deleted first (:mod:`ui.exports`).
+    """
     cv = check_eval(eval_set, seqlen, windows)
+    h = check_hash(config_hash)
     ex = MODELS.get(model)
-    cfg = ex.config(check_hash(config_hash))
-    _clean_exports()
-    out = EXPORT_DIR / uuid.uuid4().hex
-    out.mkdir(parents=True)
-    stem = f"coalora-{model.replace('/', '--')}-{cfg.hash}"
+    cfg = ex.config(h)
+    stem = f"coalora-{ex.model_name.replace('/', '--')}-{cfg.hash}"
+    names = (f"{stem}.zip", f"{stem}.config.json")
+    inputs = ex.export_inputs(cfg, measure=False, seqlen=cv.seqlen, windows=cv.windows, corpus=cv.corpus)
+    key = ex.export_key(cfg, inputs)
+    exports.expire(EXPORT_DIR, limits.EXPORT_KEEP_S)
     t0 = time.perf_counter()
-    bundle = ex.export(cfg, out / stem, make_zip=True, measure=False, seqlen=cv.seqlen, windows=cv.windows,
-                       corpus=cv.corpus)
-    cfg_path = cfg.save(out / f"{stem}.config.json")
-    size = Path(bundle).stat().st_size / 2**20
-    note = (f"Bundle `{Path(bundle).name}` ({size:.1f} MiB: PEFT adapter, packed weights, coalora_config.json) "
-            f"written in {time.perf_counter() - t0:.1f} s. Load it with `coalora load DIR` or "
-            "`coalora.bundle.load_bundle`.")
+    entry = exports.find(EXPORT_DIR, key, names)
+    how = "already exported: the same file again"
+    if entry is None:
+        need = _expected_bytes(ex, cfg)
+        exports.check_fits(need, limits.EXPORT_CAP_BYTES)
+        exports.evict(_cache_dirs(), limits.EXPORT_CAP_BYTES, reserve=need)
+        entry = exports.put(EXPORT_DIR, key, _write_bundle(ex, cfg, stem, cv, inputs))
+        how = f"written in {time.perf_counter() - t0:.1f} s"
+    copy = 0 if EXPORT_DIR.resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()) else entry.size()
+    exports.evict(_cache_dirs(), limits.EXPORT_CAP_BYTES, reserve=copy, keep=[entry.path])
+    bundle, cfg_path = entry.files
+    size = bundle.stat().st_size / 2**20
+    note = (f"Bundle {md_code(bundle.name)} ({size:.1f} MiB: PEFT adapter, packed weights, coalora_config.json), "
+            f"{how}. Load it with `coalora load DIR` or `coalora.bundle.load_bundle`.")
     return [str(bundle), str(cfg_path)], note
 
 
@@ -551,38 +705,43 @@ def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: in
 
 @user_errors
 def on_load(default_model: str, request: gr.Request = None):
-    """Restore a shared link's state: outputs (model, eval set, budget, selected hash)."""
+    """Restore a shared link's state: outputs (model, eval set, budget, selected hash). Each bad
+    query parameter gets one (escaped) warning and its default; none is ever an error."""
     qp = dict(request.query_params) if request is not None else {}
-    model = qp.get("model", default_model)
-    if model not in Models.allowed():
-        gr.Warning(f"unknown model {model!r} in the link; showing {default_model}")
-        model = default_model
-    eval_set = qp.get("eval_set", "shakespeare")
-    if eval_set not in EVAL_SETS:
-        gr.Warning(f"eval set {eval_set[:40]!r} is not offered here; showing shakespeare")
-        eval_set = "shakespeare"
+    model = default_model
+    if "model" in qp:
+        try:
+            model = MODELS.check(qp["model"])
+        except CoaloraError as e:
+            warn(f"{e}; showing {default_model}")
+    eval_set = "shakespeare"
+    if "eval_set" in qp:
+        try:
+            eval_set = check_choice(qp["eval_set"], "eval set", list(EVAL_SETS))
+        except CoaloraError as e:
+            warn(f"{e}; showing shakespeare")
     budget = 4.0
     if "budget" in qp:
         try:
             budget = check_budget(qp["budget"])
         except CoaloraError as e:
-            gr.Warning(f"{e}; using 4.0")
+            warn(f"{e}; using 4.0")
     h = ""
     if qp.get("config"):
         try:
             h = check_hash(qp["config"])
         except CoaloraError as e:
-            gr.Warning(str(e))
+            warn(str(e))
     return model, eval_set, budget, h
 
 
 @user_errors
 def restore_selection(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-                      windows: int, metric: str = "ppl", request: gr.Request = None):
+                      windows: int, metric: str = "ppl"):
     """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
     if not config_hash:
         return tuple(gr.skip() for _ in range(7))
-    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, metric, request)
+    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, metric)
 
 
 @user_errors
@@ -594,7 +753,7 @@ def model_summary(model: str) -> str:
     adapter = (f"trained CoA-LoRA adapter `{ex.adapter_id}` ({ex.adapter_path.name})" if ex.coa is not None
                else "no trained CoA-LoRA adapter (quantization-only front)")
     return (f"**{model}**: {n / 1e6:.1f} M parameters, {len(ex.targets)} quantizable matrices "
-            f"({q / 1e6:.1f} M parameters) in {blocks} blocks; {adapter}; eval set `{ex.eval_set}`.")
+            f"({q / 1e6:.1f} M parameters) in {blocks} blocks; {adapter}; eval set {md_code(ex.eval_set)}.")
 
 
 @user_errors
@@ -648,11 +807,6 @@ def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: 
     """The front as JSON (``coalora front --json``'s content): measured points, predicted front with its
     +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals;
     ``metric``: ``ppl`` or ``kld`` (KL divergence to the unquantized model)."""
-    b, mt = check_budget(budget), check_metric(metric)
+    b, mt, m = check_budget(budget), check_metric(metric), check_method(method)
     cv = check_eval(eval_set, seqlen, windows)
-    (m,) = check_methods([method])
-    ex = MODELS.get(model)
-    if m not in GP_METHODS:
-        raise CoaloraError(f"the app fits fronts for {' and '.join(GP_METHODS)}; {m} is measured by the protocol "
-                           "comparison (`coalora compare`, Methods tab)")
-    return ex.front(m, b, cv.seqlen, cv.windows, cv.corpus, mt).to_json()
+    return MODELS.get(model).front(m, b, cv.seqlen, cv.windows, cv.corpus, mt).to_json()

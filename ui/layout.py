@@ -3,14 +3,56 @@
 Light events (front, selection) run up to 4 at a time; heavy ones (quick eval, sample, export)
 share one queue (``concurrency_id="heavy"``), one at a time, so a waiting eval never blocks a
 selection. Every event the page uses has an ``api_name`` (``gradio_client`` can drive it).
+
+Events take their inputs unprocessed (``preprocess=False``): Gradio's own checks of a dropdown's or
+a radio's value echo a rejected value unescaped and whole into the error toast, so the handlers
+(:mod:`ui.handlers`) are the one place every argument is checked, and every message they send is
+escaped. :class:`StrictBlocks` refuses calls with extra arguments, which Gradio drops silently.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from coalora import __version__
-from ui import bridge, handlers
+from coalora import __version__, limits
+from ui import bridge, guard, handlers
+
+
+class StrictBlocks(gr.Blocks):
+    """``gr.Blocks`` that refuses a call carrying more or fewer arguments than its event takes, in one
+    sentence (Gradio drops extra arguments silently and answers too few with no message), so a
+    malformed API call is an error, not a guess."""
+
+    def validate_inputs(self, block_fn, inputs: list) -> None:
+        want, got = len(block_fn.inputs), len(inputs)
+        name = f"/{block_fn.api_name}" if isinstance(block_fn.api_name, str) else "this event"
+        if got != want:
+            fix = "drop the extra ones" if got > want else "pass all of them, in order (the API page lists them)"
+            raise gr.Error(f"{name} takes {want} arguments, got {got}; {fix}", print_exception=False)
+        why = _argument_problem(inputs)
+        if why:
+            raise gr.Error(f"{name} takes text, numbers and lists of them; {why}", print_exception=False)
+
+
+def _argument_problem(value, max_depth: int = 8) -> str:
+    """What makes a request's arguments unacceptable before Gradio walks them ("" when nothing): a
+    Gradio file reference (a dict with ``meta._type == "gradio.FileData"``, which Gradio would try
+    to copy into its cache) or nesting deeper than ``max_depth`` (Gradio walks it recursively).
+    Walked without recursion; the request body's size cap (:mod:`ui.guard`) bounds the work."""
+    todo = [(value, 0)]
+    while todo:
+        x, depth = todo.pop()
+        if depth > max_depth:
+            return f"these nest deeper than {max_depth} levels"
+        if isinstance(x, dict):
+            meta = x.get("meta")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
+                return "files are not taken here"
+            todo.extend((v, depth + 1) for v in x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend((v, depth + 1) for v in x)
+    return ""
+
 
 ABOUT = """
 ### What you are looking at
@@ -51,9 +93,11 @@ ABOUT = """
 def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
     """The explorer for ``model`` (the default selection). ``warm`` loads the model and fits its front
     now, so the first page shows a front in about a second."""
+    handlers.MODELS.default = model  # the one test model the page may offer is the operator's
     if warm:
         handlers.warm(model)
-    with gr.Blocks(title="coalora explorer") as demo:
+    with StrictBlocks(title="coalora explorer",
+                      delete_cache=(limits.CACHE_SWEEP_S, limits.EXPORT_KEEP_S)) as demo:
         gr.Markdown(
             f"# coalora {__version__}: configuration-aware LoRA explorer\n"
             "Pick a model and a bit budget, click a configuration on the predicted Pareto front to generate its "
@@ -104,8 +148,9 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                 with gr.Column(scale=2):
                     heatmap = gr.Plot(label="Bits per layer", elem_id="heatmap")
             with gr.Accordion("Sample: continue a prompt with the selected configuration", open=False):
-                prompt = gr.Textbox("ROMEO:\nBut soft, what light", label="Prompt", lines=2, max_length=2000)
-                new_tokens = gr.Slider(1, 64, value=24, step=1, label="New tokens")
+                prompt = gr.Textbox("ROMEO:\nBut soft, what light", label="Prompt", lines=2,
+                                    max_length=limits.MAX_PROMPT_CHARS)
+                new_tokens = gr.Slider(1, limits.MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
                 sample_btn = gr.Button("Sample", elem_id="sample")
                 with gr.Row():
                     quant_txt = gr.Textbox(label="Quantized + adapter", lines=4, interactive=False)
@@ -127,13 +172,14 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         view = [model_dd, eval_set, budget, methods, seqlen, windows, metric]
         front_out = [front_plot, table, front_md]
         select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share]
-        light = {"concurrency_limit": 4, "concurrency_id": "light"}
-        heavy = {"concurrency_limit": 1, "concurrency_id": "heavy"}
+        raw = {"preprocess": False}  # the handlers check every argument (module docstring)
+        light = {"concurrency_limit": 4, "concurrency_id": "light", **raw}
+        heavy = {"concurrency_limit": 1, "concurrency_id": "heavy", **raw}
 
         load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending], api_name=False)
         load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
             .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
-            .then(handlers.model_summary, [model_dd], [summary], api_name=False)
+            .then(handlers.model_summary, [model_dd], [summary], api_name=False, **raw)
         demo.load(handlers.comparison, None, [cmp_md, cmp_img], api_name=False)
         demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False)
 
@@ -141,14 +187,14 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
             ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
         model_dd.change(lambda: "", None, [selected], api_name=False) \
             .then(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light) \
-            .then(handlers.model_summary, [model_dd], [summary], api_name=False) \
-            .then(handlers.hv_history, [model_dd], [hv_plot], api_name=False)
+            .then(handlers.model_summary, [model_dd], [summary], api_name=False, **raw) \
+            .then(handlers.hv_history, [model_dd], [hv_plot], api_name=False, **raw)
 
         # Named endpoints (the API page lists them; gradio_client drives them).
         gr.api(handlers.api_front, api_name="front")
         bridge_btn.click(handlers.select, [bridge_box, *view], select_out, js=bridge.READ_POINT,
                          api_name="select", **light)
-        table.select(handlers.select_row, [table, *view], select_out, api_name=False, **light)
+        table.select(handlers.select_row, view, select_out, api_name=False, **light)
         best_btn.click(handlers.select_best, view, select_out, api_name="select_best", **light)
         eval_btn.click(handlers.quick_eval, [selected, *view],
                        [eval_md, front_plot, table, front_md, selection_md, details], api_name="quick_eval", **heavy)
@@ -161,6 +207,7 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
 
 
 def launch_kwargs() -> dict:
-    """What ``launch`` needs besides host and port: the click bridge, its CSS, the download dir."""
+    """What ``launch`` needs besides host and port: the click bridge, its CSS, the download dir,
+    no error details for the browser, and the request guard (:mod:`ui.guard`)."""
     return {"js": bridge.JS, "css": bridge.CSS, "allowed_paths": [str(handlers.EXPORT_DIR)],
-            "max_file_size": "1mb", "show_error": False}
+            "max_file_size": "1mb", "show_error": False, "app_kwargs": guard.app_kwargs()}
