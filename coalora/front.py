@@ -93,7 +93,8 @@ KLD_FLOOR = 1e-5
 uint16 rounding (:mod:`coalora.reference`: at most ~3e-4 nats per vocabulary entry, of either
 sign) leaves a mean per-token KL uncertain by roughly 1e-5 over a few thousand tokens, so smaller
 values (and rounding's small negative ones) are noise; without a floor their logs would span the
-fit. Real SmolLM2 configurations measure well above it (tens of millinats at 8 bits and up)."""
+fit. Real SmolLM2 configurations measure far above it (the bare quantized model at the 7.25-bit
+allocator configuration: 0.017 nats; data/seed)."""
 METRICS = ("ppl", "kld")
 """What a front's second objective is: perplexity (modelled as log ppl = mean NLL) or KL (log KL)."""
 FIT_MAXITER = 50
