@@ -648,10 +648,13 @@ def _cache_dirs() -> list[Path]:
 
 
 def _expected_bytes(ex, cfg) -> int:
-    """Disk an export of ``cfg`` needs while it is built: the bundle directory and its zip (twice the
-    packed weights, which dominate), plus room for the adapter and metadata."""
+    """Disk an export of ``cfg`` needs while it is built: the bundle directory and its zip, each
+    holding the packed weights and the adapter (fp32 A and B per matrix) with a few KiB of headers
+    and metadata per matrix."""
     packed = sum(t.numel for t in cfg.targets) * cfg.avg_bits / 8
-    return int(2 * packed) + 16 * 2**20
+    rank = ex.coa.adapter_config.rank if ex.coa is not None else 0
+    lora = sum(rank * (t.shape[0] + t.shape[1]) * 4 for t in cfg.targets)
+    return int(2 * (packed + lora + 4096 * len(cfg.targets))) + 64 * 2**10
 
 
 def _write_bundle(ex, cfg, stem: str, cv: Convention, inputs: dict) -> Any:
