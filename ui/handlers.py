@@ -175,7 +175,7 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
     if n is None:
         raise CoaloraError(f"{what} must be a whole number in [{lo}, {hi}], got {short(value)}")
     if not lo <= n <= hi:
-        raise CoaloraError(f"{what} must be in [{lo}, {hi}], got {n}")
+        raise CoaloraError(f"{what} must be in [{lo}, {hi}], got {short(n)}")
     return n
 
 
@@ -273,9 +273,12 @@ def check_eval(eval_set: Any, seqlen: Any, windows: Any) -> Convention:
     """The evaluation convention: an offered eval set, an offered window length and a whole number
     of windows up to :data:`coalora.limits.APP_MAX_WINDOWS` (the CLI takes more)."""
     name = check_choice(eval_set, "eval set", list(EVAL_SETS))
-    s = check_int(seqlen, "tokens per window", min(SEQLENS), max(SEQLENS))
+    try:
+        s = check_int(seqlen, "tokens per window", min(SEQLENS), max(SEQLENS))
+    except CoaloraError:
+        s = None
     if s not in SEQLENS:
-        raise CoaloraError(f"tokens per window must be one of {', '.join(map(str, SEQLENS))}, got {s}")
+        raise CoaloraError(f"tokens per window must be one of {', '.join(map(str, SEQLENS))}, got {short(seqlen)}")
     w = check_int(windows, "windows", 1, MAX_WINDOWS)
     return Convention(name, EVAL_SETS[name], s, w)
 
