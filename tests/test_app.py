@@ -45,6 +45,14 @@ def test_app_builds_with_named_endpoints(app):
     assert isinstance(demo, gr.Blocks)
     names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"front", "select", "select_best", "quick_eval", "sample", "export"} <= names
+    from coalora import limits
+
+    blocks = {getattr(b, "label", None): b for b in demo.blocks.values()}
+    assert blocks["Windows"].maximum == limits.APP_MAX_WINDOWS == app.MAX_WINDOWS  # the page and the API agree
+    assert blocks["New tokens"].maximum == limits.MAX_NEW_TOKENS
+    assert blocks["Prompt"].max_length == limits.MAX_PROMPT_CHARS
+    assert [c[1] for c in blocks["Tokens per window"].choices] == list(limits.APP_SEQLENS)
+    assert all(not d.preprocess for d in demo.fns.values() if d.inputs)  # the handlers check every argument
 
 
 def test_model_choices_mark_trained_and_hub_models(app):
@@ -78,6 +86,37 @@ def test_bad_budgets_are_errors(app, value, message):
 
     with pytest.raises(CoaloraError, match=message):
         app.check_budget(value)
+
+
+@pytest.mark.parametrize("value, want", [(8, 8), (8.0, 8), ("8", 8), (" 8 ", 8), (1, 1), (32, 32)])
+def test_whole_numbers_are_accepted_in_any_spelling(app, value, want):
+    assert app.check_int(value, "windows", 1, 32) == want
+
+
+@pytest.mark.parametrize("value", [8.5, float("nan"), float("inf"), -float("inf"), True, None, [8], {"n": 8}, "8.5",
+                                   "eight", "1" * 100, 0, 33, -1, 1e308])
+def test_anything_else_is_one_error_quoting_it_short(app, value):
+    from coalora.errors import CoaloraError
+
+    with pytest.raises(CoaloraError, match="windows must") as e:
+        app.check_int(value, "windows", 1, 32)
+    assert len(str(e.value)) < 120
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: a.refresh_front('<a href="http://evil.example">x</a>', "shakespeare", 3.0, ["none"], 128, 2),
+    lambda a: a.refresh_front(MODEL, "<img src=x onerror=alert(1)>", 3.0, ["none"], 128, 2),
+    lambda a: a.refresh_front(MODEL, "shakespeare", "<b>3</b>", ["none"], 128, 2),
+    lambda a: a.refresh_front(MODEL, "shakespeare", 3.0, ["<script>x</script>"], 128, 2),
+    lambda a: a.refresh_front(MODEL, "shakespeare", 3.0, ["none"], 128, 2, "<i>ppl</i>"),
+    lambda a: a.select("<svg onload=alert(1)>", MODEL, *_view()),
+    lambda a: a.sample("0123456789abcdef", MODEL, ["none"], ["<b>"], 4),
+])
+def test_error_toasts_escape_markup(app, call):
+    with pytest.raises(gr.Error) as e:
+        call(app)
+    message = e.value.message
+    assert "<" not in message and ">" not in message and "&lt;" in message
 
 
 def test_out_of_range_budget_is_clamped(app):
@@ -226,8 +265,14 @@ def test_sample_and_its_limits(app):
     assert quant.startswith("To be") and dense.startswith("To be") and "unquantized" in note
     with pytest.raises(gr.Error, match="prompt is empty"):
         app.sample(h, MODEL, ["none"], "  ", 5)
-    with pytest.raises(gr.Error, match="max new tokens"):
-        app.sample(h, MODEL, ["none"], "To be", 10_000)
+    assert app.sample(h, MODEL, ["none"], "To be", 64)[2].endswith("64 new tokens).")  # the page's maximum
+    for n in (65, 10_000, 8.5, float("nan")):
+        with pytest.raises(gr.Error, match="max new tokens"):
+            app.sample(h, MODEL, ["none"], "To be", n)
+    with pytest.raises(gr.Error, match="lone surrogate"):
+        app.sample(h, MODEL, ["none"], "To be \ud800", 5)
+    with pytest.raises(gr.Error, match="protocol comparison"):
+        app.sample(h, MODEL, ["qlora"], "To be", 5)
     with pytest.raises(gr.Error, match="characters"):
         app.sample(h, MODEL, ["none"], "x" * 5000, 5)
 

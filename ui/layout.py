@@ -176,12 +176,13 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         light = {"concurrency_limit": 4, "concurrency_id": "light", **raw}
         heavy = {"concurrency_limit": 1, "concurrency_id": "heavy", **raw}
 
-        load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending], api_name=False)
+        load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending], api_name=False,
+                         **raw)
         load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
             .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
             .then(handlers.model_summary, [model_dd], [summary], api_name=False, **raw)
         demo.load(handlers.comparison, None, [cmp_md, cmp_img], api_name=False)
-        demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False)
+        demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False, **raw)
 
         for ctl in (eval_set, budget, methods, seqlen, windows, metric):
             ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
