@@ -375,9 +375,12 @@ def test_another_process_never_serves_this_ones_files(app, tmp_path):
     """Run last: stops the app. B (the tiny model) starts while A runs: B refuses A's export and the
     files earlier versions left in the temp dir; a dead process's scratch dir is swept at B's start;
     each process's scratch dir is gone once it has stopped."""
-    kind, out = call(app, "export", [call(app, "select_best", view(budget=2.5))[1][0], MODEL, "shakespeare", 128, 1])
-    assert kind == "complete", out
+    args = [call(app, "select_best", view(budget=2.5))[1][0], MODEL, "shakespeare", 128, 1]
+    kind, out = call(app, "export", args)
+    assert kind == "complete" and "written in" in out[1], out
     a_file = out[0][0]["path"]
+    kind, again = call(app, "export", args)  # the same bundle content: the same file, not another 60 MB
+    assert kind == "complete" and "already exported" in again[1] and again[0][0]["path"] == a_file
     assert Path(a_file).resolve().is_relative_to(app.scratch.resolve()) and a_file.endswith(".zip")
     assert _http(f"{app.url}gradio_api/file={a_file}", method="HEAD")[0] == 200
 

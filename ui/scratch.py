@@ -2,7 +2,7 @@
 
 :func:`claim` makes a fresh ``coalora-app-<pid>-*`` directory under the system temp directory (or
 under ``$GRADIO_TEMP_DIR`` when the operator set one), points ``GRADIO_TEMP_DIR`` at its ``gradio``
-subdirectory and removes it when the process exits (atexit; SIGTERM, what a Space or a supervisor
+subdirectory (and ``GRADIO_EXAMPLES_CACHE``, the other directory Gradio serves, inside it) and removes it when the process exits (atexit; SIGTERM, what a Space or a supervisor
 sends, exits through it too). So the app never serves a file written by an earlier process, and a
 stopped app leaves nothing behind. Scratch directories of processes that died without cleaning up
 (SIGKILL) are removed by the next :func:`claim`.
@@ -60,6 +60,7 @@ def claim() -> Path:
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)).resolve()
     (root / "gradio").mkdir()
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(root / "examples")  # else ./.gradio/cached_examples, also served
     atexit.register(shutil.rmtree, root, True)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
