@@ -6,7 +6,8 @@ The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). 
   seqlen, windows, eval spec); writing the same key twice leaves one row (the first: a cached result is never
   silently replaced). Every write is one transaction, so a killed process leaves no partial row.
 * **Seeded.** A new store loads the Parquet files shipped in ``data/seed/`` (the measured SmolLM2
-  results), so a fresh clone starts with a populated front.
+  results), so a fresh clone starts with a populated front; a store upgraded from before the
+  seed's schema (:data:`SEED_SCHEMA`) gets the seed's new keys too.
 * **Versioned.** ``meta.schema_version`` plus a list of migrations; a store written by a newer
   coalora is refused with a message rather than misread. Schema 2 added the eval spec
   (:mod:`coalora.evalspec`) to the evaluation key, the KL divergence to the unquantized model and
@@ -39,6 +40,10 @@ from coalora.errors import CoaloraError
 from coalora.evalspec import DEFAULT_SPEC
 
 SCHEMA_VERSION = 2
+SEED_SCHEMA = 2
+"""The schema of the shipped seed's results (strided-v1, with KL): a new store loads the seed, and
+so does one upgraded from an older schema (new keys only; its own rows are kept), so that an old
+store's front, whose rows are all prefix-v0, is not left empty under the new default spec."""
 STORE_FILE = "results.duckdb"
 TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds")
 SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
@@ -238,7 +243,7 @@ class Store:
                     cur.execute(sql)
             cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         [str(SCHEMA_VERSION)])
-            if version == 0 and seed_dir is not None:
+            if version < SEED_SCHEMA and seed_dir is not None:
                 self._seed(cur, Path(seed_dir))
 
     def _seed(self, cur, seed_dir: Path) -> None:

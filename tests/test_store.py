@@ -211,6 +211,21 @@ def test_schema_1_store_is_migrated_and_keeps_its_rows(tmp_path):
         assert s.count("evaluations") == 4 and len(s.evaluations(eval_spec="prefix-v0")) == 3
 
 
+def test_an_upgraded_store_gets_the_new_seed_rows_and_keeps_its_own(tmp_path):
+    seed = tmp_path / "seed"
+    with _store(tmp_path, "src.duckdb") as src:
+        new = _fill(src)  # strided-v1 rows, as the shipped seed now holds
+        for t in TABLES:
+            src.export_table(t, seed / f"{t}.parquet")
+    path = tmp_path / "old.duckdb"
+    old = [_ev(new[0].config_hash, ppl=99.0), _ev("e" * 16, ppl=5.0)]
+    _v1_store(path, old)
+    with Store(path, seed_dir=seed) as s:
+        assert {e.key for e in s.evaluations(eval_spec="strided-v1")} == {e.key for e in new}
+        assert sorted(e.ppl for e in s.evaluations(eval_spec="prefix-v0")) == [5.0, 99.0]
+        assert s.count("search_rounds") == 2 and s.count("models") == 1  # the store's own model row kept
+
+
 def test_seed_files_without_spec_columns_read_as_prefix_v0(tmp_path):
     """A seed / export file written by a schema-1 store (no eval_spec, kld, window sums) still loads."""
     import duckdb
