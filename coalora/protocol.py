@@ -179,33 +179,96 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def grid_units(cfg: ProtocolConfig) -> list[Unit]:
-    return [Unit(f"grid-{m}-lr{_fmt(lr)}", "grid", m, 0, lr) for m in METHODS if m != "none" for lr in cfg.lr_grid]
+MAX_EXTENSIONS = 2
+"""How many steps a grid may grow past its edge when its best value lies on that edge."""
 
 
-def theta_units(cfg: ProtocolConfig, lr: float) -> list[Unit]:
-    return [Unit(f"grid-coalora-lr{_fmt(lr)}-theta{_fmt(s)}", "theta-grid", "coalora", 0, lr, s)
-            for s in cfg.theta_grid if s != 10.0]
+def extended(values: tuple[float, ...], score: Callable[[float], float | None]) -> list[float]:
+    """A grid grown past its edge while the best finished value lies on it.
+
+    ``values`` is the configured grid; ``score`` gives a value's validation NLL (None: not
+    finished). While every value of the current grid is finished and the best is the largest
+    (smallest), the next half-decade value up (down) is added (1 and 3 times a power of ten: 3e-3 ->
+    1e-2, 3e-4 -> 1e-4), at most :data:`MAX_EXTENSIONS` times: a rate chosen on the grid's edge is
+    not tuned.
+    """
+    grid = sorted(values)
+    if len(grid) < 2:
+        return grid
+    for _ in range(MAX_EXTENSIONS):
+        rows = [score(v) for v in grid]
+        if any(r is None for r in rows):
+            break
+        best = grid[int(np.argmin(rows))]
+        if best == grid[-1]:
+            grid.append(half_decade(grid[-1], up=True))
+        elif best == grid[0]:
+            grid.insert(0, half_decade(grid[0], up=False))
+        else:
+            break
+    return grid
+
+
+def half_decade(v: float, up: bool) -> float:
+    """The next value above (below) ``v`` among 1 x 10^k and 3 x 10^k."""
+    k = math.floor(math.log10(v) + 1e-9)
+    ladder = [c * 10.0 ** e for e in (k - 1, k, k + 1) for c in (1, 3)]
+    pick = min(x for x in ladder if x > v * (1 + 1e-9)) if up else max(x for x in ladder if x < v * (1 - 1e-9))
+    return float(f"{pick:.3g}")
+
+
+def _lr_name(m: str, lr: float) -> str:
+    return f"grid-{m}-lr{_fmt(lr)}"
+
+
+def _theta_name(lr: float, s: float) -> str:
+    return f"grid-coalora-lr{_fmt(lr)}" if s == 10.0 else f"grid-coalora-lr{_fmt(lr)}-theta{_fmt(s)}"
+
+
+def _grid_score(done: dict[str, dict], name: str) -> float | None:
+    row = done.get(name)
+    return None if row is None else row["validation_nll"]
+
+
+def grid_units(cfg: ProtocolConfig, done: dict[str, dict] | None = None) -> list[Unit]:
+    """The learning-rate grid of every trained method (theta at 10x), grown past an edge that wins."""
+    done = done or {}
+    units = []
+    for m in METHODS:
+        if m == "none":
+            continue
+        lrs = extended(cfg.lr_grid, lambda lr, m=m: _grid_score(done, _lr_name(m, lr)))
+        units += [Unit(_lr_name(m, lr), "grid", m, 0, lr) for lr in lrs]
+    return units
+
+
+def theta_units(cfg: ProtocolConfig, lr: float, done: dict[str, dict] | None = None) -> list[Unit]:
+    """theta's rate grid for coalora at its chosen lr (the 10x point is the lr grid's run), grown past a winning edge."""
+    done = done or {}
+    scales = extended(tuple(sorted(set(cfg.theta_grid) | {10.0})), lambda s: _grid_score(done, _theta_name(lr, s)))
+    return [Unit(_theta_name(lr, s), "theta-grid", "coalora", 0, lr, s) for s in scales if s != 10.0]
+
+
+def _best(rows: list[dict]) -> dict:
+    return min(rows, key=lambda r: r["validation_nll"])
 
 
 def chosen_rates(cfg: ProtocolConfig, done: dict[str, dict]) -> dict[str, tuple[float, float]] | None:
     """Each method's (lr, theta scale) from the finished grid, or None while the grid is incomplete."""
     rates: dict[str, tuple[float, float]] = {}
+    grid = grid_units(cfg, done)
     for m in METHODS:
         if m == "none":
             continue
-        rows = [done.get(u.name) for u in grid_units(cfg) if u.method == m]
+        rows = [done.get(u.name) for u in grid if u.method == m]
         if any(r is None for r in rows):
             return None
-        best = min(rows, key=lambda r: r["validation_nll"])
-        rates[m] = (best["lr"], 10.0)
+        rates[m] = (_best(rows)["lr"], 10.0)
     lr = rates["coalora"][0]
-    th = [done.get(u.name) for u in theta_units(cfg, lr)]
+    th = [done.get(u.name) for u in theta_units(cfg, lr, done)]
     if any(r is None for r in th):
         return None
-    same = done[f"grid-coalora-lr{_fmt(lr)}"]
-    best = min([same, *th], key=lambda r: r["validation_nll"])
-    rates["coalora"] = (lr, best["theta_lr_scale"])
+    rates["coalora"] = (lr, _best([done[_theta_name(lr, 10.0)], *th])["theta_lr_scale"])
     return rates
 
 
@@ -275,10 +338,10 @@ def schedule(cfg: ProtocolConfig, done: dict[str, dict], arms: list[Arm] | None 
     """Every unit the protocol needs that is known now, in the order they should run: the lr grid,
     the theta grid at coalora's best rate, the headline seed by seed (each seed followed by the
     registered arms at that seed), then the compute curve."""
-    units = grid_units(cfg)
+    units = grid_units(cfg, done)
     lr_rows = [done.get(u.name) for u in units if u.method == "coalora"]
     if all(r is not None for r in lr_rows):
-        units += theta_units(cfg, min(lr_rows, key=lambda r: r["validation_nll"])["lr"])
+        units += theta_units(cfg, _best(lr_rows)["lr"], done)
     rates = chosen_rates(cfg, done)
     if rates is None:
         return units

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,23 @@ def _tiny(tmp_path, **kw):
     return ProtocolConfig(**base)
 
 
-def _fake_grid(cfg, best=3e-3, theta=30.0):
-    done = {u.name: {"validation_nll": 1.0 if u.lr == best else 2.0, "lr": u.lr, "theta_lr_scale": 10.0}
-            for u in protocol.grid_units(cfg)}
-    for u in protocol.theta_units(cfg, best):
-        done[u.name] = {"validation_nll": 0.5 if u.theta_lr_scale == theta else 3.0, "lr": best,
-                        "theta_lr_scale": u.theta_lr_scale}
-    return done
+def _fake_grid(cfg, best=1e-3, theta=10.0):
+    """Finished grid units (edge extensions included) whose best lr is ``best`` and best theta scale ``theta``."""
+    done: dict = {}
+    while True:
+        pending = [u for u in protocol.schedule(cfg, done) if u.kind in ("grid", "theta-grid") and u.name not in done]
+        if not pending:
+            return done
+        for u in pending:
+            if u.kind == "grid":
+                # validation loss rises with the distance from the best rate (in log space)
+                done[u.name] = {"validation_nll": 1.0 + abs(math.log(u.lr / best)), "lr": u.lr, "theta_lr_scale": 10.0}
+            else:
+                done[u.name] = {"validation_nll": 0.5 if u.theta_lr_scale == theta else 3.0, "lr": u.lr,
+                                "theta_lr_scale": u.theta_lr_scale}
+        same = f"grid-coalora-lr{protocol._fmt(best)}"
+        if theta == 10.0 and same in done:
+            done[same]["validation_nll"] = 0.4
 
 
 def test_every_method_spends_the_headline_compute():
@@ -59,7 +70,7 @@ def test_the_headline_waits_for_the_grid_and_uses_each_methods_best_rate():
     cfg = ProtocolConfig()
     assert {u.kind for u in protocol.schedule(cfg, {})} == {"grid"}
     done = _fake_grid(cfg)
-    del done[protocol.theta_units(cfg, 3e-3)[0].name]
+    del done[protocol.theta_units(cfg, 1e-3)[0].name]
     assert "headline" not in {u.kind for u in protocol.schedule(cfg, done)}  # the theta grid is not finished
     units = protocol.schedule(cfg, _fake_grid(cfg, best=1e-3, theta=3.0))
     heads = [u for u in units if u.kind == "headline"]
@@ -175,7 +186,7 @@ def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
     assert [u.seed for u in mine] == list(cfg.seeds) and {u.method for u in mine} == {"coalora+k4-lq"}
     tc = protocol.train_config(cfg, mine[0], arm=arm)
     assert tc.configs_per_step == 4 and tc.base == "lq" and tc.steps == 75
-    assert tc.token_passes == cfg.headline_compute and tc.lr == 3e-3 and tc.theta_lr_scale == 30.0
+    assert tc.token_passes == cfg.headline_compute and tc.lr == 1e-3 and tc.theta_lr_scale == 10.0
     for bad, match in (({"steps": 10}, "fixed by the protocol"), ({"seed": 3}, "fixed"), ({"colour": 1}, "unknown"),
                        ({"base": "gptq"}, "unknown base")):
         with pytest.raises(CoaloraError, match=match):
@@ -185,3 +196,22 @@ def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
     (tmp_path / "arms.json").write_text("{broken")
     with pytest.raises(CoaloraError, match="arms.json"):
         protocol.load_arms(tmp_path)
+
+
+def test_a_grid_whose_best_value_is_on_its_edge_grows_past_it():
+    scores = {3e-4: 5.0, 1e-3: 4.5, 3e-3: 4.0}
+    assert protocol.extended((3e-4, 1e-3, 3e-3), scores.get) == [3e-4, 1e-3, 3e-3, 0.01]  # best at the top: try more
+    scores[0.01] = 4.2
+    assert protocol.extended((3e-4, 1e-3, 3e-3), scores.get) == [3e-4, 1e-3, 3e-3, 0.01]  # now interior: stop
+    assert protocol.extended((3e-4, 1e-3, 3e-3), {3e-4: 1.0, 1e-3: 2.0, 3e-3: None}.get) == [3e-4, 1e-3, 3e-3]
+    low = {1e-4: 0.5, 3e-4: 1.0, 1e-3: 2.0, 3e-3: 3.0}
+    assert protocol.extended((3e-4, 1e-3, 3e-3), low.get)[:2] == [3e-5, 1e-4]  # best at the bottom: grows down, twice
+    assert protocol.half_decade(10.0, up=True) == 30.0 and protocol.half_decade(3.0, up=False) == 1.0
+    assert len(protocol.extended((3e-4, 1e-3, 3e-3), lambda v: -v)) == 3 + protocol.MAX_EXTENSIONS  # bounded
+    cfg = ProtocolConfig()
+    done = {u.name: {"validation_nll": 1.0 if u.lr == 3e-3 else 2.0, "lr": u.lr, "theta_lr_scale": 10.0}
+            for u in protocol.grid_units(cfg)}
+    units = protocol.schedule(cfg, done)
+    assert "grid-coalora-lr0.01" in {u.name for u in units} and "headline" not in {u.kind for u in units}
+    full = _fake_grid(cfg, best=0.01)
+    assert {u.lr for u in protocol.schedule(cfg, full) if u.kind == "headline"} == {0.01}
