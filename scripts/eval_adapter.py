@@ -1,8 +1,11 @@
-"""Perplexity of a trained CoA-LoRA adapter vs the bare quantized model at allocator budgets.
+"""Perplexity and KL of a trained CoA-LoRA adapter vs the bare quantized model at allocator budgets.
 
 For each budget the (fast) allocator's configuration is generated on the fly: no fine-tuning for
 that configuration. Marks whether the configuration was in the adapter's final training set
-("seen") or not ("unseen"). Writes JSON and prints a markdown table.
+("seen") or not ("unseen"). The windows are the eval spec's (``--spec``, default strided-v1:
+spread evenly over the four held-out plays); KL is per token against the unquantized model's
+log-probs on the same windows (cached, :mod:`coalora.reference`). Writes JSON and prints a
+markdown table.
 
     python scripts/eval_adapter.py --adapter data/default/smollm2-135m-coalora.safetensors \\
         [--budgets 2.5,3,3.5,4,5,6] [--windows 16] [--out data/default/eval.json]
@@ -25,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="2.5,3,3.5,4,5,6")
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--spec", default="strided-v1", choices=["strided-v1", "prefix-v0"])
     p.add_argument("--seen", action="store_true",
                    help="also evaluate the training-set configuration nearest to each budget (seen vs unseen)")
     p.add_argument("--out")
@@ -32,18 +36,25 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from coalora import data
+    from coalora import reference
     from coalora.allocate import allocate_many
     from coalora.config import ALL_CONFIGS, ModelQuantConfig
-    from coalora.evaluate import perplexity
+    from coalora.evaluate import eval_windows, perplexity
     from coalora.files import write_json_atomic
     from coalora.models import find_targets, load_model
-    from coalora.sensitivity import model_error_table
+    from coalora.sensitivity import model_error_table, weights_fingerprint
     from coalora.trained import load_trained
 
     model, tok = load_model(args.model)
     targets = find_targets(model)
     table = model_error_table(model, args.model, targets, "fisher", tokenizer=tok, progress=False)
+    ew = eval_windows(tok, seqlen=args.seqlen, windows=args.windows, spec=args.spec)
+    # the unquantized model's log-probs, before any configuration or adapter touches the weights
+    ref = reference.build(model, ew.windows, reference.key(args.model, weights_fingerprint(model, targets), ew.key))
+    if not ref.cached:
+        raise SystemExit(f"{ew.n} windows need a reference over the cache limit; use fewer --windows")
+    with torch.no_grad():
+        fp = perplexity(model, ew.windows, progress=False, spec=ew.spec).ppl
     budgets = [float(b) for b in args.budgets.split(",")]
     allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], budgets, method="fast")
     configs = [ModelQuantConfig.from_ids(args.model, targets, list(a.choice)) for a in allocs]
@@ -54,31 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.seen and train_set:
         extra = [min(train_set, key=lambda c, b=b: abs(c.avg_bits - b)) for b in budgets]
         budgets, configs = budgets + budgets, configs + extra
-    wins = data.windows(data.tokenize(tok, data.load_corpus("shakespeare", "eval")), args.seqlen, args.windows)
     coa.eval()
     rows = []
     for b, qc in zip(budgets, configs):
         with torch.no_grad():
             coa.set_config(qc)
-            with_adapter = perplexity(coa.model, wins, progress=False).ppl
+            with_adapter = perplexity(coa.model, ew.windows, progress=False, reference=ref, spec=ew.spec)
             with coa.disabled():
-                bare = perplexity(coa.model, wins, progress=False).ppl
+                bare = perplexity(coa.model, ew.windows, progress=False, reference=ref, spec=ew.spec)
         rows.append({"budget": b, "avg_bits": qc.avg_bits, "hash": qc.hash, "seen": qc.hash in seen,
-                     "ppl_quantized": bare, "ppl_coalora": with_adapter})
+                     "ppl_quantized": bare.ppl, "ppl_coalora": with_adapter.ppl,
+                     "kld_quantized": bare.kld, "kld_coalora": with_adapter.kld})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    with torch.no_grad(), coa.disabled():
-        coa.applier.restore()
-        fp = perplexity(coa.model, wins, progress=False).ppl
-    out = {"adapter": args.adapter, "model": args.model, "eval": {"windows": args.windows, "seqlen": args.seqlen},
+    out = {"adapter": args.adapter, "model": args.model,
+           "eval": {"windows": ew.n, "seqlen": args.seqlen, "spec": ew.spec, "documents": list(ew.documents),
+                    "positions": [list(p) for p in ew.positions], "kld": "nats/token, KL(unquantized || model)"},
            "unquantized_ppl": fp, "rows": rows}
     if args.out:
         write_json_atomic(args.out, out)
-    print("| budget | avg bits | in training set | ppl quantized | ppl + CoA-LoRA |")
-    print("|---|---|---|---|---|")
+    print("| budget | avg bits | in training set | ppl quantized | ppl + CoA-LoRA | KL quantized | KL + CoA-LoRA |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['budget']} | {r['avg_bits']:.3f} | {'seen' if r['seen'] else 'unseen'} | "
-              f"{r['ppl_quantized']:.2f} | {r['ppl_coalora']:.2f} |")
-    print(f"unquantized: {fp:.2f}")
+              f"{r['ppl_quantized']:.2f} | {r['ppl_coalora']:.2f} | {r['kld_quantized']:.4f} | {r['kld_coalora']:.4f} |")
+    print(f"unquantized: {fp:.2f} ({ew.n} windows x {args.seqlen}, {ew.spec})")
     return 0
 
 
