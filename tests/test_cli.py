@@ -63,6 +63,30 @@ def tmp_home_store(tmp_path, monkeypatch):
     return tmp_path
 
 
+def test_full_mode_kl_from_a_second_model_copy_matches_the_cached_reference(tmp_path, monkeypatch, capsys):
+    """--full with a reference too large to cache: a second, unquantized copy computes it batch by batch."""
+    import functools
+    import json
+
+    from coalora import reference
+
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 20
+    (tmp_path / "c.txt").write_text(text)
+    monkeypatch.setattr(reference, "cache_dir", lambda: tmp_path / "ref")
+    argv = ["eval", "--model", "tiny-llama", "--corpus", str(tmp_path / "c.txt"), "--seqlen", "64", "--windows", "2",
+            "--full", "--preset", "nf3-dq", "--no-progress", "--json"]
+    assert main(argv) == 0
+    cached = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(reference, "build", functools.partial(reference.build, max_cache_bytes=0))
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    lazy = json.loads(out)
+    assert "second, unquantized copy" in err
+    assert lazy["windows"] == cached["windows"] == len(text) // 64  # every window, not --windows 2
+    assert lazy["kld"] > 0 and lazy["kld"] == pytest.approx(cached["kld"], rel=1e-2)
+    assert lazy["ppl"] == pytest.approx(cached["ppl"], rel=1e-9)
+
+
 def test_unquantized_model_has_no_kl_to_itself(tmp_path):
     """The reference path itself: KL of the unquantized model against its own cached log-probs ~ 0."""
     import torch
