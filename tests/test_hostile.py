@@ -382,6 +382,7 @@ def test_another_process_never_serves_this_ones_files(app, tmp_path):
     kind, again = call(app, "export", args)  # the same bundle content: the same file, not another 60 MB
     assert kind == "complete" and "already exported" in again[1] and again[0][0]["path"] == a_file
     assert Path(a_file).resolve().is_relative_to(app.scratch.resolve()) and a_file.endswith(".zip")
+    assert Path(a_file).parent.parent.name == "coalora-exports"  # served in place: Gradio made no second copy
     assert _http(f"{app.url}gradio_api/file={a_file}", method="HEAD")[0] == 200
 
     dead = subprocess.Popen(["true"])
