@@ -4,6 +4,11 @@ Each takes the controls' values and returns the outputs' values; all computing i
 :class:`coalora.explorer.Explorer` (one per model, loaded once and kept). User mistakes surface as
 one ``gr.Error`` toast, never a traceback in the page: :func:`user_errors` turns
 :class:`~coalora.errors.CoaloraError` into its message and logs anything unexpected server-side.
+
+The events get their arguments unprocessed, from the page or from anyone calling the API, so every
+argument goes through one of the ``check_*`` functions before any work (types, finiteness, whole
+numbers, ranges, offered names; limits from :mod:`coalora.limits`), and every toast is
+HTML-escaped (:func:`toast`): Gradio renders toasts as HTML.
 """
 
 from __future__ import annotations
