@@ -40,12 +40,26 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, type=_bool, metavar="{true,false}", help=help_)
         elif isinstance(default, tuple):
-            elem = type(default[0]) if default else str
-            parser.add_argument(flag, dest=f.name, type=elem, nargs="*", help=help_)
+            parser.add_argument(flag, dest=f.name, type=_element_type(f, default), nargs="*", help=help_)
         else:
             parser.add_argument(flag, dest=f.name, type=type(default) if default is not None else str, help=help_)
         names.append(f.name)
     return tuple(names)
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _element_type(f: dataclasses.Field, default: tuple) -> type:
+    """The element type of a ``tuple[X, ...]`` field, from its annotation (the default may be empty)."""
+    if not isinstance(f.type, str):
+        import typing
+
+        args = typing.get_args(f.type)
+        return args[0] if args and isinstance(args[0], type) else (type(default[0]) if default else str)
+    ann = f.type.replace(" ", "")
+    inner = ann.removeprefix("tuple[").split(",")[0] if ann.startswith("tuple[") else ""
+    return _TYPES.get(inner, type(default[0]) if default else str)
 
 
 def values(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:

@@ -212,3 +212,13 @@ def test_train_help_lists_every_training_option_with_its_docstring(capsys):
         assert "--" + f.name.replace("_", "-") in out
         first = re.sub(r"\s+", " ", docs[f.name]).split(". ")[0][:40]
         assert first in out, f.name
+
+
+def test_tuple_options_parse_to_their_element_type():
+    from coalora.cli import _parser
+
+    parser, _ = _parser()
+    args = parser.parse_args(["train", "--out", "x", "--budgets", "3.0", "2.5"])
+    assert args.budgets == [3.0, 2.5]  # an empty default does not make them strings
+    args = parser.parse_args(["compare", "--out", "x", "--seeds", "0", "1"])
+    assert args.seeds == [0, 1]
