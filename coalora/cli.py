@@ -8,6 +8,7 @@ imported inside the commands so that ``coalora --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -70,18 +71,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.seqlen > context_length(model):
         raise CoaloraError(f"seqlen {args.seqlen} exceeds the model's context length {context_length(model)}")
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
-    ew = eval_windows(tok, corpus=args.corpus, split=args.split, seqlen=args.seqlen,
-                      windows=None if args.full else args.windows, spec=args.spec)
-    # KL's reference: the unquantized model's log-probs on these windows, taken before any
-    # configuration or adapter touches the weights.
-    ref = _eval_reference(args, model, ew) if qcfg is not None else None
-    if args.adapter:
-        import torch
+    from coalora.models import find_targets
+    from coalora.sensitivity import weights_fingerprint
 
+    weights_hash = weights_fingerprint(model, find_targets(model)) if qcfg is not None else ""
+    coa = None
+    if args.adapter:  # checked before any text is read: a bad adapter file is the error to report
         from coalora.trained import load_trained
 
         coa = load_trained(args.adapter, model, args.model)
         coa.eval()
+    ew = eval_windows(tok, corpus=args.corpus, split=args.split, seqlen=args.seqlen,
+                      windows=None if args.full else args.windows, spec=args.spec)
+    # KL's reference: the unquantized model's log-probs on these windows, taken before any
+    # configuration touches the weights (with the adapter's LoRA switched off).
+    ref = None
+    if qcfg is not None:
+        with coa.disabled() if coa is not None else contextlib.nullcontext():
+            ref = _eval_reference(args, model, ew, weights_hash)
+    if coa is not None:
+        import torch
+
         with torch.no_grad():
             coa.set_config(qcfg)
         _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) with the CoA-LoRA adapter {args.adapter}")
@@ -112,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_reference(args: argparse.Namespace, model, ew):
+def _eval_reference(args: argparse.Namespace, model, ew, weights_hash: str):
     """KL's reference for ``coalora eval``: the unquantized ``model``'s log-probs on ``ew``.
 
     Cached on disk when it fits (:mod:`coalora.reference`). Too large to cache (``--full``): a
@@ -120,10 +130,9 @@ def _eval_reference(args: argparse.Namespace, model, ew):
     since ``model`` itself is about to be quantized.
     """
     from coalora import reference
-    from coalora.models import find_targets, load_model
-    from coalora.sensitivity import weights_fingerprint
+    from coalora.models import load_model
 
-    key = reference.key(args.model, weights_fingerprint(model, find_targets(model)), ew.key)
+    key = reference.key(args.model, weights_hash, ew.key)
     ref = reference.build(model, ew.windows, key, batch_size=args.batch_size, progress=not args.no_progress)
     if not ref.cached:
         _log(f"the KL reference of {ew.n} windows is too large to cache; computing it with a second, unquantized "
