@@ -334,11 +334,14 @@ def _scale_table(pts, cfg) -> list[str]:
     return out
 
 
-def _grid_table(grid) -> list[str]:
+def _grid_table(grid, final: bool = True) -> list[str]:
+    """The lr / theta grid's validation perplexities; ``final=False`` while the grid still runs
+    (the marked rate is then only the best so far)."""
     if not len(grid):
         return []
+    mark = "chosen" if final else "best so far"
     out = ["", "## Learning rates (short runs, validation split of the training plays)", "",
-           "| method | lr | theta scale | validation ppl | chosen |", "|---|---|---|---|---|"]
+           f"| method | lr | theta scale | validation ppl | {mark} |", "|---|---|---|---|---|"]
     for m in ORDER:
         g = grid[grid["method"] == m].sort_values(["lr", "theta_lr_scale"])
         if not len(g):
@@ -424,8 +427,9 @@ def _parquet(df, path: Path) -> None:
 
 def _grid_only(grid, meta) -> str:
     return "\n".join(["# The equal-compute comparison (protocol)", "",
-                      f"Only the learning-rate grid has finished so far (protocol {meta['hash']}).",
-                      *_grid_table(grid)]) + "\n"
+                      f"Only part of the learning-rate grid has finished so far (protocol {meta['hash']}); "
+                      "no method has been trained at the headline compute yet.",
+                      *_grid_table(grid, final=False)]) + "\n"
 
 
 def load(directory: str | os.PathLike | None = None) -> dict[str, Any] | None:
