@@ -124,7 +124,7 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
     out = tmp_path / "protocol"
     protocol.add_arm(out, protocol.Arm("lq", {"base": "lq", "lq_rank": 2}, "an LQ base"))
     done = protocol.run(cfg, out, log=lambda m: None, progress=False)
-    assert {u.name for u in protocol.schedule(cfg, done)} == set(done)  # everything ran
+    assert {u.name for u in protocol.schedule(cfg, done, protocol.load_arms(out))} == set(done)  # everything ran
     text = protocol_report.write(out)
     pts = duckdb.sql(f"SELECT * FROM '{out / 'points.parquet'}'").df()
     runs = duckdb.sql(f"SELECT * FROM '{out / 'runs.parquet'}'").df()
