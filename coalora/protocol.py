@@ -380,6 +380,8 @@ class Context:
     reference_key: str
     windows: Any
     """The :class:`~coalora.evalspec.EvalWindows` every point is scored on."""
+    reference: Any
+    """The cached :class:`~coalora.reference.Reference` of those windows (opened once, read by every unit)."""
     log: Callable[[str], None] = print
     progress: bool = True
     env: dict[str, Any] = field(default_factory=dict)
@@ -466,7 +468,9 @@ def prepare(cfg: ProtocolConfig, out: Path, log: Callable[[str], None] = print, 
     wh = weights_fingerprint(model, targets)
     ew = eval_windows(tok, corpus=cfg.eval_corpus, seqlen=cfg.eval_seqlen, windows=cfg.eval_windows, spec=cfg.eval_spec)
     ref_key = reference.key(cfg.model, wh, ew.key)
-    reference.build(model, ew.windows, ref_key, progress=progress)
+    ref = reference.build(model, ew.windows, ref_key, progress=progress)
+    if not ref.cached:
+        raise CoaloraError("the protocol's KL reference is too large to cache; lower eval_windows")
     cpath = out / "eval_configs.json"
     if cpath.is_file():
         configs = json.loads(cpath.read_text())["configs"]
@@ -495,7 +499,7 @@ def prepare(cfg: ProtocolConfig, out: Path, log: Callable[[str], None] = print, 
                               "eval_windows": {"spec": ew.spec, "dataset": ew.dataset, "key": ew.key,
                                                "positions": [list(p) for p in ew.positions]}})
     work = assets.home() / "protocol" / cfg.hash
-    return Context(cfg, out, work, configs, ref_key, ew, log, progress, versions())
+    return Context(cfg, out, work, configs, ref_key, ew, ref, log, progress, versions())
 
 
 def load_units(out: Path) -> dict[str, dict]:
@@ -633,13 +637,9 @@ def kind_of(entry: dict[str, Any], trained: set[str], per_config: bool = False) 
 
 def _score(ctx: Context, unit: Unit, tr, qc, entry: dict[str, Any], trained: set[str],
            per_config: bool = False, theta: bool = False) -> dict[str, Any]:
-    from coalora import reference
     from coalora.evaluate import perplexity
 
-    ew = ctx.windows
-    ref = reference.build(tr.coa.model, ew.windows, ctx.reference_key)
-    if not ref.cached:
-        raise CoaloraError("the protocol's KL reference is not cached; lower eval_windows")
+    ew, ref = ctx.windows, ctx.reference
     _apply(tr, "coalora" if theta else "plain", qc)
     r = perplexity(tr.coa.model, ew.windows, batch_size=4, progress=False, reference=ref, spec=ew.spec,
                    dataset=ew.dataset)
