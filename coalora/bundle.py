@@ -305,14 +305,39 @@ def _check_meta(cfg: Path, meta: dict[str, Any]) -> None:
         need(_number(meta.get(key), positive=True), key, "a positive number")
 
 
-def load_bundle(path: str | os.PathLike, device: str | None = None) -> Bundle:
-    """Rebuild the quantized model with its adapter from a bundle (directory or zip)."""
+def _write_dequantized(model, targets, config: ModelQuantConfig, packed: dict[str, torch.Tensor], p: Path) -> None:
+    """The fake-quantized load: each target Linear's weight overwritten by its dequantized packed weight."""
+    from coalora.models import target_modules_of
+    from coalora.quant import PACK_KEYS, unpack
+
+    modules = target_modules_of(model, targets)
+    with torch.no_grad():
+        for t, c in zip(targets, config.configs):
+            qt = unpack({k: packed.get(f"{t.name}.{k}") for k in PACK_KEYS if f"{t.name}.{k}" in packed})
+            if qt.config != c or tuple(qt.shape) != tuple(modules[t.name].weight.shape):
+                raise CoaloraError(f"bundle {p}: packed weight of {t.name} does not match its configuration")
+            w = modules[t.name].weight
+            w.copy_(qt.dequantize().reshape(w.shape).to(w.device, w.dtype))
+
+
+def load_bundle(path: str | os.PathLike, device: str | None = None, dtype: str = "float32",
+                runtime: str = "packed") -> Bundle:
+    """Rebuild the quantized model with its adapter from a bundle (directory or zip).
+
+    ``runtime="packed"`` (default): every target becomes a :class:`coalora.packed.PackedLinear` holding
+    the bundle's packed codes as they are (memory ~ avg_bits / 8 per weight), dequantized per layer in
+    each forward; ``"fake"``: the dequantized weights are written into the base model's Linears.
+    ``dtype``: the compute dtype (the base weights are read in float32 to check the weights hash, then
+    whatever stays in full precision is cast).
+    """
     from safetensors.torch import load_file
 
-    from coalora.models import find_targets, load_model, target_modules_of
-    from coalora.quant import PACK_KEYS, unpack
+    from coalora.models import find_targets, load_model, torch_dtype
     from coalora.sensitivity import weights_fingerprint
 
+    if runtime not in ("packed", "fake"):
+        raise CoaloraError(f"unknown runtime {runtime!r}; use packed or fake")
+    compute = torch_dtype(dtype, device)
     p, meta = read_bundle_meta(path)
     name = meta.get("model")
     model, tok = load_model(name, device=device) if isinstance(name, str) else (None, None)
@@ -324,14 +349,14 @@ def load_bundle(path: str | os.PathLike, device: str | None = None) -> Bundle:
                            f"{meta.get('weights_hash')}); re-export it from this model")
     config = ModelQuantConfig.from_json(meta.get("config"), targets, model=name, where=f"{p / CONFIG_FILE}: config")
     packed = load_file(str(p / WEIGHTS_FILE))
-    modules = target_modules_of(model, targets)
-    with torch.no_grad():
-        for t, c in zip(targets, config.configs):
-            qt = unpack({k: packed.get(f"{t.name}.{k}") for k in PACK_KEYS if f"{t.name}.{k}" in packed})
-            if qt.config != c or tuple(qt.shape) != tuple(modules[t.name].weight.shape):
-                raise CoaloraError(f"bundle {p}: packed weight of {t.name} does not match its configuration")
-            w = modules[t.name].weight
-            w.copy_(qt.dequantize().reshape(w.shape).to(w.dtype))
+    if runtime == "packed":
+        from coalora.packed import load_packed
+
+        load_packed(model, config, packed, where=f"bundle {p}", dtype=compute)
+    else:
+        _write_dequantized(model, targets, config, packed, p)
+    del packed
+    model.to(compute)  # packed buffers are integers: only what stays in full precision is cast
     if meta.get("adapter") is not None:
         from peft import PeftModel
 

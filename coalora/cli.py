@@ -67,7 +67,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CoaloraError("give either --config or --preset, not both")
     if args.adapter and not (args.config or args.preset):
         raise CoaloraError("--adapter needs a quantization configuration: give --config or --preset too")
-    model, tok = load_model(args.model)
+    runtime = args.runtime or ("fake" if args.adapter else "packed")
+    if runtime == "packed" and args.adapter:
+        raise CoaloraError("--runtime packed cannot switch a CoA-LoRA adapter's configuration; use --runtime fake "
+                           "(the default with --adapter)")
+    from coalora.models import resolve_device
+
+    args.device = resolve_device(args.device)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.seqlen > context_length(model):
         raise CoaloraError(f"seqlen {args.seqlen} exceeds the model's context length {context_length(model)}")
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
@@ -95,6 +102,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with torch.no_grad():
             coa.set_config(qcfg)
         _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) with the CoA-LoRA adapter {args.adapter}")
+    elif qcfg is not None and runtime == "packed":
+        import time
+
+        from coalora.packed import describe_packed, pack_model
+
+        t0 = time.perf_counter()
+        pack_model(model, qcfg)
+        packed_info = describe_packed(model)
+        _log(f"packed {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) in {time.perf_counter() - t0:.1f} s: resident weights "
+             f"{packed_info['resident_weight_bytes'] / 2**20:.1f} MiB ({packed_info['packed_bytes'] / 2**20:.1f} MiB "
+             "packed targets)")
     elif qcfg is not None:
         from coalora.apply import ConfigApplier
 
@@ -106,6 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     body["eval_spec"] = body.pop("spec")
     out = {"model": args.model, "adapter": args.adapter, **body, "positions": len(ew.positions),
            "documents": list(ew.documents)}
+    out.update(dtype=args.dtype, device=args.device, runtime=runtime if qcfg is not None else None)
+    if qcfg is not None and runtime == "packed":
+        out.update(packed_info)
     if qcfg is not None:
         out.update(avg_bits=qcfg.avg_bits, config_hash=qcfg.hash)
     else:
@@ -137,7 +158,7 @@ def _eval_reference(args: argparse.Namespace, model, ew, weights_hash: str):
     if not ref.cached:
         _log(f"the KL reference of {ew.n} windows is too large to cache; computing it with a second, unquantized "
              "copy of the model")
-        second, _ = load_model(args.model)
+        second, _ = load_model(args.model, dtype=args.dtype, device=args.device)
         ref = reference.build(second, ew.windows, key, batch_size=args.batch_size)
     return ref
 
@@ -408,11 +429,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from coalora.bundle import load_bundle
+    from coalora.models import resolve_device
+    from coalora.packed import describe_packed
 
-    b = load_bundle(args.bundle)
+    args.device = resolve_device(args.device)
+    b = load_bundle(args.bundle, device=args.device, dtype=args.dtype, runtime=args.runtime)
     meta = b.meta
     out = {"bundle": str(b.path), "model": meta["model"], "config_hash": b.config.hash, "avg_bits": b.config.avg_bits,
-           "adapter": meta["adapter"], "recorded": meta["measured"], "reproduced": None}
+           "adapter": meta["adapter"], "recorded": meta["measured"], "reproduced": None, "runtime": args.runtime,
+           "dtype": args.dtype, "device": args.device, **describe_packed(b.model)}
     if args.eval:
         from coalora import data, evalspec
         from coalora.evaluate import perplexity
@@ -432,7 +457,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         _print_json(out)
     else:
         print(f"loaded {meta['model']} at {b.config.avg_bits:.4f} avg bits ({b.config.hash})"
-              + (f" with its {meta['adapter']['method']} adapter (rank {meta['adapter']['rank']})" if meta["adapter"] else ""))
+              + (f" with its {meta['adapter']['method']} adapter (rank {meta['adapter']['rank']})" if meta["adapter"] else "")
+              + f", {args.runtime} runtime, {args.dtype} on {args.device}: resident weights "
+              f"{out['resident_weight_bytes'] / 2**20:.1f} MiB")
         if out["reproduced"]:
             print(f"perplexity {out['reproduced']['ppl']:.4f} (recorded {meta['measured']['ppl']:.4f}, relative "
                   f"difference {out['reproduced']['relative_diff']:.2e})")
@@ -508,6 +535,13 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 # parser
 
 
+def _dtype_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="dtype of the model's weights and compute (default float32; bfloat16 halves the memory of "
+                         "what stays in full precision)")
+    sp.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+
+
 def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default="smollm2-135m", help="registry name (see coalora models)")
     sp.add_argument("--adapter", default="default", help="trained CoA-LoRA file; 'default' = the shipped one, "
@@ -566,6 +600,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--preset", help="quantize every target uniformly: nf2-dq, nf3-dq, nf4-dq, nf8-dq or uniform:b0,b1,b2,B0,B1")
     sp.add_argument("--adapter", help="also add the CoA-LoRA adapter generated for that configuration (a trained "
                     "adapter file, e.g. data/default/smollm2-135m-coalora.safetensors)")
+    sp.add_argument("--runtime", choices=["packed", "fake"],
+                    help="packed: keep only the bit-packed codes and dequantize per layer in each forward (the "
+                         "default; memory ~ avg_bits/8 per weight); fake: dequantized weights beside the originals "
+                         "(the default with --adapter, which switches configurations)")
+    _dtype_args(sp)
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -680,6 +719,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
              "--eval re-measures the recorded perplexity.")
     sp.add_argument("bundle", help="bundle directory or zip file")
     sp.add_argument("--eval", action="store_true", help="re-measure the perplexity and compare with the recorded one")
+    sp.add_argument("--runtime", default="packed", choices=["packed", "fake"],
+                    help="packed (default): keep the bundle's bit-packed codes, dequantize per layer in each forward; "
+                         "fake: write the dequantized weights into the base model")
+    _dtype_args(sp)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
 

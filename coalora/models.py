@@ -133,14 +133,11 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
     The default model comes from the prepared offline cache (``coalora prepare``); a missing or
     corrupted cache is a :class:`CoaloraError` saying how to rebuild it.
     """
-    import torch
-
     spec = get_spec(name)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise CoaloraError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    dt = torch_dtype(dtype, device)
     if spec.source == "tiny":
-        return tiny_llama().to(torch_dtype), ByteTokenizer()
+        model = tiny_llama().to(dt)
+        return (model if device is None else model.to(device)), ByteTokenizer()
 
     if spec.source == "offline":
         from coalora import assets
@@ -159,7 +156,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise on the CLI
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
     except OSError as e:
         if spec.source == "hub":
             raise CoaloraError(
@@ -190,6 +187,40 @@ def auto_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked (``cpu``, ``cuda``, ``cuda:N``, ``meta``), or :func:`auto_device` when None."""
+    import torch
+
+    if device is None:
+        return auto_device()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CoaloraError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise CoaloraError(f"device {device!r} asked for, but no CUDA GPU is visible; use cpu (or leave --device out)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise CoaloraError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if d.type not in ("cpu", "cuda", "meta"):
+        raise CoaloraError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return str(d)
+
+
+def torch_dtype(dtype: str, device: str | None = None) -> torch.dtype:
+    """The torch dtype named ``dtype`` (float32, bfloat16, float16), refused where ``device`` cannot compute in it.
+
+    bfloat16 needs an Ampere-or-later GPU on CUDA (``torch.cuda.is_bf16_supported``); CPUs run it everywhere.
+    """
+    import torch
+
+    t = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if t is None:
+        raise CoaloraError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    if t is torch.bfloat16 and device is not None and str(device).startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise CoaloraError(f"this GPU ({torch.cuda.get_device_name()}) has no bfloat16 support; use --dtype float32")
+    return t
 
 
 def context_length(model: nn.Module) -> int:

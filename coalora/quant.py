@@ -359,8 +359,12 @@ def packed_nbytes(qt: QuantizedTensor) -> int:
     return code_bytes + scale_bytes + groups * B2_DTYPES[qt.config.b2].itemsize + metadata
 
 
-def unpack(d: dict[str, Tensor]) -> QuantizedTensor:
-    """Inverse of :func:`pack`; raises :class:`CoaloraError` naming whatever is missing or malformed."""
+def packed_layout(d: dict[str, Tensor]) -> tuple[tuple[int, ...], QuantConfig]:
+    """(shape, config) of a :func:`pack` dict after checking every key's dtype and size.
+
+    Raises :class:`CoaloraError` naming whatever is missing or malformed; used by :func:`unpack`
+    and by the packed runtime (:mod:`coalora.packed`), which keeps the packed tensors as they are.
+    """
     if not isinstance(d, dict):
         raise CoaloraError(f"a packed quantized tensor is a dict of tensors, got {type(d).__name__}")
     missing = [k for k in PACK_KEYS if k not in d]
@@ -397,6 +401,14 @@ def unpack(d: dict[str, Tensor]) -> QuantizedTensor:
                 f"packed quantized tensor: {key} should be {dtype} {list(size)} for shape {list(shape)} under {config}, "
                 f"got {d[key].dtype} {list(d[key].shape)}"
             )
+    return shape, config
+
+
+def unpack(d: dict[str, Tensor]) -> QuantizedTensor:
+    """Inverse of :func:`pack`; raises :class:`CoaloraError` naming whatever is missing or malformed."""
+    shape, config = packed_layout(d)
+    b0, b1, B0, B1 = config.b0, config.b1, config.B0, config.B1  # noqa: N806
+    n, blocks, groups, _, _ = _packed_lengths(shape, config)
     n_padded = -(-n // (B0 * B1)) * B0 * B1
     codes = torch.full((n_padded,), zero_code(b0), dtype=torch.uint8)
     codes[:n] = _unpack_bits(d["codes"], b0, n)
