@@ -29,6 +29,28 @@ from coalora.models import Target, find_targets, target_modules_of
 from coalora.quant import fake_quantize
 
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: ~4 full SmolLM2 configurations in fp32
+CACHE_FRACTION = 0.25
+"""Share of the free memory (host RAM, or the GPU's for CUDA originals) a default-sized cache may take."""
+
+
+def free_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Bytes free for new tensors on ``device``: ``MemAvailable`` for the host, ``mem_get_info`` for a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def auto_cache_bytes(device: torch.device | str = "cpu", fraction: float = CACHE_FRACTION,
+                     cap: int = DEFAULT_CACHE_BYTES) -> int:
+    """A cache size of ``fraction`` of the free memory on ``device``, at most ``cap`` bytes.
+
+    The cap keeps a default cache where it always was (2 GiB); the fraction shrinks it when a large
+    model leaves little room, so the cache never pushes a run out of memory.
+    """
+    return max(0, min(cap, int(fraction * free_memory_bytes(device))))
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,12 @@ class WeightCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def describe(self) -> str:
+        """What the cache holds, e.g. ``'42 weights of 30 matrices, 180.0 of 2048.0 MiB (hits 40, misses 42)'``."""
+        matrices = len({name for name, _ in self._items})
+        return (f"{len(self._items)} weights of {matrices} matrices, {self.bytes / 2**20:.1f} of "
+                f"{self.max_bytes / 2**20:.1f} MiB (hits {self.hits}, misses {self.misses})")
+
 
 BASES = ("quant", "lq")
 
@@ -126,10 +154,12 @@ class ConfigApplier:
         >>> applier = ConfigApplier(model, "smollm2-135m")
         >>> applier.apply(cfg)          # every target now computes with its quantized weight
         >>> applier.restore()           # back to the original weights
+
+    ``cache_bytes``: the weight cache's bound; None sizes it with :func:`auto_cache_bytes`.
     """
 
     def __init__(self, model: nn.Module, model_name: str, targets: list[Target] | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, base: BaseSpec | None = None):
+                 cache_bytes: int | None = None, base: BaseSpec | None = None):
         self.model = model
         self.base = base or BaseSpec()
         self.model_name = model_name
@@ -138,6 +168,9 @@ class ConfigApplier:
         # The originals are what every configuration quantizes; detach so training never touches them.
         self.originals = {name: lin.weight.detach().clone() for name, lin in self.linears.items()}
         self.current: dict[str, int | None] = {name: None for name in self.linears}
+        if cache_bytes is None:  # sized from the free memory where the weights live
+            device = next(iter(self.originals.values())).device if self.originals else torch.device("cpu")
+            cache_bytes = auto_cache_bytes(device)
         self.cache = WeightCache(cache_bytes)
 
     def uniform(self, config: QuantConfig) -> ModelQuantConfig:

@@ -224,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from coalora.train import TrainConfig, Trainer
 
     cfg = TrainConfig(**values(args, tuple(f.name for f in fields(TrainConfig))))
-    trainer = Trainer(cfg, args.out, log=_log, progress=not args.no_progress)
+    trainer = Trainer(cfg, args.out, log=_log, progress=not args.no_progress, dtype=args.dtype)
     state = trainer.run()
     if trainer.acc.is_main_process:
         out = {"out": args.out, "step": state.step, "train_set": len(state.train_set), "seconds": round(state.seconds, 1),
@@ -633,6 +633,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     from coalora.train import TrainConfig
 
     add_options(sp, TrainConfig)
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="dtype of the base model's weights and compute (default float32)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument("--json", action="store_true", help="print the final state as one JSON object")
 

@@ -219,6 +219,31 @@ def _plain_linear(model: nn.Module, name: str) -> nn.Linear:
     return m
 
 
+def own_storage(model: nn.Module) -> None:
+    """Give every remaining parameter and buffer its own memory (one tensor at a time).
+
+    ``from_pretrained`` maps the checkpoint file and its tensors view that mapping: as long as one of
+    them (say, the embeddings) lives, every page of the file that packing read stays resident, which
+    would keep the whole float model in RSS. Copies release the mapping.
+    """
+    with torch.no_grad():
+        seen: dict[int, Tensor] = {}
+        for m in model.modules():
+            if isinstance(m, PackedLinear):
+                continue
+            for store in (m._parameters, m._buffers):
+                for k, t in store.items():
+                    if t is None or t.device.type != "cpu":
+                        continue
+                    key = t.untyped_storage().data_ptr()
+                    if key not in seen:  # tied weights stay tied
+                        seen[key] = t.detach().clone()
+                    if isinstance(t, nn.Parameter):
+                        t.data = seen[key]
+                    else:
+                        store[k] = seen[key]
+
+
 def pack_model(model: nn.Module, config: ModelQuantConfig, dtype: torch.dtype | None = None) -> int:
     """Replace every target ``nn.Linear`` of ``config`` by a :class:`PackedLinear`, in place.
 
@@ -235,6 +260,7 @@ def pack_model(model: nn.Module, config: ModelQuantConfig, dtype: torch.dtype | 
         _set_module(model, t.name, new)
         total += new.packed_nbytes()
         del lin
+    own_storage(model)
     return total
 
 
@@ -260,6 +286,7 @@ def load_packed(model: nn.Module, config: ModelQuantConfig, tensors: dict[str, T
         new = PackedLinear({k: v.to(device) for k, v in d.items()}, lin.bias, dtype or lin.weight.dtype)
         _set_module(model, t.name, new)
         total += new.packed_nbytes()
+    own_storage(model)
     return total
 
 

@@ -259,10 +259,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, accelerator=None,
-                 log: Callable[[str], None] | None = None, progress: bool = True):
+                 log: Callable[[str], None] | None = None, progress: bool = True, dtype: str = "float32"):
         from accelerate import Accelerator
 
         self.cfg = cfg
+        self.dtype = dtype
+        """dtype of the base model's originals and compute (float32, or bfloat16 for large models)."""
         self.out = Path(out_dir)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         if cfg.batch_size % self.acc.num_processes:
@@ -280,7 +282,7 @@ class Trainer:
         from coalora.models import find_targets, load_model
 
         cfg = self.cfg
-        self.model_raw, self.tok = load_model(cfg.model, device=str(self.acc.device))
+        self.model_raw, self.tok = load_model(cfg.model, dtype=self.dtype, device=str(self.acc.device))
         self.targets = find_targets(self.model_raw)
         # The allocator's error table needs the plain model: build the initial set before wrapping.
         # (LQ-LoRA also needs its configuration on resume: its base weights derive from it.)
