@@ -268,8 +268,9 @@ class Explorer:
                     self.coa.set_config(config)
                 else:
                     self.applier.apply(config)
+                # a callback (the app's progress bar) hears of every window; else batches of 4
                 r = perplexity(self.model, ew.windows, dataset=ew.dataset, progress=progress, reference=ref,
-                               spec=ew.spec)
+                               spec=ew.spec, batch_size=1 if callable(progress) else 4)
                 seconds = time.perf_counter() - t0
         ev = Evaluation(self.model_name, config.hash, method, self.adapter_id if method == "coalora" else "",
                         ew.dataset, int(seqlen), int(r.windows), r.tokens, r.ppl, r.nll, config.avg_bits, seconds,
@@ -305,17 +306,19 @@ class Explorer:
                                       do_sample=False, pad_token_id=pad if pad is not None else 0)
             return self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True), time.perf_counter() - t0
 
-        bare = self.coa.disabled() if self.coa is not None else contextlib.nullcontext()
+        def bare():  # a fresh context each time: a generator context manager is entered only once
+            return self.coa.disabled() if self.coa is not None else contextlib.nullcontext()
+
         with self.lock, torch.no_grad():
             if method == "coalora":
                 self.coa.set_config(config)
                 quantized, qs = run()
             else:
                 self.applier.apply(config)
-                with bare:
+                with bare():
                     quantized, qs = run()
             self.applier.restore()  # the reference: original weights, no adapter
-            with bare:
+            with bare():
                 dense, ds = run()
         return {"quantized": quantized, "dense": dense, "quantized_s": qs, "dense_s": ds}
 
