@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,3 +80,26 @@ def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, ref: Sequence
             area += (r[0] - x) * (prev_loss - y)
             prev_loss = y
     return float(area)
+
+
+HV_LOG_FLOOR = {"ppl": 0.0, "kld": math.log(1e-5)}
+"""The lower edge of the normalising box per metric, in log units: log ppl >= 0 (ppl >= 1), and log
+KL >= log 1e-5 (the front's KL floor, :data:`coalora.front.KLD_FLOOR`)."""
+HV_REF = {"ppl": 1000.0, "kld": 5.0}
+"""The reference value per metric (:data:`coalora.front.HV_PPL_REF`, :data:`coalora.front.HV_KLD_REF`)."""
+HV_BITS = (2.0322265625, 8.75)
+"""The bits edges of the normalising box: the cheapest configuration and the fronts' reference."""
+HV_DEFINITION = {m: (f"normalised hypervolume: area dominated in (avg bits, log {m}) up to the reference "
+                     f"({HV_BITS[1]} bits, {m} {HV_REF[m]:g}), divided by the box from "
+                     f"({HV_BITS[0]:.3f} bits, {m} {math.exp(HV_LOG_FLOOR[m]):g}); 1 is the unreachable ideal")
+                 for m in HV_REF}
+"""The one hypervolume the app reports, per metric, stated in words next to every value."""
+
+
+def normalised_hv(area: float, bits_ref: float = HV_BITS[1], metric: str = "ppl") -> float:
+    """``area`` (a :func:`hypervolume_2d` in (avg bits, log metric) with reference ``bits_ref`` and
+    :data:`HV_REF`) divided by the box :data:`HV_DEFINITION` states, so it lies in [0, 1]."""
+    if metric not in HV_REF:
+        raise CoaloraError(f"unknown metric {metric!r}; use ppl or kld")
+    box = (bits_ref - HV_BITS[0]) * (math.log(HV_REF[metric]) - HV_LOG_FLOOR[metric])
+    return float(area) / box

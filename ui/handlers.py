@@ -29,7 +29,7 @@ import gradio as gr
 
 from coalora import limits
 from coalora.errors import CoaloraError, short
-from ui import exports, figures
+from ui import compare, downloads, exports, figures, predictions
 
 log = logging.getLogger("coalora.ui")
 
@@ -43,7 +43,7 @@ METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized mode
 DEFAULT_METHODS = ["coalora", "none"]
 SEQLENS = limits.APP_SEQLENS
 MAX_WINDOWS = limits.APP_MAX_WINDOWS
-BUDGET_RANGE = (2.0, 8.6)
+BUDGET_RANGE = (2.0, 8.625)
 """The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it."""
 EXPORT_DIR = Path(gr.utils.get_upload_folder()) / "coalora-exports"
 """The only directory the app serves downloads from besides Gradio's own cache (app.py points it
@@ -119,13 +119,16 @@ class Models:
         return [name for name, spec in REGISTRY.items() if spec.source != "tiny" or name == self.default]
 
     def choices(self, default: str | None = None) -> list[tuple[str, str]]:
-        """Dropdown entries: :meth:`allowed` (with ``default`` offered too), marked by adapter."""
+        """Dropdown entries: :meth:`allowed` (with ``default`` offered too), marked by adapter; hub
+        models only where they can load (:func:`hub_unavailable`): the page cannot fetch one."""
         from coalora.explorer import default_adapter
         from coalora.models import REGISTRY
 
         out = []
         for name, spec in REGISTRY.items():
             if spec.source == "tiny" and name not in (default, self.default):
+                continue
+            if spec.source == "hub" and name not in (default, self.default) and hub_unavailable(spec):
                 continue
             tag = "trained CoA-LoRA" if default_adapter(name) else "quantization only"
             hub = ", needs the hub" if spec.source == "hub" else ""
@@ -152,6 +155,22 @@ class Models:
 
 
 MODELS = Models()
+
+
+def hub_unavailable(spec) -> str:
+    """Why a hub model cannot load in this process ("" when it can): offline (``HF_HUB_OFFLINE``)
+    and not in the local hub cache."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "True", "YES", "yes"):
+        return ""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(spec.hub_id or spec.name, "config.json")
+    except Exception:  # a malformed cache: treat as absent
+        hit = None
+    return "" if isinstance(hit, str) else "the hub is offline here and the model is not in the local cache"
 
 
 # ---- inputs: every argument of every event and endpoint goes through one of these
@@ -185,7 +204,8 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
 
 
 def check_budget(budget: Any) -> float:
-    """The slider's budget, clamped into the feasible range with a warning (NaN, text, lists: an error)."""
+    """The budget, clamped into the feasible range with a warning (NaN, text, lists: an error): to
+    2.033 below it (the cheapest configuration is 2.0322), to 8.625 above it."""
     from coalora.config import MAX_BITS, MIN_BITS
 
     b = None
@@ -201,7 +221,8 @@ def check_budget(budget: Any) -> float:
     if not math.isfinite(b):
         raise CoaloraError(f"budget must be a finite number of bits, got {short(budget)}")
     if b < MIN_BITS or b > MAX_BITS:
-        c = min(max(b, MIN_BITS), MAX_BITS)
+        # onto the budget box's 0.001 grid, inside the range: the box shows exactly the value used
+        c = math.ceil(MIN_BITS * 1000) / 1000 if b < MIN_BITS else math.floor(MAX_BITS * 1000) / 1000
         warn(f"{b:.3f} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}]; using {c:.3f}")
         return c
     return b
@@ -381,17 +402,17 @@ def _front_md(fr: dict, budget: float, metric: str = "ppl") -> str:
             lines.append(f"**{label}**: {len(r.measured)} measured{what}; no GP yet "
                          f"({r.refit.removeprefix('none: ')}). Select configurations and run Quick eval to build one.")
             continue
-        hv = r.hypervolume
         lines.append(f"**{label}**: {len(r.measured)} measured, predicted front of {len(r.front)} points over "
-                     f"{r.n_candidates:,} candidates; hypervolume measured {hv['measured']:.4f}, predicted "
-                     f"{hv.get('predicted', float('nan')):.4f} (area in bits x log {metric} up to "
-                     f"{r.hv_reference['bits']} bits, {name} {r.hv_reference[metric]:g}); fit {r.refit}, "
-                     f"{r.seconds:.2f} s.")
+                     f"{r.n_candidates:,} candidates; {hypervolume_text(r)}; fit {r.refit}, {r.seconds:.2f} s.")
         if r.best is not None:
             b = r.best
             meas = f", measured {b.ppl:{f}}" if b.ppl is not None else ""
             lines.append(f"  Best within {budget:.2f} bits: `{b.config_hash}` at {b.avg_bits:.3f} bits, predicted "
                          f"{name} {b.pred_ppl:{f}} [{b.pred_lo:{f}}, {b.pred_hi:{f}}]{meas}.")
+        elif r.front:
+            cheapest = min(p.avg_bits for p in r.front)
+            lines.append(f"  No candidate fits within {budget:.2f} bits: the cheapest on this front has "
+                         f"{cheapest:.3f} bits. Raise the budget to at least that.")
     return "\n\n".join(lines)
 
 
@@ -419,22 +440,72 @@ def _best(fr: dict, methods: list[str], ex) -> Any:
     return None if r is None else r.best
 
 
+def hypervolume_text(r) -> str:
+    """A front's hypervolumes in the one definition used everywhere (:func:`coalora.pareto.normalised_hv`)."""
+    from coalora.pareto import HV_DEFINITION, normalised_hv
+
+    ref = r.hv_reference
+    hv = r.hypervolume
+    pred = normalised_hv(hv["predicted"], ref["bits"], r.metric) if "predicted" in hv else None
+    return (f"hypervolume measured {normalised_hv(hv['measured'], ref['bits'], r.metric):.4f}"
+            + (f", predicted {pred:.4f}" if pred is not None else "") + f" ({HV_DEFINITION[r.metric]})")
+
+
+_SIZES: dict[str, figures.Sizes] = {}
+
+
+def sizes(model: str) -> figures.Sizes:
+    """The model's size in MB against average bits (:class:`ui.figures.Sizes`), computed once."""
+    if model not in _SIZES:
+        ex = MODELS.get(model)
+        q = sum(t.numel for t in ex.targets)
+        total = sum(p.numel() for p in ex.model.parameters())
+        _SIZES[model] = figures.Sizes(per_bit=q / 8 / 1e6, offset=(total - q) * 2 / 1e6)
+    return _SIZES[model]
+
+
 def _figure(model: str, fr: dict, budget: float, methods: list[str], cv: Convention,
-            selected: tuple[str, float, float] | None = None, metric: str = "ppl"):
+            selected: tuple[str, float, float] | None = None, metric: str = "ppl",
+            pinned: tuple[str, float, float] | None = None):
     ex = MODELS.get(model)
-    return figures.front_figure(fr, budget, _best(fr, methods, ex), selected, cv.label, metric)
+    priors = {m: predictions.priors(ex, m, cv, metric) for m in fr}
+    return figures.front_figure(fr, budget, _best(fr, methods, ex), selected, cv.label, metric, sizes=sizes(model),
+                                pinned=pinned, priors=priors, best_method=primary_method(ex, methods))
+
+
+@user_errors
+def refresh_budget(model: str, eval_set: str, budget: Any, methods: list[str], seqlen: int, windows: int,
+                   metric: str = "ppl", selected: str = "", request: gr.Request = None):
+    """The budget box's event: outputs (budget, front figure, table rows, front summary). ``budget``
+    None is a keystroke superseded by a later one (the page's debounce, :func:`ui.bridge.debounce_js`):
+    nothing changes. A budget outside the feasible range is clamped with a warning and the box is set
+    to the clamped value, so box, line and summary agree."""
+    if budget is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    b = check_budget(budget)
+    shown = gr.skip()
+    try:
+        typed = float(budget)
+    except (TypeError, ValueError):
+        typed = b
+    if typed != b:
+        shown = b
+    return (shown, *refresh_front(model, eval_set, b, methods, seqlen, windows, metric, selected, request))
 
 
 @user_errors
 def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                  metric: str = "ppl", selected: str = ""):
-    """Outputs: (front figure, table rows, front summary markdown)."""
+                  metric: str = "ppl", selected: str = "", request: gr.Request = None):
+    """Outputs: (front figure, table rows, front summary markdown); the selection and the
+    session's pinned configuration ringed."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(selected) if selected else ""
     fr = fronts(model, b, ms, cv, metric=mt)
     sel = _selected_point(model, h, ms, cv, mt) if h else None
-    return _figure(model, fr, b, ms, cv, sel, mt), _table(fr), _front_md(fr, b, mt)
+    pin = compare.PINS.get(compare.session_of(request))
+    pinned = _selected_point(model, pin, ms, cv, mt) if pin else None
+    return _figure(model, fr, b, ms, cv, sel, mt, pinned), _table(fr), _front_md(fr, b, mt)
 
 
 def _selected_point(model: str, h: str, methods: list[str], cv: Convention, metric: str = "ppl"):
@@ -502,13 +573,24 @@ def set_public_url(url: str) -> None:
     PUBLIC_URL = url
 
 
-def share_link(model: str, budget: float, config_hash: str, eval_set: str = "shakespeare") -> str:
-    """:data:`PUBLIC_URL` with ``?model=&budget=&config=[&eval_set=]`` (opening it restores the selection)."""
+def share_link(model: str, budget: float, config_hash: str, eval_set: str = "shakespeare",
+               methods: list[str] | None = None, seqlen: int = 256, windows: int = 8, pin: str = "") -> str:
+    """:data:`PUBLIC_URL` with ``?model=&budget=&config=`` and, where they differ from the page's
+    defaults, ``eval_set``, ``methods`` (comma-separated; empty for none), ``seqlen``, ``windows``,
+    and the pinned comparison ``pin``: opening it restores the view exactly (:func:`on_load`)."""
     q = {"model": model, "budget": f"{budget:.2f}"}
     if eval_set != "shakespeare":
         q["eval_set"] = eval_set
+    if methods is not None and list(methods) != DEFAULT_METHODS:
+        q["methods"] = ",".join(methods)
+    if seqlen != 256:
+        q["seqlen"] = str(seqlen)
+    if windows != 8:
+        q["windows"] = str(windows)
     if config_hash:
         q["config"] = config_hash
+    if pin:
+        q["pin"] = pin
     return f"{PUBLIC_URL}?{urlencode(q)}"
 
 
@@ -521,31 +603,47 @@ def describe_selection(model: str, cfg, methods: list[str], cv: Convention, metr
     ex = MODELS.get(model)
     m = primary_method(ex, methods)
     ms = None
-    if ex.coa is not None:
+    if ex.coa is not None and m == "coalora":
         _, ms = ex.generate(cfg)
     ev, p = _measured(ex, cfg, m, cv)
-    k = _measured(ex, cfg, m, cv, "kld")[1] if metric == "kld" else None
+    pp = _kept(ex, cfg, m, cv, "ppl", ev, p)
+    kk = _kept(ex, cfg, m, cv, "kld", ev, _measured(ex, cfg, m, cv, "kld")[1]) if metric == "kld" else None
     return {
         "model": model, "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "method": m,
-        "adapter_ms": ms, "adapter_id": ex.adapter_id or None,
-        "predicted_ppl": None if p is None else p.pred_ppl,
-        "predicted_band": None if p is None else [p.pred_lo, p.pred_hi],
+        "size_mb": sizes(model).mb(cfg.avg_bits),
+        "adapter_ms": ms if m == "coalora" else None, "adapter_id": ex.adapter_id or None,
+        "predicted_ppl": None if pp is None else pp[0], "predicted_band": None if pp is None else [pp[1], pp[2]],
+        "predicted_how": None if pp is None else pp[3],
         "measured_ppl": _value(ev, "ppl"), "measured_kld": _value(ev, "kld"),
-        "predicted_kld": None if k is None else k.pred_ppl,
-        "predicted_kld_band": None if k is None else [k.pred_lo, k.pred_hi],
+        "predicted_kld": None if kk is None else kk[0],
+        "predicted_kld_band": None if kk is None else [kk[1], kk[2]],
         "metric": metric, "convention": cv.label, "eval_spec": ex.eval_spec,
         "matrices": len(cfg.targets),
     }
+
+
+def _kept(ex, cfg, method: str, cv: Convention, metric: str, ev, p) -> figures.Prior | None:
+    """The prediction shown for ``cfg``: for a measured one the one made without its measurement
+    (:mod:`ui.predictions`), for an unmeasured one the GP's; None without a GP."""
+    if ev is not None and _value(ev, metric) is not None:
+        kept = predictions.prior_of(ex, cfg, method, cv, metric)
+        if kept is not None:
+            return kept
+        return None
+    return None if p is None else (p.pred_ppl, p.pred_lo, p.pred_hi, "GP posterior")
 
 
 def _selection_md(d: dict) -> tuple[str, str]:
     if d["adapter_ms"] is not None:
         t = (f"Adapter for `{d['config_hash']}` generated in **{d['adapter_ms']:.1f} ms** "
              f"({d['matrices']} LoRA pairs, theta run once over all layers).")
+    elif d["adapter_id"]:
+        t = f"`{d['config_hash']}` without an adapter (method: no adapter; tick CoA-LoRA to generate its adapter)."
     else:
         t = f"`{d['config_hash']}`: {d['model']} has no trained CoA-LoRA adapter here (quantization only)."
+    how = f", {d['predicted_how']}" if d.get("predicted_how") else ""
     pred = "no GP yet" if d["predicted_ppl"] is None else \
-        f"{d['predicted_ppl']:.2f} (+-2 sigma: {d['predicted_band'][0]:.2f} .. {d['predicted_band'][1]:.2f})"
+        f"{d['predicted_ppl']:.2f} (+-2 sigma: {d['predicted_band'][0]:.2f} .. {d['predicted_band'][1]:.2f}{how})"
     meas = "not measured yet (Quick eval)" if d["measured_ppl"] is None else f"**{d['measured_ppl']:.3f}**"
     if d["measured_kld"] is not None:
         meas += f", KL to the unquantized model **{d['measured_kld']:.4f}** nats/token"
@@ -555,7 +653,8 @@ def _selection_md(d: dict) -> tuple[str, str]:
     if d.get("predicted_kld") is not None:
         lo, hi = d["predicted_kld_band"]
         kl = f"\n- predicted KL: {d['predicted_kld']:.4f} nats/token (+-2 sigma: {lo:.4f} .. {hi:.4f})"
-    s = (f"**Configuration** `{d['config_hash']}` of {d['model']}, **{d['avg_bits']:.3f}** average bits\n\n"
+    s = (f"**Configuration** `{d['config_hash']}` of {d['model']}, **{d['avg_bits']:.3f}** average bits, "
+         f"{d['size_mb']:.1f} MB\n\n"
          f"- method: {figures.method_label(d['method'])}\n- predicted ppl: {pred}{kl}\n- measured ppl: {meas} "
          f"({d['convention']})")
     return s, t
@@ -563,23 +662,48 @@ def _selection_md(d: dict) -> tuple[str, str]:
 
 @user_errors
 def select(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-           metric: str = "ppl"):
-    """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share link)."""
+           metric: str = "ppl", request: gr.Request = None):
+    """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share
+    link, per-layer table rows, comparison md, comparison figure). The comparison is against the
+    session's pinned configuration (:mod:`ui.compare`), when there is one."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(config_hash)
-    cfg = MODELS.get(model).config(h)
+    ex = MODELS.get(model)
+    cfg = ex.config(h)
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, adapter = _selection_md(d)
     marker = _marker(cfg, d[f"measured_{mt}"], d[f"predicted_{mt}"])
-    fig = _figure(model, fronts(model, b, ms, cv, metric=mt), b, ms, cv, marker, mt)
+    pin = compare.PINS.get(compare.session_of(request))
+    pinned = _selected_point(model, pin, ms, cv, mt) if pin else None
+    fig = _figure(model, fronts(model, b, ms, cv, metric=mt), b, ms, cv, marker, mt, pinned)
+    cmp_md, cmp_fig = comparison_of(model, pin, cfg, ms, cv)
     return (cfg.hash, summary, adapter, figures.heatmap_figure(cfg), d, fig,
-            share_link(model, b, cfg.hash, cv.eval_set))
+            share_link(model, b, cfg.hash, cv.eval_set, ms, cv.seqlen, cv.windows, pin),
+            downloads.as_rows(downloads.layer_table(ex, cfg)), cmp_md, cmp_fig)
+
+
+NO_PIN = "Pin a selection (*Pin for comparison*), then select another configuration to compare the two."
+
+
+def comparison_of(model: str, pin: str, cfg, methods: list[str], cv: Convention) -> tuple[str, Any]:
+    """(comparison md, bits-per-layer difference figure) of the pinned ``pin`` (A) and ``cfg`` (B)."""
+    if not pin:
+        return NO_PIN, None
+    ex = MODELS.get(model)
+    try:
+        a_cfg = ex.config(pin)
+    except CoaloraError:
+        return f"The pinned configuration {md_code(pin)} is not one of {model}'s; pin another.", None
+    a = describe_selection(model, a_cfg, methods, cv, "kld")
+    b = a if a_cfg.hash == cfg.hash else describe_selection(model, cfg, methods, cv, "kld")
+    note = "" if a_cfg.hash != cfg.hash else "\n\nA and B are the same configuration: select another one."
+    return compare.compare_md(a, b) + note, compare.diff_figure(a_cfg, cfg)
 
 
 @user_errors
 def select_best(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                metric: str = "ppl"):
+                metric: str = "ppl", request: gr.Request = None):
     """Select the best predicted configuration within the budget on the shown metric (same outputs
     as :func:`select`)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
@@ -587,19 +711,20 @@ def select_best(model: str, eval_set: str, budget: float, methods: list[str], se
     ex = MODELS.get(model)
     best = _best(fronts(model, b, ms, cv, metric=mt), ms, ex)
     if best is None:  # no GP yet (a new model): the allocator's configuration for the budget
-        info(f"no predicted front yet; selecting the allocator's configuration at {b:.2f} bits")
-        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, mt)
-    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, mt)
+        why = "tick CoA-LoRA or no adapter for a predicted front" if not ms else "no predicted front yet"
+        info(f"{why}; selecting the allocator's configuration at {b:.2f} bits")
+        return select(ex.allocate(b).hash, model, eval_set, b, ms, seqlen, windows, mt, request)
+    return select(best.config_hash, model, eval_set, b, ms, seqlen, windows, mt, request)
 
 
 @user_errors
 def select_row(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-               metric: str = "ppl", evt: gr.SelectData = None):
+               metric: str = "ppl", evt: gr.SelectData = None, request: gr.Request = None):
     """A click on a table row selects its configuration (the path without JavaScript)."""
     row = evt.row_value if evt is not None else None
     if not isinstance(row, (list, tuple)) or not row:
         raise CoaloraError("click a row of the table to select its configuration")
-    return select(row[0], model, eval_set, budget, methods, seqlen, windows, metric)
+    return select(row[0], model, eval_set, budget, methods, seqlen, windows, metric, request)
 
 
 # ---- heavy work: evaluation, sampling, export
@@ -607,20 +732,25 @@ def select_row(model: str, eval_set: str, budget: float, methods: list[str], seq
 
 @user_errors
 def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-               windows: int, metric: str = "ppl",
+               windows: int, metric: str = "ppl", request: gr.Request = None,
                progress=gr.Progress()):  # noqa: B008 (Gradio injects it by this default)
-    """Outputs: (result md, front figure, table, front md, summary md, details JSON)."""
+    """Outputs: (result md, front figure, table, front md, summary md, details JSON, residual figure).
+
+    The GP's prediction is recorded before measuring (:mod:`ui.predictions`), so the residual
+    (predicted vs measured) of every Quick eval since the page was opened is plotted."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(config_hash)
     ex = MODELS.get(model)
     cfg = ex.config(h)
     m = primary_method(ex, ms)
-    progress(0, desc="applying the configuration")
+    progress(0, desc="GP prediction before measuring")
+    kept = predictions.record(ex, cfg, m, cv)  # before the measurement enters the GP
 
-    def step(fraction: float) -> None:  # after each batch of windows
-        progress(fraction, desc="perplexity and KL")
+    def step(fraction: float) -> None:  # after each window
+        progress(fraction, desc=f"perplexity and KL over {cv.windows} windows")
 
+    progress(0, desc=f"perplexity and KL over {cv.windows} windows")
     ev, cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=step, corpus=cv.corpus)
     if not cached:
         FRONTS.drop(model)
@@ -632,7 +762,14 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, _ = _selection_md(d)
     fig = _figure(model, fr, b, ms, cv, _marker(cfg, _value(ev, mt), d[f"predicted_{mt}"]), mt)
-    return result, fig, _table(fr), _front_md(fr, b, mt), summary, d
+    prior = kept.get(mt) or predictions.prior_of(ex, cfg, m, cv, mt)
+    session = getattr(request, "session_hash", None) or "api"
+    rows = predictions.RESIDUALS.get(session)
+    if prior is not None and _value(ev, mt) is not None:
+        rows = predictions.RESIDUALS.add(session, {"hash": h, "bits": cfg.avg_bits, "method": m, "metric": mt,
+                                                   "predicted": list(prior[:3]), "how": prior[3],
+                                                   "measured": _value(ev, mt)})
+    return result, fig, _table(fr), _front_md(fr, b, mt), summary, d, figures.residual_figure(rows, mt)
 
 
 @user_errors
@@ -676,6 +813,19 @@ def _write_bundle(ex, cfg, stem: str, cv: Convention, inputs: dict) -> Any:
     return write
 
 
+def _bundle_prediction(ex, cfg, cv: Convention, inputs: dict) -> dict | None:
+    """The bundle's ``predicted``: for a measured configuration the prediction made without its
+    measurement (:mod:`ui.predictions`), not the GP's value at it (which is the measurement)."""
+    method = "coalora" if ex.coa is not None else "none"
+    pred = inputs.get("predicted")
+    if inputs.get("measured") is None:
+        return None if pred is None else {**pred, "made": "GP posterior (not measured)"}
+    kept = predictions.prior_of(ex, cfg, method, cv, "ppl")
+    if kept is None:
+        return None
+    return {"ppl": kept[0], "lo": kept[1], "hi": kept[2], "band": "+-2 sigma of log ppl", "made": kept[3]}
+
+
 @user_errors
 def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: int):
     """Outputs: ([bundle zip, config JSON] for download, note md).
@@ -691,6 +841,7 @@ def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: in
     stem = f"coalora-{ex.model_name.replace('/', '--')}-{cfg.hash}"
     names = (f"{stem}.zip", f"{stem}.config.json")
     inputs = ex.export_inputs(cfg, measure=False, seqlen=cv.seqlen, windows=cv.windows, corpus=cv.corpus)
+    inputs["predicted"] = _bundle_prediction(ex, cfg, cv, inputs)
     key = ex.export_key(cfg, inputs)
     exports.expire(EXPORT_DIR, limits.EXPORT_KEEP_S)
     t0 = time.perf_counter()
@@ -737,22 +888,51 @@ def on_load(default_model: str, request: gr.Request = None):
             budget = check_budget(qp["budget"])
         except CoaloraError as e:
             warn(f"{e}; using 4.0")
-    h = ""
-    if qp.get("config"):
+    h, pin = _link_hash(qp, "config"), _link_hash(qp, "pin")
+    compare.PINS.set(compare.session_of(request), pin)
+    methods, seqlen, windows = _link_view(qp)
+    return model, eval_set, budget, h, methods, seqlen, windows
+
+
+def _link_hash(qp: dict, name: str) -> str:
+    """A share link's configuration hash parameter ``name`` ("" when absent or bad, with a warning)."""
+    if not qp.get(name):
+        return ""
+    try:
+        return check_hash(qp[name])
+    except CoaloraError as e:
+        warn(f"{name}: {e}")
+        return ""
+
+
+def _link_view(qp: dict) -> tuple[list[str], int, int]:
+    """A share link's methods, window length and count (each bad one: a warning and its default)."""
+    methods, seqlen, windows = list(DEFAULT_METHODS), 256, 8
+    if "methods" in qp:
         try:
-            h = check_hash(qp["config"])
+            methods = check_methods([m for m in str(qp["methods"]).split(",") if m][:limits.MAX_METHODS + 1])
         except CoaloraError as e:
-            warn(str(e))
-    return model, eval_set, budget, h
+            warn(f"{e}; showing {', '.join(DEFAULT_METHODS)}")
+    if "seqlen" in qp or "windows" in qp:
+        try:
+            cv = check_eval("shakespeare", qp.get("seqlen", 256), qp.get("windows", 8))
+            seqlen, windows = cv.seqlen, cv.windows
+        except CoaloraError as e:
+            warn(f"{e}; using 8 x 256 tokens")
+    return methods, seqlen, windows
+
+
+SELECT_OUTPUTS = 10
+"""How many outputs :func:`select` has (the page's selection panel)."""
 
 
 @user_errors
 def restore_selection(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-                      windows: int, metric: str = "ppl"):
+                      windows: int, metric: str = "ppl", request: gr.Request = None):
     """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
     if not config_hash:
-        return tuple(gr.skip() for _ in range(7))
-    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, metric)
+        return tuple(gr.skip() for _ in range(SELECT_OUTPUTS))
+    return select(config_hash, model, eval_set, budget, methods, seqlen, windows, metric, request)
 
 
 @user_errors
@@ -769,8 +949,15 @@ def model_summary(model: str) -> str:
 
 @user_errors
 def hv_history(model: str):
+    """The Search history tab: the front searches' (``coalora search``) measured-front hypervolume
+    per round, in the app's one normalised definition (the training search's probe-loss volumes
+    live in another space and are not shown)."""
+    from coalora.front import HV_BITS_REF
+    from coalora.pareto import HV_DEFINITION, normalised_hv
+
     ex = MODELS.get(model)
-    return figures.hv_history_figure(ex.store.search_rounds(model=model))
+    rounds = [r for r in ex.store.search_rounds(model=model) if str(r["run"]).startswith("front-search:")]
+    return figures.hv_history_figure(rounds, HV_DEFINITION["ppl"], lambda a: normalised_hv(a, HV_BITS_REF, "ppl"))
 
 
 NO_COMPARISON = ("The protocol comparison (equal compute, several seeds, perplexity and KL with 95% intervals) "

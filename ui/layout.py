@@ -15,7 +15,7 @@ from __future__ import annotations
 import gradio as gr
 
 from coalora import __version__, limits
-from ui import bridge, guard, handlers
+from ui import bridge, guard, handlers, panels
 
 
 class StrictBlocks(gr.Blocks):
@@ -54,15 +54,15 @@ def _argument_problem(value, max_depth: int = 8) -> str:
     return ""
 
 
-ABOUT = """
+ABOUT_TEMPLATE = """
 ### What you are looking at
 
 - **CoA-LoRA** ([arXiv 2509.25214](https://arxiv.org/abs/2509.25214)) trains *one* configuration-aware
   network that maps every layer's quantization configuration to an r x r matrix U; the shared LoRA pair
   (A, B) becomes (U A, B). Any configuration gets its adapter in milliseconds, with no fine-tuning.
-- **Quantization space** (LQ-LoRA): per matrix, NormalFloat weights of b0 in {2, 3, 4, 8} bits in blocks
-  of B0 in {8, 16, 32, 64}, their absmax scales quantized to b1 bits in blocks of B1, and those scales'
-  scales to b2 bits: 432 configurations per matrix.
+- **Quantization space** (LQ-LoRA): per matrix, NormalFloat weights of b0 in {B0_BITS} bits in blocks
+  of B0 in {BLOCK0}, their absmax scales quantized to b1 in {B1_BITS} bits in blocks of B1 in {BLOCK1},
+  and those scales' scales stored as {B2}: {N_CONFIGS} configurations per matrix.
 - **Bits** are *average bits per weight including all scale storage*, weighted by each matrix's
   number of parameters: `b0 + b1/B0 + b2/(B0 B1)` per matrix, over the quantized matrices only
   (embeddings and norms stay in full precision).
@@ -90,6 +90,22 @@ ABOUT = """
 """
 
 
+def about() -> str:
+    """The About tab, its numbers taken from the code's constants (:mod:`coalora.config`,
+    :mod:`coalora.pareto`), so the text cannot drift from what the app computes."""
+    from coalora.config import ALL_CONFIGS, FIELD_VALUES
+    from coalora.pareto import HV_DEFINITION
+
+    def braces(vals) -> str:
+        return "{" + ", ".join(map(str, vals)) + "}"
+
+    b0, b1, b2, blk0, blk1 = FIELD_VALUES
+    text = (ABOUT_TEMPLATE.replace("{B0_BITS}", braces(b0)).replace("{B1_BITS}", braces(b1))
+            .replace("{B2}", " / ".join(map(str, b2))).replace("{BLOCK0}", braces(blk0))
+            .replace("{BLOCK1}", braces(blk1)).replace("{N_CONFIGS}", str(len(ALL_CONFIGS))))
+    return text + f"- **Hypervolume** (Explore, Search history): {HV_DEFINITION['ppl']}.\n"
+
+
 def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
     """The explorer for ``model`` (the default selection). ``warm`` loads the model and fits its front
     now, so the first page shows a front in about a second."""
@@ -115,7 +131,7 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                     eval_set = gr.Dropdown(list(handlers.EVAL_SETS), value="shakespeare", label="Eval set",
                                            interactive=len(handlers.EVAL_SETS) > 1, elem_id="eval-set",
                                            info="held-out text; more with app.py --eval-set NAME=PATH")
-                    budget = gr.Slider(*handlers.BUDGET_RANGE, value=4.0, step=0.05, label="Budget (average bits)",
+                    budget = gr.Slider(*handlers.BUDGET_RANGE, value=4.0, step=0.001, label="Budget (average bits)",
                                        elem_id="budget")
                     methods = gr.CheckboxGroup(handlers.METHOD_CHOICES, value=handlers.DEFAULT_METHODS,
                                                label="Methods", elem_id="methods")
@@ -126,8 +142,16 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                         windows = gr.Slider(1, handlers.MAX_WINDOWS, value=8, step=1, label="Windows")
                     best_btn = gr.Button("Select best within budget", elem_id="select-best")
                     summary = gr.Markdown(elem_id="model-summary")
-                with gr.Column(scale=3):
-                    front_plot = gr.Plot(label="Average bits vs. perplexity or KL divergence", elem_id=bridge.FRONT_PLOT)
+                with gr.Column(scale=3, elem_id="plot-col"):
+                    front_plot = gr.Plot(label="Front: average bits vs. perplexity or KL divergence",
+                                         elem_id=bridge.FRONT_PLOT)
+                    with gr.Row():
+                        yscale = gr.Radio([("log", "log"), ("linear", "linear")], value="log", label="Y scale",
+                                          elem_id="view-yscale", min_width=120)
+                        yrange = gr.Radio([("where methods differ (>= 3 bits)", "focus"), ("full range", "full")],
+                                          value="focus", label="Y range", elem_id="view-yrange", min_width=200)
+                        xaxis = gr.Radio([("average bits", "bits"), ("model size (MB)", "mb")], value="bits",
+                                         label="X axis", elem_id="view-x", min_width=160)
                     front_md = gr.Markdown(elem_id="front-summary")
             bridge_box = gr.Textbox(visible=False)
             bridge_btn = gr.Button("select clicked point", elem_id=bridge.BRIDGE_BUTTON)
@@ -143,19 +167,38 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
                     files = gr.File(label="Export: bundle (zip) and configuration JSON", file_count="multiple",
                                     interactive=False, elem_id="export-files")
                     export_md = gr.Markdown(elem_id="export-note")
-                    share = gr.Textbox(label="Share link (restores model, budget and selection)",
+                    share = gr.Textbox(label="Share link (restores model, eval set, budget, methods, windows, selection "
+                                             "and pinned comparison)",
                                        buttons=["copy"], interactive=False, elem_id="share-link")
                 with gr.Column(scale=2):
                     heatmap = gr.Plot(label="Bits per layer", elem_id="heatmap")
+                    residual_plot = gr.Plot(label="Predicted vs measured (this page's Quick evals)",
+                                            elem_id="residuals")
             with gr.Accordion("Sample: continue a prompt with the selected configuration", open=False):
                 prompt = gr.Textbox("ROMEO:\nBut soft, what light", label="Prompt", lines=2,
                                     max_length=limits.MAX_PROMPT_CHARS)
                 new_tokens = gr.Slider(1, limits.MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
                 sample_btn = gr.Button("Sample", elem_id="sample")
                 with gr.Row():
-                    quant_txt = gr.Textbox(label="Quantized + adapter", lines=4, interactive=False)
+                    quant_txt = gr.Textbox(label="Quantized (with the CoA-LoRA adapter when ticked)", lines=4,
+                                          interactive=False, elem_id="sample-quantized")
                     dense_txt = gr.Textbox(label="Unquantized", lines=4, interactive=False)
                 sample_md = gr.Markdown()
+            with gr.Accordion("Compare: pin a selection, select another", open=True, elem_id="compare-panel"):
+                with gr.Row():
+                    pin_btn = gr.Button("Pin for comparison (A)", elem_id="pin")
+                    unpin_btn = gr.Button("Unpin", elem_id="unpin")
+                compare_md = gr.Markdown(handlers.NO_PIN, elem_id="compare")
+                compare_plot = gr.Plot(label="Bits per layer: A, B and B - A", elem_id="compare-plot")
+            with gr.Accordion("Per-layer table of the selection (click a header to sort)", open=False):
+                layers = gr.Dataframe(headers=downloads_columns(), interactive=False, elem_id="layer-table")
+            with gr.Accordion("Downloads: CSV and Parquet", open=False):
+                with gr.Row():
+                    dl_front = gr.Button("Front: every candidate", elem_id="download-front")
+                    dl_evals = gr.Button("Stored evaluations", elem_id="download-evaluations")
+                    dl_layers = gr.Button("Selection's per-layer table", elem_id="download-layers")
+                dl_files = gr.File(label="CSV and Parquet", file_count="multiple", interactive=False,
+                                   elem_id="download-files")
             with gr.Accordion("Front points (select a row)", open=False):
                 table = gr.Dataframe(headers=handlers.TABLE_HEADERS, interactive=False, elem_id="front-table")
             with gr.Accordion("Selection details (JSON)", open=False):
@@ -167,25 +210,32 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
             cmp_img = gr.Image(label="The protocol comparison's fronts", type="filepath", interactive=False,
                                elem_id="comparison-front")
         with gr.Tab("About"):
-            gr.Markdown(ABOUT)
+            gr.Markdown(about(), elem_id="about")
 
         view = [model_dd, eval_set, budget, methods, seqlen, windows, metric]
         front_out = [front_plot, table, front_md]
-        select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share]
+        select_out = [selected, selection_md, adapter_md, heatmap, details, front_plot, share, layers, compare_md,
+                      compare_plot]
         raw = {"preprocess": False}  # the handlers check every argument (module docstring)
         light = {"concurrency_limit": 4, "concurrency_id": "light", **raw}
         heavy = {"concurrency_limit": 1, "concurrency_id": "heavy", **raw}
 
-        load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending], api_name=False,
-                         **raw)
+        load = demo.load(handlers.on_load, [default_model], [model_dd, eval_set, budget, pending, methods, seqlen, windows],
+                         api_name=False, **raw)
         load.then(handlers.refresh_front, [*view, pending], front_out, api_name=False, **light) \
             .then(handlers.restore_selection, [pending, *view], select_out, api_name=False, **light) \
             .then(handlers.model_summary, [model_dd], [summary], api_name=False, **raw)
         demo.load(handlers.comparison, None, [cmp_md, cmp_img], api_name=False)
         demo.load(handlers.hv_history, [default_model], [hv_plot], api_name=False, **raw)
 
-        for ctl in (eval_set, budget, methods, seqlen, windows, metric):
-            ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light)
+        for ctl in (eval_set, methods, seqlen, windows, metric):
+            ctl.change(handlers.refresh_front, [*view, selected], front_out, api_name=False, trigger_mode="always_last",
+                       **light)
+        # the budget box: debounced in the page, clamped values written back (handlers.refresh_budget)
+        budget.change(handlers.refresh_budget, [*view, selected], [budget, *front_out], api_name=False,
+                      js=bridge.debounce_js(view.index(budget)), trigger_mode="always_last", **light)
+        for ctl, part in ((yscale, "yscale"), (yrange, "yrange"), (xaxis, "x")):
+            ctl.change(None, [ctl], None, js=bridge.set_view_js(part), api_name=False, **raw)
         model_dd.change(lambda: "", None, [selected], api_name=False) \
             .then(handlers.refresh_front, [*view, selected], front_out, api_name=False, **light) \
             .then(handlers.model_summary, [model_dd], [summary], api_name=False, **raw) \
@@ -198,13 +248,25 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         table.select(handlers.select_row, view, select_out, api_name=False, **light)
         best_btn.click(handlers.select_best, view, select_out, api_name="select_best", **light)
         eval_btn.click(handlers.quick_eval, [selected, *view],
-                       [eval_md, front_plot, table, front_md, selection_md, details], api_name="quick_eval", **heavy)
+                       [eval_md, front_plot, table, front_md, selection_md, details, residual_plot],
+                       api_name="quick_eval", show_progress_on=[eval_md], **heavy)
         sample_btn.click(handlers.sample, [selected, model_dd, methods, prompt, new_tokens],
                          [quant_txt, dense_txt, sample_md], api_name="sample", **heavy)
+        pin_btn.click(panels.pin, [selected, *view], select_out, api_name=False, **light)
+        unpin_btn.click(panels.unpin, [selected, *view], select_out, api_name=False, **light)
+        dl_front.click(panels.front_files, view, [dl_files], api_name=False, show_progress_on=[dl_files], **heavy)
+        dl_evals.click(panels.evaluation_files, [model_dd], [dl_files], api_name=False, **light)
+        dl_layers.click(panels.layer_files, [selected, model_dd], [dl_files], api_name=False, **light)
         export_btn.click(handlers.export, [selected, model_dd, eval_set, seqlen, windows], [files, export_md],
                          api_name="export", **heavy)
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
+
+
+def downloads_columns() -> list[str]:
+    from ui.downloads import LAYER_COLUMNS
+
+    return list(LAYER_COLUMNS)
 
 
 def launch_kwargs() -> dict:
