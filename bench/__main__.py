@@ -72,6 +72,39 @@ def _row(figure: str, value, unit: str, reference: str, target: str, met: bool |
     return f"| {figure} | {v} | {reference} | {target} | {status} |"
 
 
+def _packed_rows(r: dict) -> list[str]:
+    """Rows of ``bench_packed`` (SmolLM2 through the packed runtime) and ``bench_scale`` (a 1B-class run)."""
+    rows = []
+    p = _get(r, "packed")
+    if p:
+        dev = p.get("device", "cpu")
+        rows.append(_row(f"packed runtime resident memory, SmolLM2 at {p['avg_bits']:.2f} bits ({dev})",
+                         p["memory_ratio"], "x", f"packed targets + full-precision params: "
+                         f"{(p['packed_target_bytes'] + p['full_precision_bytes']) / 2**20:.0f} MiB (RSS growth "
+                         f"{p['configured_rss_mib']:.0f} MiB; tensors {p['tensor_ratio']:.3f}x)", "<= 1.3",
+                         p["memory_ratio"] <= 1.3))
+        rows.append(_row(f"packed runtime eval tokens/s ({dev})", p["tokens_per_s_ratio"], "x",
+                         f"fake-quantized fp32 path ({p['fake_tokens_per_s']:.0f} tokens/s)", "aim >= 0.5",
+                         p["tokens_per_s_ratio"] >= 0.5))
+        rows.append(_row("packed vs fake-quantized ppl (fp32)", p["packed_vs_fake_rel_diff"], "rel",
+                         f"ppl {p['ppl_packed_fp32']:.3f} vs {p['ppl_fake_fp32']:.3f} ({p['windows']} x {p['seqlen']})",
+                         "<= 0.005", p["packed_vs_fake_rel_diff"] <= 0.005))
+        rows.append(_row("bf16 vs fp32 ppl, same configuration (packed)", p["bf16_vs_fp32_rel_diff"], "rel",
+                         f"ppl {p['ppl_packed_bf16']:.3f} (bf16) vs {p['ppl_packed_fp32']:.3f} (fp32)", "reported",
+                         None))
+    s = _get(r, "scale")
+    if s:
+        ratio = s.get("train_peak_over_bf16_weights")
+        rows.append(_row(f"1B-class ({s['shape']}, {s['num_hidden_layers']} blocks x {s['hidden_size']}) training peak "
+                         f"RSS / bf16 weights", ratio, "x", f"bf16 weights {(s['bf16_weight_bytes'] or 0) / 2**30:.2f} GiB; "
+                         f"run {s['status']}", "<= 3", None if ratio is None else ratio <= 3))
+        for st in s["stages"]:
+            rows.append(_row(f"1B-class stage {st['stage']}", st.get("seconds"), "s",
+                             f"peak RSS {st['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in st
+                             else st.get("stopped") or f"failed: {st.get('failed')}", "-", None))
+    return rows
+
+
 def markdown(report: dict) -> str:
     """The report's figures as a table: each with its reference (same run), target and verdict."""
     r = report["results"]
@@ -121,6 +154,7 @@ def markdown(report: dict) -> str:
                              "switch / generate", row["apply_s"], "s",
                              f"switch {row['switch_10pct_s']:.3f} s, generate {row['generate_ms']:.2f} ms, eval ratio "
                              f"{row['eval_ratio']:.2f}", "-", None))
+    rows += _packed_rows(r)
     failed = [k for k, v in r.items() if v is None]
     head = (f"# Benchmarks ({report['created']}, Python {report['machine']['python']}, {report['machine']['cpu']})\n\n"
             "Ratios are against a reference measured in the same run; see bench/README.md.\n\n")

@@ -327,8 +327,8 @@ def load_bundle(path: str | os.PathLike, device: str | None = None, dtype: str =
     ``runtime="packed"`` (default): every target becomes a :class:`coalora.packed.PackedLinear` holding
     the bundle's packed codes as they are (memory ~ avg_bits / 8 per weight), dequantized per layer in
     each forward; ``"fake"``: the dequantized weights are written into the base model's Linears.
-    ``dtype``: the compute dtype (the base weights are read in float32 to check the weights hash, then
-    whatever stays in full precision is cast).
+    ``dtype``: the compute dtype (the base weights are checked against the recorded hash in float32
+    unless the checkpoint itself is in ``dtype``; whatever stays in full precision is then cast).
     """
     from safetensors.torch import load_file
 
@@ -340,10 +340,15 @@ def load_bundle(path: str | os.PathLike, device: str | None = None, dtype: str =
     compute = torch_dtype(dtype, device)
     p, meta = read_bundle_meta(path)
     name = meta.get("model")
-    model, tok = load_model(name, device=device) if isinstance(name, str) else (None, None)
-    if model is None:
+    if not isinstance(name, str):
         raise CoaloraError(f"{p / CONFIG_FILE}: key 'model' must name a registry model")
+    # A bf16 checkpoint read in bf16 has the hash of its float32 reading; an fp32 one does not, so
+    # only then is it read again in float32 (and cast after the check).
+    model, tok = load_model(name, dtype=dtype, device=device)
     targets = find_targets(model)
+    if dtype != "float32" and weights_fingerprint(model, targets) != meta.get("weights_hash"):
+        del model
+        model, tok = load_model(name, device=device)
     if weights_fingerprint(model, targets) != meta.get("weights_hash"):
         raise CoaloraError(f"bundle {p} was made from other weights of {name} (weights hash "
                            f"{meta.get('weights_hash')}); re-export it from this model")
