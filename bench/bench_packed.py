@@ -9,7 +9,7 @@
 * **Throughput.** Forward tokens/s (batch 4 x 256, no grad, best of 3 interleaved rounds) of the
   packed model vs the fake-quantized one (``ConfigApplier``, dequantized fp32 weights), same
   configuration; reported, aim >= 0.5 on CPU.
-* **Agreement and dtype.** Perplexity of the same configuration over 8 x 256 strided-v1 windows:
+* **Agreement and dtype.** Perplexity of the same configuration over 4 x 256 strided-v1 windows:
   packed fp32 vs fake-quantized fp32 (must agree within 0.5 %), and packed bf16 (its effect).
 
 Prints one JSON object.
@@ -103,7 +103,7 @@ def throughput() -> dict:
             "tokens_per_s_ratio": fake_s / packed_s, "batch": list(ids.shape)}
 
 
-def perplexities(windows: int = 8, seqlen: int = 256) -> dict:
+def perplexities(windows: int = 4, seqlen: int = 256) -> dict:
     from coalora.apply import ConfigApplier
     from coalora.config import ModelQuantConfig, resolve_preset
     from coalora.evaluate import eval_windows, perplexity

@@ -52,8 +52,15 @@ def _byte_table_cpu(bits: int, k: int | None) -> Tensor:
     return codes if k is None else nf_codebook(k)[codes.long()]
 
 
+@cache
 def _byte_table(bits: int, k: int | None, device: torch.device) -> Tensor:
+    """:func:`_byte_table_cpu` on ``device``, copied there once (no host transfer per forward)."""
     return _byte_table_cpu(bits, k).to(device)
+
+
+@cache
+def _codebook_on(k: int, device: torch.device) -> Tensor:
+    return nf_codebook(k).to(device)
 
 
 def unpack_codes(packed: Tensor, bits: int, n: int) -> Tensor:
@@ -80,7 +87,7 @@ def code_values(packed: Tensor, k: int, n: int) -> Tensor:
     """NF-k codebook values of the first ``n`` packed ``k``-bit codes: float32 ``[n]``."""
     if 8 % k == 0 and k != 8:
         return _byte_table(k, k, packed.device).index_select(0, packed.to(torch.int32)).reshape(-1)[:n]
-    return nf_codebook(k).to(packed.device).index_select(0, unpack_codes(packed, k, n))
+    return _codebook_on(k, packed.device).index_select(0, unpack_codes(packed, k, n))
 
 
 # --------------------------------------------------------------------------------------------- the layer
