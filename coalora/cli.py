@@ -88,6 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         coa = load_trained(args.adapter, model, args.model)
         coa.eval()
+    if args.tasks:
+        return _eval_tasks(args, model, tok, qcfg, coa, runtime)
     ew = eval_windows(tok, corpus=args.corpus, split=args.split, seqlen=args.seqlen,
                       windows=None if args.full else args.windows, spec=args.spec)
     # KL's reference: the unquantized model's log-probs on these windows, taken before any
@@ -140,6 +142,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.model}{bits} on {res.dataset}: ppl {res.ppl:.3f} (nll {res.nll:.4f}){kl} over {res.windows} "
             f"windows x {res.seqlen} tokens ({ew.spec}: {len(ew.documents)} documents), {res.tokens_per_s:.0f} tokens/s"
         )
+    return 0
+
+
+def _eval_tasks(args: argparse.Namespace, model, tok, qcfg, coa, runtime: str) -> int:
+    """``coalora eval --tasks``: lm-eval tasks (:mod:`coalora.tasks`) on the model with ``qcfg``
+    applied (and the adapter generated for it), printed and stored beside perplexity."""
+    import torch
+
+    from coalora import tasks
+    from coalora.store import Store
+
+    names = tasks.parse_tasks(args.tasks)
+    limit = tasks.check_limit(args.limit)
+    adapter_id = ""
+    with torch.no_grad():
+        if coa is not None:
+            from coalora.explorer import file_id
+
+            coa.set_config(qcfg)
+            adapter_id = file_id(args.adapter)
+        elif qcfg is not None and runtime == "packed":
+            from coalora.packed import pack_model
+
+            pack_model(model, qcfg)
+        elif qcfg is not None:
+            from coalora.apply import ConfigApplier
+
+            ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
+    rows = tasks.run_tasks(model, tok, names, limit=limit or None, batch_size=args.batch_size)
+    method = "coalora" if coa is not None else "none"
+    with Store() as st:
+        stored = 0 if st.read_only else st.add_task_metrics(args.model, qcfg, adapter_id, method, rows)
+        if st.read_only:
+            _log(f"warning: {st.warning}")
+    out = {"model": args.model, "adapter": args.adapter, "config_hash": qcfg.hash if qcfg else None,
+           "avg_bits": qcfg.avg_bits if qcfg else None, "method": method, "limit": limit,
+           "tasks": [r.to_dict() for r in rows], "stored": stored}
+    if args.json:
+        _print_json(out)
+    else:
+        bits = f"{qcfg.avg_bits:.4f} avg bits" if qcfg else "unquantized"
+        for r in rows:
+            se = f" +- {r.stderr:.4f}" if r.stderr is not None else ""
+            print(f"{args.model} ({bits}) {r.task} {r.metric}: {r.value:.4f}{se} over {r.samples} documents")
     return 0
 
 
@@ -600,6 +646,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--preset", help="quantize every target uniformly: nf2-dq, nf3-dq, nf4-dq, nf8-dq or uniform:b0,b1,b2,B0,B1")
     sp.add_argument("--adapter", help="also add the CoA-LoRA adapter generated for that configuration (a trained "
                     "adapter file, e.g. data/default/smollm2-135m-coalora.safetensors)")
+    sp.add_argument("--tasks", help="instead of perplexity, run these lm-evaluation-harness tasks (comma-separated, "
+                    "zero-shot), e.g. shakespeare_nextline (local, offline) or hellaswag,arc_easy,piqa (hub datasets); "
+                    "results are stored beside perplexity")
+    sp.add_argument("--limit", type=int, help="with --tasks: at most N documents per task (default: all)")
     sp.add_argument("--runtime", choices=["packed", "fake"],
                     help="packed: keep only the bit-packed codes and dequantize per layer in each forward (the "
                          "default; memory ~ avg_bits/8 per weight); fake: dequantized weights beside the originals "

@@ -97,6 +97,15 @@ fit. Real SmolLM2 configurations measure far above it (the bare quantized model 
 allocator configuration: 0.017 nats; data/seed)."""
 METRICS = ("ppl", "kld")
 """What a front's second objective is: perplexity (modelled as log ppl = mean NLL) or KL (log KL)."""
+TASK_PREFIX = "task:"
+"""A front metric ``task:<lm-eval task>/<metric>`` (e.g. ``task:shakespeare_nextline/acc``) models a
+stored lm-eval accuracy (:mod:`coalora.tasks`) as its error rate ``1 - acc`` in log space (floored
+at :data:`TASK_ERR_FLOOR`), so that, like perplexity, lower is better; the points' values are that
+error rate. Rows of one document limit and task version are fitted together (the largest such
+group of the query's model, method and adapter)."""
+TASK_ERR_FLOOR = 1e-3
+HV_TASK_REF = 1.0
+"""Reference of a task front's hypervolume: error rate 1 (every answer wrong)."""
 FIT_MAXITER = 50
 MAX_LOG_PPL = 100.0
 """Shown perplexities are capped at exp(100) ~ 3e43: a GP fitted on a few points can predict a log
@@ -161,11 +170,20 @@ class FrontQuery:
 
 
 def check_metric(metric: str) -> str:
-    """``metric`` if it is one of :data:`METRICS`, else one clear error."""
-    if metric not in METRICS:
-        raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity) or kld (KL divergence to the "
-                           "unquantized model)")
+    """``metric`` if it is one of :data:`METRICS` or ``task:<task>/<metric>``, else one clear error."""
+    if metric not in METRICS and task_metric(metric) is None:
+        raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity), kld (KL divergence to the "
+                           "unquantized model) or task:<lm-eval task>/<metric>, e.g. task:shakespeare_nextline/acc")
     return metric
+
+
+def task_metric(metric: str) -> tuple[str, str] | None:
+    """``(task, metric)`` of a ``task:<task>/<metric>`` front metric, else None."""
+    if not isinstance(metric, str) or not metric.startswith(TASK_PREFIX):
+        return None
+    task, _, name = metric[len(TASK_PREFIX):].partition("/")
+    ok = task and name and all(ch.isalnum() or ch in "_-." for ch in task + name)
+    return (task, name) if ok else None
 
 
 @dataclass
@@ -287,7 +305,7 @@ class FrontService:
     def _resolve(self, q: FrontQuery) -> FrontQuery:
         if q.model != self.model:
             raise CoaloraError(f"this front service is for {self.model}, not {q.model}")
-        if q.eval_set is not None:
+        if q.eval_set is not None or task_metric(q.metric) is not None:
             return q
         evs = self._evaluations(q, None)
         sets: dict[str, int] = {}
@@ -307,9 +325,12 @@ class FrontService:
         Several adapters' evaluations of one configuration (without ``adapter_id``) are averaged in
         log space; configurations of another target layout are skipped.
         """
-        evs = self._evaluations(q, q.eval_set)
         configs = self.store.configs(q.model)
         by_hash: dict[str, list[float]] = {}
+        evs = self._evaluations(q, q.eval_set) if task_metric(q.metric) is None else []
+        for h, y in self._task_outcomes(q):
+            if h in configs and len(configs[h]) == len(self.targets):
+                by_hash.setdefault(h, []).append(y)
         for e in evs:
             y = _outcome(e, q.metric)
             if e.config_hash in configs and len(configs[e.config_hash]) == len(self.targets) and y is not None:
@@ -317,6 +338,21 @@ class FrontService:
         hashes = sorted(by_hash)
         ids = np.array([configs[h] for h in hashes], dtype=np.int64).reshape(len(hashes), len(self.targets))
         return hashes, ids, np.array([float(np.mean(by_hash[h])) for h in hashes])
+
+    def _task_outcomes(self, q: FrontQuery) -> list[tuple[str, float]]:
+        """(config hash, log error rate) of the stored task metric of a ``task:`` query (else [])."""
+        tm = task_metric(q.metric)
+        if tm is None:
+            return []
+        rows = self.store.task_metrics(model=q.model, method=q.method, adapter_id=q.adapter_id, task=tm[0],
+                                       metric=tm[1])
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            groups.setdefault((r["doc_limit"], r["lm_eval_version"], r["task_version"]), []).append(r)
+        if not groups:
+            return []
+        best = max(groups.values(), key=lambda g: (len({r["config_hash"] for r in g}), g[-1]["created_at"]))
+        return [(r["config_hash"], math.log(max(1.0 - r["value"], TASK_ERR_FLOOR))) for r in best]
 
     def fit(self, q: FrontQuery, data: tuple[list[str], np.ndarray, np.ndarray] | None = None):
         """The GP for a resolved query, refitted incrementally; returns (gp, how) or (None, reason).
@@ -753,6 +789,8 @@ def _hv(bits: np.ndarray, log_value: np.ndarray, log_ref: float = math.log(HV_PP
 
 def _log_ref(metric: str) -> float:
     """log of the hypervolume reference of ``metric``'s axis."""
+    if task_metric(metric) is not None:
+        return math.log(HV_TASK_REF)
     return math.log(HV_PPL_REF if metric == "ppl" else HV_KLD_REF)
 
 

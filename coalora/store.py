@@ -13,7 +13,9 @@ The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). 
   (:mod:`coalora.evalspec`) to the evaluation key, the KL divergence to the unquantized model and
   the per-window sums; rows of a schema-1 store (and seed files without those columns) were measured
   on the old rule, so they read as ``prefix-v0`` with no KL, and a number of one spec is never
-  returned for another.
+  returned for another. Schema 3 added ``task_metrics``: lm-evaluation-harness accuracies
+  (:mod:`coalora.tasks`) beside perplexity, keyed by (model, config, adapter, method, task, metric,
+  limit, lm-eval version, task version); the upgrade only creates the table, every row is kept.
 * **One writer process.** DuckDB lets one process hold the file read-write, and then no other
   process may open it at all (stack.md). A second process gets a read-only *snapshot copy* and a
   warning (or, with ``fallback=False``, one clear error); writes to a snapshot raise. Within one
@@ -39,13 +41,13 @@ from coalora import __version__
 from coalora.errors import CoaloraError
 from coalora.evalspec import DEFAULT_SPEC
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SEED_SCHEMA = 2
 """The schema of the shipped seed's results (strided-v1, with KL): a new store loads the seed, and
 so does one upgraded from an older schema (new keys only; its own rows are kept), so that an old
 store's front, whose rows are all prefix-v0, is not left empty under the new default spec."""
 STORE_FILE = "results.duckdb"
-TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds")
+TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds", "task_metrics")
 SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
 """Parquet seeds shipped with the source tree (absent in a wheel install: the store then starts empty)."""
 
@@ -109,6 +111,11 @@ class Evaluation:
 EVAL_KEY = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "eval_spec")
 LEGACY_SPEC = "prefix-v0"
 """The spec of every evaluation stored before schema 2 (or imported from a file without ``eval_spec``)."""
+TASK_KEY = ("model", "config_hash", "adapter_id", "method", "task", "metric", "doc_limit", "lm_eval_version",
+            "task_version")
+"""Key of a stored task metric (``doc_limit`` 0: every document of the task)."""
+UNQUANTIZED = "unquantized"
+"""The config hash of task metrics measured on the unquantized model."""
 _EVAL_KEY_V1 = EVAL_KEY[:-1]
 _EVAL_COLS_V1 = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "tokens", "ppl",
                  "nll", "avg_bits", "seconds", "version", "created_at")
@@ -148,9 +155,18 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE evaluations",
         "ALTER TABLE evaluations_v2 RENAME TO evaluations",
     ],
+    # lm-eval task metrics (coalora.tasks): one row per (task, metric) of a model state.
+    3: [
+        "CREATE TABLE task_metrics (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL, adapter_id VARCHAR NOT NULL,"
+        " method VARCHAR NOT NULL, task VARCHAR NOT NULL, metric VARCHAR NOT NULL, doc_limit INTEGER NOT NULL,"
+        " lm_eval_version VARCHAR NOT NULL, task_version VARCHAR NOT NULL, value DOUBLE NOT NULL, stderr DOUBLE,"
+        " samples INTEGER, avg_bits DOUBLE, seconds DOUBLE, version VARCHAR,"
+        " created_at TIMESTAMP DEFAULT current_timestamp,"
+        f" PRIMARY KEY ({', '.join(TASK_KEY)}))",
+    ],
 }
 _PRIMARY_KEYS = {"models": ("model",), "configs": ("config_hash",), "adapters": ("adapter_id",),
-                 "evaluations": EVAL_KEY, "search_rounds": ("run", "round")}
+                 "evaluations": EVAL_KEY, "search_rounds": ("run", "round"), "task_metrics": TASK_KEY}
 
 
 def default_path() -> Path:
@@ -357,7 +373,43 @@ class Store:
                         [run, round, model, after_step, hypervolume, encoding, loo.get("index"), loo.get("bits"),
                          pool, kept, seconds])
 
+    def add_task_metrics(self, model: str, config, adapter_id: str, method: str, metrics) -> int:
+        """Record lm-eval results (:class:`coalora.tasks.TaskMetric` rows) of ``config`` (a
+        :class:`~coalora.config.ModelQuantConfig`, stored too; None: the unquantized model, stored
+        under config hash :data:`UNQUANTIZED`) in one transaction; returns rows added (a key already
+        stored keeps its first row, as for evaluations)."""
+        self._check_writable()
+        from coalora import __version__ as version
+
+        added = 0
+        config_hash = config.hash if config is not None else UNQUANTIZED
+        bits = config.avg_bits if config is not None else None
+        with self._transaction() as cur:
+            if config is not None:
+                _insert_config(cur, config)
+            for m in metrics:
+                if not math.isfinite(m.value):
+                    raise CoaloraError(f"task {m.task} metric {m.metric} is not a finite number: {m.value!r}")
+                added += len(cur.execute(
+                    f"INSERT INTO task_metrics ({', '.join(TASK_KEY)}, value, stderr, samples, avg_bits, seconds, version)"
+                    f" VALUES ({', '.join('?' * (len(TASK_KEY) + 6))}) ON CONFLICT DO NOTHING RETURNING 1",
+                    [model, config_hash, adapter_id, method, m.task, m.metric, m.limit, m.lm_eval_version,
+                     m.task_version, m.value, m.stderr, m.samples, bits, m.seconds, version]).fetchall())
+        return added
+
     # ---- reads
+
+    def task_metrics(self, model: str | None = None, config_hash: str | None = None, method: str | None = None,
+                     adapter_id: str | None = None, task: str | None = None, metric: str | None = None,
+                     doc_limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored lm-eval task metrics matching every given filter (one dict per row: the key
+        columns, ``value``, ``stderr``, ``samples``, ``avg_bits``), oldest first."""
+        where, args = _where(model=model, config_hash=config_hash, method=method, adapter_id=adapter_id, task=task,
+                             metric=metric, doc_limit=doc_limit)
+        cur = self._cursor().execute(f"SELECT * FROM task_metrics{where} ORDER BY created_at, config_hash, task, metric",
+                                     args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def find_evaluation(self, model: str, config_hash: str, adapter_id: str, method: str, eval_set: str,
                         seqlen: int, windows: int, eval_spec: str = DEFAULT_SPEC) -> Evaluation | None:

@@ -56,6 +56,7 @@ def _fill(store):
     store.add_search_round("run1", 0, "tiny-llama", 100, 0.5, encoding="onehot", loo={"index": 0.1, "bits": 0.2},
                            pool=64, kept=8, seconds=1.5)
     store.add_search_round("run1", 1, "tiny-llama", 200, 0.6)
+    store.add_task_metrics("tiny-llama", cfg, "a1", "coalora", _task_rows())
     return evs
 
 
@@ -196,7 +197,7 @@ def test_schema_1_store_is_migrated_and_keeps_its_rows(tmp_path):
     old = [_ev("a" * 16, ppl=11.0), _ev("b" * 16, method="none", adapter_id="", ppl=22.0), _ev("a" * 16, windows=16)]
     _v1_store(path, old)
     with Store(path, seed_dir=None) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.schema_version() == SCHEMA_VERSION == 3
         assert s.count("evaluations") == 3 and s.count("models") == 1
         got = s.evaluations(eval_spec="prefix-v0")
         assert sorted((e.config_hash, e.windows, e.ppl) for e in got) == \
@@ -508,3 +509,52 @@ def test_closed_store_raises(tmp_path):
     s.close()
     with pytest.raises(CoaloraError, match="closed"):
         s.count("evaluations")
+
+
+def _task_rows(value=0.5, limit=20, task="shakespeare_nextline"):
+    from coalora.tasks import TaskMetric
+
+    return [TaskMetric(task, "acc", value, 0.1, limit, limit, "0.4.13", "1.0+abc"),
+            TaskMetric(task, "acc_norm", value + 0.05, None, limit, limit, "0.4.13", "1.0+abc")]
+
+
+def test_schema_2_store_is_upgraded_to_task_metrics_and_keeps_its_rows(tmp_path):
+    import duckdb
+
+    path = tmp_path / "v2.duckdb"
+    with Store(path, seed_dir=None) as s:
+        added = _fill(s)
+    con = duckdb.connect(str(path))  # as a schema-2 coalora left it: no task_metrics table
+    con.execute("DROP TABLE task_metrics")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with Store(path, seed_dir=None) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert {e.key for e in s.evaluations()} == {e.key for e in added}
+        assert s.count("task_metrics") == 0
+        c = _cfg(3)
+        assert s.add_task_metrics("tiny-llama", c, "a1", "coalora", _task_rows()) == 2
+
+
+def test_task_metrics_round_trip_keep_the_first_row_and_filter(tmp_path):
+    with _store(tmp_path) as s:
+        c = _cfg(4)
+        assert s.add_task_metrics("tiny-llama", c, "a1", "coalora", _task_rows(0.6)) == 2
+        assert s.add_task_metrics("tiny-llama", c, "a1", "coalora", _task_rows(0.9)) == 0  # same key: first kept
+        assert s.add_task_metrics("tiny-llama", c, "a1", "coalora", _task_rows(0.7, limit=40)) == 2  # a new limit
+        assert s.add_task_metrics("tiny-llama", None, "", "none", _task_rows(0.8)) == 2  # the unquantized model
+        rows = s.task_metrics(config_hash=c.hash, metric="acc", doc_limit=20)
+        assert len(rows) == 1 and rows[0]["value"] == 0.6 and rows[0]["stderr"] == 0.1
+        assert rows[0]["avg_bits"] == pytest.approx(c.avg_bits) and rows[0]["lm_eval_version"] == "0.4.13"
+        assert s.task_metrics(config_hash=c.hash, metric="acc_norm", doc_limit=20)[0]["stderr"] is None
+        assert [r["value"] for r in s.task_metrics(config_hash="unquantized", metric="acc")] == [0.8]
+        assert s.config_ids(c.hash) is not None  # the configuration is stored with its metrics
+        assert s.count("task_metrics") == 6
+
+
+def test_a_non_finite_task_metric_writes_nothing(tmp_path):
+    with _store(tmp_path) as s:
+        rows = _task_rows() + _task_rows(float("nan"), limit=5)
+        with pytest.raises(CoaloraError, match="not a finite number"):
+            s.add_task_metrics("tiny-llama", _cfg(5), "a1", "coalora", rows)
+        assert s.count("task_metrics") == 0 and s.count("configs") == 0
