@@ -394,6 +394,8 @@ def cmd_front(args: argparse.Namespace) -> int:
         _print_json(res.to_json())
         return 0
     name, fmt = ("ppl", ".2f") if args.metric == "ppl" else ("KL", ".4f")
+    if args.metric.startswith("task:"):
+        name, fmt = f"error rate (1 - {args.metric[5:]})", ".3f"
     print(f"{ex.model_name} / {args.method} on {res.query['eval_set']} ({args.windows} x {args.seqlen}, "
           f"{res.query['eval_spec']}), {name}: {len(res.measured)} measured, {res.n_candidates} candidates, "
           f"GP {res.refit}, {res.seconds:.2f} s")
@@ -732,9 +734,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--budget", type=float, help="average bits per weight (2.03 .. 8.625)")
     sp.add_argument("--seqlen", type=int, default=256, help="perplexity convention of the stored points: window length")
     sp.add_argument("--windows", type=int, default=8, help="... and number of windows")
-    sp.add_argument("--metric", default="ppl", choices=["ppl", "kld"],
-                    help="the front's second objective: perplexity (default) or kld, the KL divergence to the "
-                         "unquantized model (evaluations without a KL are left out)")
+    sp.add_argument("--metric", default="ppl",
+                    help="the front's second objective: perplexity (default), kld, the KL divergence to the "
+                         "unquantized model (evaluations without a KL are left out), or task:TASK/METRIC, a stored "
+                         "lm-eval metric (e.g. task:shakespeare_nextline/acc_norm; shown as the error rate 1 - acc)")
     sp.add_argument("--validate", action="store_true", help="k-fold Spearman and RMSE of log ppl (log KL) on stored evaluations")
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--json", action="store_true")
