@@ -55,11 +55,14 @@ def test_app_builds_with_named_endpoints(app):
     assert all(not d.preprocess for d in demo.fns.values() if d.inputs)  # the handlers check every argument
 
 
-def test_model_choices_mark_trained_and_hub_models(app):
+def test_model_choices_mark_trained_and_hub_models(app, monkeypatch):
     models = app.Models(default="smollm2-135m")
     labels = dict((v, k) for k, v in models.choices())
     assert "trained CoA-LoRA" in labels["smollm2-135m"]
-    assert "needs the hub" in labels["Qwen/Qwen2.5-0.5B"]
+    assert "Qwen/Qwen2.5-0.5B" not in labels  # offline and not cached here: the page cannot load it
+    assert "Qwen/Qwen2.5-0.5B" in models.allowed()  # the API still answers it with why it cannot load
+    monkeypatch.setattr(app, "hub_unavailable", lambda spec: "")  # a machine that can reach the hub
+    assert "needs the hub" in dict((v, k) for k, v in models.choices())["Qwen/Qwen2.5-0.5B"]
     assert MODEL not in labels and MODEL not in models.allowed()  # the test model only when it is the app's
     assert MODEL in dict((v, k) for k, v in app.MODELS.choices()) and MODEL in app.MODELS.allowed()
 
@@ -122,9 +125,9 @@ def test_error_toasts_escape_markup(app, call):
 def test_out_of_range_budget_is_clamped(app):
     from coalora.config import MAX_BITS, MIN_BITS
 
-    assert app.check_budget(1.0) == pytest.approx(MIN_BITS)
-    assert app.check_budget(-5) == pytest.approx(MIN_BITS)
-    assert app.check_budget(99) == pytest.approx(MAX_BITS)
+    assert app.check_budget(1.0) == 2.033 and MIN_BITS < 2.033 < MIN_BITS + 1e-3  # on the box's 0.001 grid
+    assert app.check_budget(-5) == 2.033
+    assert app.check_budget(99) == MAX_BITS == 8.625
     assert app.check_budget(3.25) == 3.25
 
 
@@ -146,12 +149,13 @@ def test_quantization_only_front_grows_with_quick_evals(app):
     hashes = []
     for budget in (2.5, 4.0, 6.0):
         sel = app.select_best(MODEL, "shakespeare", budget, VIEW["methods"], VIEW["seqlen"], VIEW["windows"])
-        h, summary, adapter_md, heat, details, fig, link = sel
+        h, summary, adapter_md, heat, details, fig, link, layers, cmp_md, cmp_fig = sel
         assert details["avg_bits"] <= budget + 1e-6 and details["method"] == "none"
         assert "no trained CoA-LoRA adapter" in adapter_md and details["adapter_ms"] is None
         assert f"config={h}" in link and "model=tiny-llama" in link
         assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 7  # blocks x module types
-        result, fig, rows, md, summary, details = app.quick_eval(h, MODEL, "shakespeare", budget, *_view()[2:])
+        result, fig, rows, md, summary, details, residuals = app.quick_eval(h, MODEL, "shakespeare", budget,
+                                                                           *_view()[2:])
         assert "measured in" in result and details["measured_ppl"] > 1
         hashes.append(h)
     assert len(set(hashes)) == 3
@@ -215,12 +219,16 @@ def test_kl_axis_shows_the_measured_kl(app):
         assert "nats/token" in result[4]  # the selection summary
         hashes.append(h)
     fig, rows, md = app.refresh_front(MODEL, *_view(), "kld")
-    assert "3 measured" in md and "KL" in md and "KL divergence" in fig.layout.yaxis.title.text
+    assert "3 measured" in md and "KL" in md and "KL to unquantized" in fig.layout.yaxis.title.text
     stored = {e.config_hash: e.kld for e in app.MODELS.get(MODEL).store.evaluations(model=MODEL)}
     measured = [t for t in fig.data if t.name == "no adapter measured"][0]
     assert dict(zip(measured.customdata, measured.y)) == pytest.approx(stored)
     sel = app.select(hashes[1], MODEL, *_view(), "kld")
-    assert sel[4]["metric"] == "kld" and sel[4]["predicted_kld"] is not None and "predicted KL" in sel[1]
+    # measured before any GP existed: no prediction was made for it, and none is invented afterwards
+    assert sel[4]["metric"] == "kld" and sel[4]["predicted_kld"] is None and sel[4]["measured_kld"] is not None
+    fresh = app.MODELS.get(MODEL).allocate(5.0).hash  # unmeasured: the KL GP's prediction
+    other = app.select(fresh, MODEL, *_view(), "kld")
+    assert other[4]["predicted_kld"] is not None and other[4]["measured_kld"] is None and "predicted KL" in other[1]
     ring = [t for t in sel[5].data if t.name == "selected"][0]
     assert ring.y[0] == pytest.approx(stored[hashes[1]])  # ringed on the KL axis
     with pytest.raises(gr.Error, match="unknown front metric"):
@@ -296,7 +304,8 @@ def test_shared_link_restores_the_selection(app, monkeypatch):
         headers = {"referer": "http://evil.example/phish", "host": "evil.example"}
 
     monkeypatch.setattr(app, "PUBLIC_URL", "http://127.0.0.1:7861/")
-    assert app.on_load("smollm2-135m", Req()) == (MODEL, "shakespeare", 3.5, "00000000deadbeef")
+    assert app.on_load("smollm2-135m", Req()) == (MODEL, "shakespeare", 3.5, "00000000deadbeef",
+                                                  ["coalora", "none"], 256, 8)
     assert app.share_link(MODEL, 3.5, "00000000deadbeef") == \
         "http://127.0.0.1:7861/?model=tiny-llama&budget=3.50&config=00000000deadbeef"
 
@@ -304,7 +313,8 @@ def test_shared_link_restores_the_selection(app, monkeypatch):
         query_params = {"model": "/etc", "budget": "nan", "config": "<script>"}
         headers = {}
 
-    assert app.on_load(MODEL, Bad()) == (MODEL, "shakespeare", 4.0, "")  # each bad field: a warning, the default
+    assert app.on_load(MODEL, Bad()) == (MODEL, "shakespeare", 4.0, "", ["coalora", "none"], 256, 8)  # each bad
+    # field: a warning and its default
 
 
 def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
