@@ -1,10 +1,19 @@
 """The explorer in a real browser: Playwright drives Debian Chromium against the app serving the
-real default model (SmolLM2-135M with its shipped adapter and seeded front).
+real default model (SmolLM2-135M with its shipped adapter and seeded front). One served app for
+the module.
 
-It loads the page, clicks a point of the plotly front (the click bridge), sees the adapter time and
-the heatmap, runs a quick eval and sees the new measured point, and downloads the export bundle.
-Timings (page request -> front drawn, click -> adapter shown) and a screenshot go to
-``$COALORA_TEST_OUTPUT/browser`` (default ``test-output/browser``).
+* every kind of marker (predicted-front point, measured CoA-LoRA and no-adapter points, the
+  best-within-budget star, an EHVI proposal, the selection ring) is clicked at its pixel position,
+  computed from the plot's own axes, and the selected hash shown in the page must be that marker's;
+  its tooltip must describe it;
+* the default y range covers the points at >= 3 bits, not the 10^10 tail;
+* the budget box at -1, 1.5, 2.0, 8.6 and 9 and under fast typing: clamped with a warning, box and
+  plot agree, never an error;
+* Sample with only "no adapter" ticked; a quick eval (the residual plot, the prediction kept) and
+  the export bundle.
+
+Timings and screenshots at 1400 px and 390 px go to ``$COALORA_TEST_OUTPUT/browser`` (default
+``test-output/browser``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
 OUT = Path(os.environ.get("COALORA_TEST_OUTPUT", "test-output")) / "browser"
+TIMINGS: dict[str, float] = {}
 
 
 def _chromium() -> str:
@@ -55,112 +65,308 @@ def server(tmp_path_factory):
     demo.close()
     handlers.MODELS.store.close()
     handlers.MODELS, handlers.FRONTS, handlers.EXPORT_DIR = old
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+    print("browser timings:", TIMINGS)
 
 
-FIND_UNMEASURED = """
-() => {
-  // A point of the CoA-LoRA predicted front (2.5-6 bits) that is unmeasured and as far as possible
-  // (on screen) from every measured point and every other trace's marker: plotly's closest-point
-  // click may then pick a neighbour on the same line, but never an already measured configuration.
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_chromium(), args=FLAGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url: str, width: int = 1400, height: int = 1000):
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector("#front-plot .scatterlayer .point", timeout=90_000)
+    page.wait_for_function("document.querySelector('#front-summary').innerText.includes('measured')",
+                           timeout=60_000)
+    page.wait_for_function("window.__coaloraBridgeReady === true", timeout=20_000)
+    TIMINGS.setdefault("page_to_front_s", time.perf_counter() - t0)
+    return page, errors
+
+
+SELECTED = ("() => (document.querySelector('#selection-summary').innerText"
+            ".match(/Configuration ([0-9a-f]{16})/) || [])[1] || null")
+
+MARKER = """
+([kind, method]) => {
+  // A marker of `kind` (of `method`'s traces where given) and its centre in page pixels. For
+  // "measured" the one with a predicted-front marker nearest to it (the overlap a click must
+  // resolve in favour of the measured one); for "predicted" the one farthest from any other marker.
   const gd = document.querySelector('#front-plot .js-plotly-plot');
-  const names = gd.data.map(t => t.name);
-  const measured = new Set((gd.data[names.indexOf('CoA-LoRA measured')] || {customdata: []}).customdata);
-  const ti = names.indexOf('CoA-LoRA predicted front');
-  const traces = document.querySelectorAll('#front-plot .scatterlayer .trace');
-  const centre = (el) => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
-  const mine = [...traces[ti].querySelectorAll('.point')].map(centre);
-  const avoid = [];
-  traces.forEach((tr, k) => tr.querySelectorAll('.point').forEach((el, j) => { if (k !== ti) avoid.push(centre(el)); }));
-  mine.forEach((c, i) => { if (measured.has(gd.data[ti].customdata[i])) avoid.push(c); });
-  let best = null;
-  mine.forEach((c, i) => {
-    const h = gd.data[ti].customdata[i], x = gd.data[ti].x[i];
-    if (measured.has(h) || x < 2.5 || x > 6) return;
-    const d = Math.min(...avoid.map(o => Math.hypot(o[0] - c[0], o[1] - c[1])));
-    if (!best || d > best.gap) best = {trace: ti, index: i, hash: h, gap: d};
-  });
-  return best;
+  const all = window.__coaloraMarkers(gd), r = gd.getBoundingClientRect();
+  const mine = all.filter(m => m.kind === kind && (!method || gd._fullData[m.trace].meta.method === method));
+  if (!mine.length) return null;
+  const gap = (m, pool) => Math.min(...pool.filter(o => o.hash !== m.hash).map(o => Math.hypot(o.px - m.px, o.py - m.py)));
+  let best = mine[0], score = null;
+  for (const m of mine) {
+    const s = kind === 'measured' ? -gap(m, all.filter(o => o.kind === 'predicted'))
+            : kind === 'predicted' ? gap(m, all) : 0;
+    if (score === null || s > score) { score = s; best = m; }
+  }
+  return {hash: best.hash, x: r.left + best.px, y: r.top + best.py, gap: kind === 'predicted' ? score : -score};
 }
 """
 
-SELECTED = "() => (document.querySelector('#adapter-time').innerText.match(/Adapter for ([0-9a-f]{16})/) || [])[1]"
+RING = "() => { const gd = document.querySelector('#front-plot .js-plotly-plot');" \
+       " const t = gd.data.find(t => t.meta && t.meta.kind === 'selected'); return t ? t.customdata[0] : null; }"
+
+
+def _click_marker(page, kind: str, method: str | None = None) -> dict:
+    """Click the centre of a ``kind`` marker; returns it, after the page shows its selection."""
+    target = page.evaluate(MARKER, [kind, method])
+    assert target is not None, f"no {kind} marker of {method} on the front"
+    page.mouse.move(target["x"], target["y"])
+    tip = page.wait_for_selector("#front-tip", state="visible", timeout=5_000)
+    assert tip.get_attribute("data-hash") == target["hash"], (kind, target, tip.inner_text())
+    assert target["hash"] in tip.inner_text() and "bits" in tip.inner_text() and "MB" in tip.inner_text()
+    page.evaluate("() => { window.__testLayout = document.querySelector('#front-plot .js-plotly-plot').layout; }")
+    t0 = time.perf_counter()
+    page.mouse.click(target["x"], target["y"])
+    try:
+        page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout !== window.__testLayout",
+                               timeout=60_000)  # this click's selection has redrawn the front
+        page.wait_for_function(f"({SELECTED})() === '{target['hash']}'", timeout=30_000)
+        page.wait_for_function(f"({RING})() === '{target['hash']}'", timeout=30_000)
+    except Exception:
+        page.screenshot(path=str(OUT / f"failed-click-{kind}.png"), full_page=True)
+        raise AssertionError(f"clicked {kind} {target}, page selected {page.evaluate(SELECTED)}") from None
+    TIMINGS.setdefault("click_to_selection_s", time.perf_counter() - t0)
+    page.wait_for_function("window.__coaloraBridgeReady === true && document.querySelector("
+                           "'#front-plot .js-plotly-plot').dataset.coaloraReady === '1'")
+    return target
+
+
+def test_each_kind_of_marker_selects_itself(server, browser):
+    OUT.mkdir(parents=True, exist_ok=True)
+    page, errors = _open(browser, server)
+    try:
+        _check_default_y_range(page)
+        picked = {}
+        for kind, method in (("predicted", "coalora"), ("measured", "coalora"), ("measured", "none"),
+                             ("predicted", "none"), ("best", None)):
+            picked[(kind, method)] = _click_marker(page, kind, method)["hash"]
+        page.evaluate("() => { const gd = document.querySelector('#front-plot .js-plotly-plot');"
+                      " const i = gd.data.findIndex(t => t.meta && t.meta.kind === 'proposal');"
+                      " return window.Plotly.restyle(gd, {visible: true}, [i]); }")  # the legend's toggle
+        picked["proposal"] = _click_marker(page, "proposal", "coalora")["hash"]
+        picked["ring"] = _click_marker(page, "selected")["hash"]
+        assert picked["ring"] == picked["proposal"]
+        assert len({picked[("measured", "coalora")], picked[("predicted", "coalora")]}) == 2
+        text = page.inner_text("#selection-summary")
+        assert "MB" in text and "predicted ppl" in text
+        assert picked["ring"] in page.input_value("#share-link textarea, #share-link input")
+        page.screenshot(path=str(OUT / "explorer-1400.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def _check_default_y_range(page) -> None:
+    """The default y range covers the points at >= 3 bits; the view controls switch range, scale, x."""
+    got = page.evaluate("""() => {
+      const gd = document.querySelector('#front-plot .js-plotly-plot'), ya = gd._fullLayout.yaxis;
+      const ys = [];
+      gd.data.forEach(t => { if (t.meta && ['measured', 'predicted'].includes(t.meta.kind))
+        t.x.forEach((x, i) => { if (x >= 3) ys.push(t.y[i]); }); });
+      return {type: ya.type, range: ya.range, lo: Math.min(...ys), hi: Math.max(...ys), all: gd.data.length};
+    }""")
+    lo, hi = 10 ** got["range"][0], 10 ** got["range"][1]
+    assert got["type"] == "log" and lo <= got["lo"] and hi >= got["hi"], got
+    assert hi / lo < 10, got  # a decade at most, where the old axis spanned 10 to 10^10
+    page.locator("#view-yrange").get_by_label("full range").check()
+    page.wait_for_function("10 ** document.querySelector('#front-plot .js-plotly-plot')._fullLayout.yaxis.range[1]"
+                           " > 1000")
+    page.locator("#view-yscale").get_by_label("linear", exact=True).check()
+    page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot')._fullLayout.yaxis.type"
+                           " === 'linear'")
+    page.locator("#view-x").get_by_label("model size (MB)").check()
+    page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot')._fullLayout.xaxis.title.text"
+                           " === 'model size (MB)'")
+    page.locator("#view-yrange").get_by_label("where methods differ (>= 3 bits)").check()
+    page.locator("#view-yscale").get_by_label("log", exact=True).check()
+    page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot')._fullLayout.yaxis.type"
+                           " === 'log'")
+
+
+def _budget(page, typed: str, fast: bool = False) -> None:
+    box = page.locator("#budget input[type=number]")
+    if fast:
+        box.click(click_count=3)
+        box.press_sequentially(typed, delay=40)
+    else:
+        box.fill(typed)
+    box.press("Tab")
+
+
+def _shown(page) -> dict:
+    return page.evaluate("""() => {
+      const gd = document.querySelector('#front-plot .js-plotly-plot');
+      const a = (gd.layout.annotations || []).map(a => a.text).find(t => t && t.startsWith('budget'));
+      return {box: document.querySelector('#budget input[type=number]').value, line: a || null,
+              points: document.querySelectorAll('#front-plot .scatterlayer .point').length,
+              summary: document.querySelector('#front-summary').innerText};
+    }""")
+
+
+def test_budget_box_edges_and_fast_typing(server, browser):
+    page, errors = _open(browser, server)
+    try:
+        for typed, want in (("-1", 2.033), ("1.5", 2.033), ("2.0", 2.033), ("8.6", 8.6), ("9", 8.625)):
+            _budget_case(page, typed, want)
+        _budget(page, "5.5", fast=True)
+        page.wait_for_function("(() => { const gd = document.querySelector('#front-plot .js-plotly-plot');"
+                               " return (gd.layout.annotations || []).some(a => a.text === 'budget 5.50'); })()",
+                               timeout=30_000)
+        time.sleep(1.5)  # any stale refresh would land by now
+        s = _shown(page)
+        assert s["box"] == "5.5" and s["line"] == "budget 5.50", s
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def _budget_case(page, typed: str, want: float) -> None:
+    """Type ``typed`` into the budget box: the plot's line, the box and the summary agree on ``want``."""
+    page.evaluate("() => { window.__testLayout = document.querySelector('#front-plot .js-plotly-plot').layout; }")
+    _budget(page, typed)
+    page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout !== window.__testLayout",
+                           timeout=60_000)  # this value's refresh has redrawn the front
+    page.wait_for_function(f"(() => {{ const gd = document.querySelector('#front-plot .js-plotly-plot');"
+                           f" return (gd.layout.annotations || []).some(a => a.text === 'budget {want:.2f}'); }})()",
+                           timeout=30_000)
+    page.wait_for_function(f"Math.abs(parseFloat(document.querySelector('#budget input[type=number]').value)"
+                           f" - {want}) < 1e-3", timeout=10_000)
+    s = _shown(page)
+    assert s["points"] > 100, s  # the front is still drawn: never an error plot
+    assert page.get_by_text("Error", exact=True).count() == 0
+    if want != float(typed):
+        assert page.get_by_text(f"outside the feasible range [2.032, 8.625]; using {want:.3f}").count() >= 1
+    if want < 2.05:
+        assert "No candidate fits within 2.03 bits" in s["summary"] or "Best within 2.03" in s["summary"]
+
+
+def test_sample_with_only_no_adapter(server, browser):
+    page, errors = _open(browser, server)
+    try:
+        page.locator("#methods").get_by_label("CoA-LoRA").uncheck()
+        page.wait_for_function("!document.querySelector('#front-plot .js-plotly-plot').data.some("
+                               "t => t.meta && t.meta.method === 'coalora')", timeout=30_000)
+        page.click("#select-best")
+        page.wait_for_function(f"({SELECTED})() !== null", timeout=30_000)
+        assert "method: no adapter" in page.inner_text("#selection-summary")
+        assert "generated in" not in page.inner_text("#adapter-time")  # no adapter: none generated
+        page.get_by_text("Sample: continue a prompt").click()
+        page.click("#sample")
+        page.wait_for_function("document.querySelector('#sample-quantized textarea').value.length > 25",
+                               timeout=120_000)
+        assert page.get_by_text("Error", exact=True).count() == 0
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_quick_eval_keeps_the_prediction_and_exports(server, browser):
+    page, errors = _open(browser, server)
+    try:
+        target = _click_marker(page, "predicted", "coalora")
+        h = target["hash"]
+        before = page.inner_text("#selection-summary")
+        assert "not measured yet" in before
+        t0 = time.perf_counter()
+        page.click("#quick-eval")
+        page.wait_for_function("document.querySelector('#eval-result').innerText.includes('perplexity')",
+                               timeout=180_000)
+        TIMINGS["quick_eval_s"] = time.perf_counter() - t0
+        after = page.inner_text("#selection-summary")
+        assert "before measuring" in after, after  # the prediction kept next to the measurement
+        page.wait_for_selector("#residuals .scatterlayer .point", timeout=30_000)
+        page.click("#export")
+        link = page.locator('#export-files a[download$=".zip"]').first
+        link.wait_for(timeout=180_000)
+        with page.expect_download() as dl:
+            link.click()
+        path = OUT / dl.value.suggested_filename
+        dl.value.save_as(path)
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(z.read("coalora_config.json"))
+        assert meta["config_hash"] == h and meta["model"] == "smollm2-135m"
+        assert meta["predicted"]["made"] == "before measuring"
+        assert meta["predicted"]["ppl"] != pytest.approx(meta["measured"]["ppl"], rel=1e-6)
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_phone_viewport(server, browser):
+    page, _ = _open(browser, server, width=390, height=844)
+    try:
+        top = page.evaluate("() => document.querySelector('#front-plot').getBoundingClientRect().top + window.scrollY")
+        TIMINGS["phone_plot_top_px"] = top
+        page.screenshot(path=str(OUT / "explorer-390.png"), full_page=True)
+        assert top < 400, f"the plot starts {top:.0f} px down on a phone"
+    finally:
+        page.close()
+
+
+def test_compare_download_and_share_the_pair(server, browser):
+    import pandas as pd
+
+    page, errors = _open(browser, server)
+    try:
+        a = _click_marker(page, "predicted", "coalora")["hash"]
+        page.click("#pin")
+        page.wait_for_function(f"document.querySelector('#compare').innerText.includes('{a}')", timeout=30_000)
+        b = _click_marker(page, "measured", "coalora")["hash"]
+        page.wait_for_function(f"document.querySelector('#compare').innerText.includes('{b}')", timeout=30_000)
+        text = page.inner_text("#compare")
+        assert a in text and b in text and "size (MB)" in text and "adapter generated in" in text
+        page.wait_for_selector("#compare-plot .heatmaplayer", timeout=30_000)
+        link = page.input_value("#share-link textarea, #share-link input")
+        assert f"config={b}" in link and f"pin={a}" in link
+
+        page.get_by_text("Downloads: CSV and Parquet").click()
+        page.click("#download-front")
+        csv = page.locator('#download-files a[download$=".csv"]').first
+        csv.wait_for(timeout=120_000)
+        with page.expect_download() as dl:
+            csv.click()
+        path = OUT / dl.value.suggested_filename
+        dl.value.save_as(path)
+        front = pd.read_csv(path)
+        shown = set(page.evaluate(MEASURED_HASHES))
+        assert shown and shown <= set(front.loc[front.method == "coalora"].dropna(subset=["measured_ppl"]).config_hash)
+        assert {"avg_bits", "size_mb", "predicted_ppl", "log_sigma", "measured_kld"} <= set(front.columns)
+        assert not errors, errors
+    finally:
+        page.close()
+
+    shared, errors = _open(browser, server.rstrip("/") + "/?" + link.split("?", 1)[1])
+    try:
+        shared.wait_for_function(f"({SELECTED})() === '{b}'", timeout=60_000)
+        shared.wait_for_function(f"document.querySelector('#compare').innerText.includes('{a}')", timeout=30_000)
+        kinds = shared.evaluate("() => document.querySelector('#front-plot .js-plotly-plot').data"
+                                ".filter(t => t.meta && ['selected', 'pinned'].includes(t.meta.kind))"
+                                ".map(t => [t.meta.kind, t.customdata[0]])")
+        assert sorted(kinds) == [["pinned", a], ["selected", b]]
+        assert not errors, errors
+    finally:
+        shared.close()
+
 
 MEASURED_HASHES = """
 () => {
   const gd = document.querySelector('#front-plot .js-plotly-plot');
-  const t = gd.data.find(t => t.name === 'CoA-LoRA measured');
+  const t = gd.data.find(t => t.meta && t.meta.kind === 'measured' && t.meta.method === 'coalora');
   return t ? t.customdata : [];
 }
 """
-
-
-def test_explorer_in_chromium(server):
-    from playwright.sync_api import sync_playwright
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-
-            t0 = time.perf_counter()
-            page.goto(server)
-            page.wait_for_selector("#front-plot .scatterlayer .point", timeout=60_000)
-            timings["page_to_front_s"] = time.perf_counter() - t0
-            page.wait_for_function("document.querySelector('#front-summary').innerText.includes('measured')")
-            before = set(page.evaluate(MEASURED_HASHES))
-            assert len(before) >= 40  # the seeded front
-
-            # Click an unmeasured point of the predicted front near 3.2 bits (mouse on its centre:
-            # plotly_click needs a real mouse event, a locator click on the SVG does not fire it).
-            page.wait_for_function("window.__coaloraBridgeReady === true", timeout=10_000)
-            target = page.evaluate(FIND_UNMEASURED)
-            point = page.locator("#front-plot .scatterlayer .trace").nth(target["trace"]).locator(".point") \
-                .nth(target["index"])
-            box = point.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(x, y)
-            t1 = time.perf_counter()
-            page.mouse.click(x, y)
-            try:
-                page.wait_for_function(f"({SELECTED})() !== undefined", timeout=30_000)
-            except Exception:
-                page.screenshot(path=str(OUT / "failed-click.png"), full_page=True)
-                raise AssertionError(f"clicked {target}, page shows: {page.inner_text('#adapter-time')!r}") from None
-            timings["click_to_adapter_s"] = time.perf_counter() - t1
-            picked = page.evaluate(SELECTED)  # the target or, in a dense front, a neighbour on its line
-            assert picked not in before, f"clicked {target}, selected the measured {picked}"
-            adapter_text = page.inner_text("#adapter-time")
-            assert "generated in" in adapter_text and " ms" in adapter_text
-            page.wait_for_selector("#heatmap .heatmaplayer", timeout=10_000)
-            assert picked in page.input_value("#share-link textarea, #share-link input")
-
-            # Quick eval: the new measured point appears on the front.
-            t2 = time.perf_counter()
-            page.click("#quick-eval")
-            page.wait_for_function("document.querySelector('#eval-result').innerText.includes('perplexity')",
-                                   timeout=180_000)
-            page.wait_for_function(f"({MEASURED_HASHES})().includes('{picked}')", timeout=30_000)
-            timings["quick_eval_s"] = time.perf_counter() - t2
-            assert set(page.evaluate(MEASURED_HASHES)) == before | {picked}
-            page.screenshot(path=str(OUT / "explorer.png"), full_page=True)
-
-            # Export: download the bundle zip.
-            page.click("#export")
-            link = page.locator('#export-files a[download$=".zip"]').first
-            link.wait_for(timeout=180_000)
-            with page.expect_download() as dl:
-                link.click()
-            path = OUT / dl.value.suggested_filename
-            dl.value.save_as(path)
-            with zipfile.ZipFile(path) as z:
-                meta = json.loads(z.read("coalora_config.json"))
-            assert meta["config_hash"] == picked and meta["model"] == "smollm2-135m"
-            assert not errors, errors
-        finally:
-            browser.close()
-    (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
-    print("browser timings:", timings)

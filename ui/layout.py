@@ -244,7 +244,7 @@ def build_app(model: str = "smollm2-135m", warm: bool = True) -> gr.Blocks:
         # Named endpoints (the API page lists them; gradio_client drives them).
         gr.api(handlers.api_front, api_name="front")
         bridge_btn.click(handlers.select, [bridge_box, *view], select_out, js=bridge.READ_POINT,
-                         api_name="select", **light)
+                         api_name="select", trigger_mode="always_last", **light)  # a click is never dropped
         table.select(handlers.select_row, view, select_out, api_name=False, **light)
         best_btn.click(handlers.select_best, view, select_out, api_name="select_best", **light)
         eval_btn.click(handlers.quick_eval, [selected, *view],
