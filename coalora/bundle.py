@@ -12,7 +12,9 @@ A bundle directory holds
   sha256 of every other file, and conversion notes;
 * ``gptq_dynamic.json``: the per-module map as a GPTQModel ``dynamic`` dict (bits, group_size);
   ``hqq_quant_config.json``: HQQ's per-tag map, written only when it is lossless (every block
-  shares one config per module type);
+  shares one config per module type); ``torchao_config.json``: torchao's ``FqnToConfig``
+  (:mod:`coalora.torchao_export`); ``llama_tensor_types.txt``: llama.cpp's per-tensor types
+  (:mod:`coalora.gguf_export`). :func:`map_bits` gives each map's stored bits per weight;
 * ``README.md``: how to load it.
 
 :func:`load_bundle` rebuilds the quantized model with its adapter from the bundle alone (plus the
@@ -81,6 +83,25 @@ def hqq_tag_map(config: ModelQuantConfig) -> tuple[dict[str, dict[str, int]] | N
     return {tag: {"nbits": b0, "group_size": bs} for tag, ((b0, bs),) in tags.items()}, None
 
 
+def map_bits(config: ModelQuantConfig) -> dict[str, float]:
+    """Average stored bits per target weight of ``config`` and of each runtime's map of it (same
+    b0 and group size B0; only the scales' storage differs): coalora (NF-b0 codes, b1-bit scales
+    double-quantized), GPTQModel (fp16 scale and a b0-bit packed zero point per group), HQQ (fp16
+    scale and zero per group) and torchao ``IntxWeightOnlyConfig`` (fp32 scale and int8 zero point
+    per group as torchao 0.18 stores them on the CPU) and llama.cpp (the ggml type of each matrix:
+    :mod:`coalora.gguf_export`)."""
+    n = sum(t.numel for t in config.targets)
+
+    def avg(f) -> float:
+        return sum(t.numel * f(c) for t, c in zip(config.targets, config.configs)) / n
+
+    from coalora.gguf_export import gguf_bits
+
+    return {"coalora": config.avg_bits, "gptqmodel": avg(lambda c: c.b0 + (16 + c.b0) / c.B0),
+            "hqq": avg(lambda c: c.b0 + 32 / c.B0), "torchao": avg(lambda c: c.b0 + 40 / c.B0),
+            "llama.cpp": gguf_bits(config)}
+
+
 def _readme(meta: dict[str, Any]) -> str:
     m = meta["measured"]
     ppl = "not measured"
@@ -111,7 +132,31 @@ With plain `peft`: load the base model, replace each target weight by the dequan
 `gptq_dynamic.json` is the per-module (bits, group size) map in GPTQModel's `dynamic` form
 (GPTQ re-quantizes with its own integer grid; NF-k codes and double-quantized scales do not carry
 over). See `coalora_config.json` for notes on each conversion.
+
+`torchao_config.json` is torchao's `FqnToConfig` (`torchao.core.config.config_from_dict`, then
+`torchao.quantization.quantize_(model, cfg, filter_fn=None)`): per module int-b0 weight-only, group B0.
+
+## Maps and what they keep
+
+Every map keeps each matrix's bits b0 and group size B0 exactly; none keeps the NF-b0 codebook (they
+use a uniform integer grid) or the double-quantized scales, so each stores more bits per weight:
+
+| runtime | file | exact | avg bits per target weight |
+|---|---|---|---|
+{_map_rows(meta)}
 """
+
+
+def _map_rows(meta: dict[str, Any]) -> str:
+    b = meta["map_bits"]
+    rows = [("coalora (this bundle)", "quantized_weights.safetensors", "yes (what was measured)", b["coalora"]),
+            ("GPTQModel `dynamic`", "gptq_dynamic.json", "b0, B0; integer grid, fp16 scales", b["gptqmodel"]),
+            ("torchao", "torchao_config.json", "b0, B0; integer grid, fp32 scales", b["torchao"]),
+            ("llama.cpp (`llama-quantize --tensor-type`)", "llama_tensor_types.txt",
+             "nearest ggml type per matrix (coalora/gguf_export.py's table)", b["llama.cpp"])]
+    if "hqq_quant_config.json" in meta.get("written", ()):
+        rows.insert(2, ("HQQ", "hqq_quant_config.json", "b0, B0 per module type; fp16 scales", b["hqq"]))
+    return "\n".join(f"| {r} | `{f}` | {e} | {v:.3f} |" for r, f, e, v in rows)
 
 
 def export_bundle(
@@ -162,6 +207,12 @@ def export_bundle(
             save_peft_adapter(lora, tmp / ADAPTER_DIR, rank=int(adapter["rank"]), alpha=float(adapter["alpha"]),
                               base_model=model_name)
         (tmp / "gptq_dynamic.json").write_text(json.dumps(gptq_dynamic(config), indent=2) + "\n")
+        from coalora.torchao_export import TORCHAO_FILE, torchao_json
+
+        (tmp / TORCHAO_FILE).write_text(json.dumps(torchao_json(config), indent=2) + "\n")
+        from coalora.gguf_export import TENSOR_TYPES_FILE, tensor_type_lines
+
+        (tmp / TENSOR_TYPES_FILE).write_text(tensor_type_lines(config))
         notes = ["GPTQModel dynamic: bits and group_size per module carry over exactly; GPTQ's integer grid "
                  "replaces the NF-k codebook and its scales are not double-quantized (b1, b2, B1 are dropped)"]
         hqq, why = hqq_tag_map(config)
@@ -186,6 +237,8 @@ def export_bundle(
             "predicted": predicted,
             "measured": ({**measured, "convention": PPL_CONVENTION} if measured else None),
             "conversion_notes": notes,
+            "map_bits": map_bits(config),
+            "written": sorted(p.name for p in tmp.iterdir()),
         }
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -201,10 +254,11 @@ def export_bundle(
             tempfile.TemporaryDirectory(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent) as d:
         tmp = Path(d)
         build(tmp)
+        top = final.name.removesuffix(".zip")  # one top-level folder: unzipping never scatters files
         with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
             for p in sorted(tmp.rglob("*")):
                 if p.is_file():
-                    z.write(p, str(p.relative_to(tmp)))
+                    z.write(p, f"{top}/{p.relative_to(tmp)}")
     return final
 
 
@@ -235,10 +289,18 @@ def read_bundle_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
             raise CoaloraError(f"{p} is a damaged zip file ({type(e).__name__}: {e}); re-export the bundle") from None
         except OSError as e:
             raise CoaloraError(f"cannot unpack {p} into {d} ({e}); free some space in the temporary directory") from None
-        return d, _verified_meta(d)
+        return _bundle_root(d), _verified_meta(_bundle_root(d))
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
         raise
+
+
+def _bundle_root(d: Path) -> Path:
+    """Where an unpacked zip's bundle is: its one top-level folder, or ``d`` itself (older zips)."""
+    if (d / CONFIG_FILE).is_file():
+        return d
+    entries = list(d.iterdir())
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else d
 
 
 def _verified_meta(p: Path) -> dict[str, Any]:

