@@ -17,7 +17,8 @@ its wall time and peak RSS (``ru_maxrss``) are its own:
 
 ``train_peak_over_bf16_weights`` (stage 4 peak RSS / bf16 bytes of all weights) has target <= 3.
 ``--shape small`` runs the same stages on a 4-block hidden-256 model in a minute (for development).
-A stage that exceeds ``--stage-limit`` seconds (default 1200) is stopped and reported as such.
+A stage that exceeds ``--stage-limit`` seconds (default 1200, or ``$COALORA_BENCH_STAGE_LIMIT``) is
+stopped and reported as such.
 Prints one JSON object (``python bench/bench_scale.py [--shape small]``).
 """
 
@@ -129,7 +130,8 @@ def _stage_front(d: Path) -> dict:
     for c in _configs(d, targets):
         with torch.no_grad():
             coa.set_config(c)
-        points.append((c.avg_bits, perplexity(model, ew.windows, progress=False, batch_size=1).ppl))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the fp32 adapter meets bf16 activations
+            points.append((c.avg_bits, perplexity(model, ew.windows, progress=False, batch_size=1).ppl))
     mask = pareto_mask(points)
     (d / "front.json").write_text(json.dumps(points))
     return {"evaluations": len(points), "points": points, "front": [p for p, m in zip(points, mask) if m]}
@@ -214,6 +216,7 @@ if __name__ == "__main__":
         print(json.dumps(_child(args[1], Path(args[2]), args[3])))
     else:
         shape = args[args.index("--shape") + 1] if "--shape" in args else os.environ.get("COALORA_BENCH_SCALE", "1b")
-        limit = float(args[args.index("--stage-limit") + 1]) if "--stage-limit" in args else 1200.0
+        limit = float(args[args.index("--stage-limit") + 1] if "--stage-limit" in args
+                      else os.environ.get("COALORA_BENCH_STAGE_LIMIT", 1200))
         keep = args[args.index("--keep") + 1] if "--keep" in args else None
         print(json.dumps(main(shape, limit, keep)))

@@ -524,12 +524,22 @@ class Trainer:
         self.state.probe_tokens += (len(pool) + 1) * self.probe.numel()
 
     def _loss(self, qc: ModelQuantConfig, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.use_theta:
-            return self.model(input_ids=x, labels=x, config=qc).loss
-        self.coa.applier.apply(qc)
-        for layer in self.coa.layers.values():
-            layer.U = None
-        return self.model(input_ids=x, labels=x).loss
+        with self._autocast():
+            if self.cfg.use_theta:
+                return self.model(input_ids=x, labels=x, config=qc).loss
+            self.coa.applier.apply(qc)
+            for layer in self.coa.layers.values():
+                layer.U = None
+            return self.model(input_ids=x, labels=x).loss
+
+    def _autocast(self):
+        """float32 (the default): no autocast, nothing changes. bf16 originals: autocast to bf16, so the
+        float32 adapter (theta's U, the LoRA factors) meets the bf16 activations in bf16 matmuls."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        from coalora.models import torch_dtype
+
+        return torch.autocast(device_type=self.acc.device.type, dtype=torch_dtype(self.dtype))
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (a crash between saves)."""
