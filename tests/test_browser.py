@@ -98,13 +98,17 @@ SELECTED = ("() => (document.querySelector('#selection-summary').innerText"
             ".match(/Configuration ([0-9a-f]{16})/) || [])[1] || null")
 
 MARKER = """
-([kind, method]) => {
-  // A marker of `kind` (of `method`'s traces where given) and its centre in page pixels. For
-  // "measured" the one with a predicted-front marker nearest to it (the overlap a click must
-  // resolve in favour of the measured one); for "predicted" the one farthest from any other marker.
+([kind, method, avoid]) => {
+  // A marker of `kind` (of `method`'s traces where given) and its centre in page pixels, not of the
+  // hash `avoid` (the current selection) where another exists. For "measured" the one with a
+  // predicted-front marker nearest to it (the overlap a click must resolve in favour of the
+  // measured one); for "predicted" the one farthest from any other marker.
   const gd = document.querySelector('#front-plot .js-plotly-plot');
   const all = window.__coaloraMarkers(gd), r = gd.getBoundingClientRect();
-  const mine = all.filter(m => m.kind === kind && (!method || gd._fullData[m.trace].meta.method === method));
+  const measured = new Set(all.filter(m => m.kind === 'measured').map(m => m.hash));
+  let mine = all.filter(m => m.kind === kind && (!method || gd._fullData[m.trace].meta.method === method));
+  if (kind === 'predicted') mine = mine.filter(m => !measured.has(m.hash));  // an unmeasured one
+  if (mine.some(m => m.hash !== avoid)) mine = mine.filter(m => m.hash !== avoid);
   if (!mine.length) return null;
   const gap = (m, pool) => Math.min(...pool.filter(o => o.hash !== m.hash).map(o => Math.hypot(o.px - m.px, o.py - m.py)));
   let best = mine[0], score = null;
@@ -113,7 +117,8 @@ MARKER = """
             : kind === 'predicted' ? gap(m, all) : 0;
     if (score === null || s > score) { score = s; best = m; }
   }
-  return {hash: best.hash, x: r.left + best.px, y: r.top + best.py, gap: kind === 'predicted' ? score : -score};
+  return {hash: best.hash, x: r.left + best.px, y: r.top + best.py, gap: kind === 'predicted' ? score : -score,
+          same: best.hash === avoid};
 }
 """
 
@@ -123,7 +128,8 @@ RING = "() => { const gd = document.querySelector('#front-plot .js-plotly-plot')
 
 def _click_marker(page, kind: str, method: str | None = None) -> dict:
     """Click the centre of a ``kind`` marker; returns it, after the page shows its selection."""
-    target = page.evaluate(MARKER, [kind, method])
+    page.locator("#front-plot").scroll_into_view_if_needed()  # a button below may have scrolled it away
+    target = page.evaluate(MARKER, [kind, method, page.evaluate(SELECTED)])
     assert target is not None, f"no {kind} marker of {method} on the front"
     page.mouse.move(target["x"], target["y"])
     tip = page.wait_for_selector("#front-tip", state="visible", timeout=5_000)
@@ -132,9 +138,11 @@ def _click_marker(page, kind: str, method: str | None = None) -> dict:
     page.evaluate("() => { window.__testLayout = document.querySelector('#front-plot .js-plotly-plot').layout; }")
     t0 = time.perf_counter()
     page.mouse.click(target["x"], target["y"])
+    assert page.evaluate("window.__coaloraPicked.hash") == target["hash"], (kind, target)  # what the click sent
     try:
-        page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout !== window.__testLayout",
-                               timeout=60_000)  # this click's selection has redrawn the front
+        if not target["same"]:  # a new selection redraws the front (the same one may not)
+            page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout"
+                                   " !== window.__testLayout", timeout=60_000)
         page.wait_for_function(f"({SELECTED})() === '{target['hash']}'", timeout=30_000)
         page.wait_for_function(f"({RING})() === '{target['hash']}'", timeout=30_000)
     except Exception:
@@ -205,7 +213,7 @@ def _budget(page, typed: str, fast: bool = False) -> None:
         box.press_sequentially(typed, delay=40)
     else:
         box.fill(typed)
-    box.press("Tab")
+    box.press("Enter")
 
 
 def _shown(page) -> dict:
@@ -222,7 +230,11 @@ def test_budget_box_edges_and_fast_typing(server, browser):
     page, errors = _open(browser, server)
     try:
         for typed, want in (("-1", 2.033), ("1.5", 2.033), ("2.0", 2.033), ("8.6", 8.6), ("9", 8.625)):
-            _budget_case(page, typed, want)
+            try:
+                _budget_case(page, typed, want)
+            except Exception as e:
+                page.screenshot(path=str(OUT / f"failed-budget-{typed}.png"), full_page=True)
+                raise AssertionError(f"budget {typed}: {e}; page shows {_shown(page)}") from None
         _budget(page, "5.5", fast=True)
         page.wait_for_function("(() => { const gd = document.querySelector('#front-plot .js-plotly-plot');"
                                " return (gd.layout.annotations || []).some(a => a.text === 'budget 5.50'); })()",
