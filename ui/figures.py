@@ -178,7 +178,7 @@ def front_figure(fronts: dict[str, Any], budget: float | None = None, best: Any 
         height=460, margin={"l": 64, "r": 16, "t": 34, "b": 44}, hovermode=False, clickmode="none", dragmode="zoom",
         title={"text": convention, "font": {"size": 11}, "x": 0.01, "y": 0.99},
         xaxis_title=X_TITLES["bits"], yaxis_title=METRIC_AXES.get(metric, metric),
-        legend={"orientation": "h", "y": -0.14, "font": {"size": 10}, "itemwidth": 30},
+        legend={"orientation": "h", "y": -0.16, "yanchor": "top", "font": {"size": 10}, "itemwidth": 30},
         template="plotly_white",
         meta={"coalora": 1, **r, "mb": [sizes.per_bit, sizes.offset], "x_titles": X_TITLES},
     )
