@@ -144,3 +144,25 @@ def test_cli_rejects_packed_runtime_with_an_adapter(capsys):
     assert main(["eval", "--model", "tiny-llama", "--preset", "nf4-dq", "--adapter", "x.safetensors",
                  "--runtime", "packed"]) == 2
     assert "--runtime fake" in capsys.readouterr().err
+
+
+def test_a_bundle_loads_packed_by_default_and_matches_the_fake_load(tmp_path):
+    from coalora.bundle import export_bundle, load_bundle
+    from coalora.models import load_model, target_modules_of
+    from coalora.sensitivity import weights_fingerprint
+
+    model, _ = load_model("tiny-llama")
+    targets = find_targets(model)
+    originals = {n: lin.weight.detach() for n, lin in target_modules_of(model, targets).items()}
+    cfg = ModelQuantConfig.uniform("tiny-llama", targets, resolve_preset("nf3-dq"))
+    out = export_bundle("tiny-llama", cfg, originals, tmp_path / "b", weights_hash=weights_fingerprint(model, targets))
+    packed, fake = load_bundle(out), load_bundle(out, runtime="fake")
+    assert isinstance(packed.model.get_submodule(targets[0].name), PackedLinear)
+    assert not isinstance(fake.model.get_submodule(targets[0].name), PackedLinear)
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(packed.model(input_ids=ids).logits, fake.model(input_ids=ids).logits)
+    bf16 = load_bundle(out, dtype="bfloat16")
+    assert bf16.model.get_submodule(targets[0].name).compute_dtype == torch.bfloat16
+    with pytest.raises(CoaloraError, match="unknown runtime"):
+        load_bundle(out, runtime="int4")
