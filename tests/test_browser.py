@@ -304,9 +304,12 @@ def test_quick_eval_keeps_the_prediction_and_exports(server, browser):
         assert "not measured yet" in before
         t0 = time.perf_counter()
         page.click("#quick-eval")
-        page.wait_for_function("document.querySelector('#eval-result').innerText.includes('perplexity')",
+        # the result's own words (the progress shown on it while measuring says "perplexity" too)
+        page.wait_for_function("document.querySelector('#eval-result').innerText.includes('measured in')",
                                timeout=180_000)
         TIMINGS["quick_eval_s"] = time.perf_counter() - t0
+        page.wait_for_function("document.querySelector('#selection-summary').innerText.includes('before measuring')",
+                               timeout=30_000)
         after = page.inner_text("#selection-summary")
         assert "before measuring" in after, after  # the prediction kept next to the measurement
         page.wait_for_selector("#residuals .scatterlayer .point", timeout=30_000)
