@@ -148,7 +148,7 @@ def _stage_export_load(d: Path) -> dict:
     model, tok, targets = _load(d)
     coa = _adapter(d, model, targets)
     config = _configs(d, targets)[1]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         lora = coa.generate(config)
     a = coa.adapter_config
     originals = {n: lin.weight.detach() for n, lin in target_modules_of(model, targets).items()}
