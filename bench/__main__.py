@@ -95,11 +95,11 @@ def _packed_rows(r: dict) -> list[str]:
     s = _get(r, "scale")
     if s:
         ratio = s.get("train_peak_over_bf16_weights")
-        rows.append(_row(f"1B-class ({s['shape']}, {s['num_hidden_layers']} blocks x {s['hidden_size']}) training peak "
+        rows.append(_row(f"end to end, {s['shape']} shape ({s['num_hidden_layers']} blocks x {s['hidden_size']}): training peak "
                          f"RSS / bf16 weights", ratio, "x", f"bf16 weights {(s['bf16_weight_bytes'] or 0) / 2**30:.2f} GiB; "
                          f"run {s['status']}", "<= 3", None if ratio is None else ratio <= 3))
         for st in s["stages"]:
-            rows.append(_row(f"1B-class stage {st['stage']}", st.get("seconds"), "s",
+            rows.append(_row(f"end to end ({s['shape']} shape), stage {st['stage']}", st.get("seconds"), "s",
                              f"peak RSS {st['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in st
                              else st.get("stopped") or f"failed: {st.get('failed')}", "-", None))
     return rows
