@@ -320,8 +320,9 @@ def test_quick_eval_keeps_the_prediction_and_exports(server, browser):
             link.click()
         path = OUT / dl.value.suggested_filename
         dl.value.save_as(path)
-        with zipfile.ZipFile(path) as z:
-            meta = json.loads(z.read("coalora_config.json"))
+        with zipfile.ZipFile(path) as z:  # the bundle's files sit in one top-level folder
+            top = z.namelist()[0].split("/")[0]
+            meta = json.loads(z.read(f"{top}/coalora_config.json"))
         assert meta["config_hash"] == h and meta["model"] == "smollm2-135m"
         assert meta["predicted"]["made"] == "before measuring"
         assert meta["predicted"]["ppl"] != pytest.approx(meta["measured"]["ppl"], rel=1e-6)
