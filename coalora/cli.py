@@ -572,6 +572,16 @@ def _check_not_empty(args: argparse.Namespace) -> None:
             raise CoaloraError(f"--{name.replace('_', '-')} is empty; give a value or leave the option out")
 
 
+def _front_metric(value: str) -> str:
+    """argparse type of ``front --metric``: the metric itself, or a usage error naming the choices."""
+    from coalora.front import check_metric
+
+    try:
+        return check_metric(value)
+    except CoaloraError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
@@ -734,7 +744,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     sp.add_argument("--budget", type=float, help="average bits per weight (2.03 .. 8.625)")
     sp.add_argument("--seqlen", type=int, default=256, help="perplexity convention of the stored points: window length")
     sp.add_argument("--windows", type=int, default=8, help="... and number of windows")
-    sp.add_argument("--metric", default="ppl",
+    sp.add_argument("--metric", default="ppl", type=_front_metric,
                     help="the front's second objective: perplexity (default), kld, the KL divergence to the "
                          "unquantized model (evaluations without a KL are left out), or task:TASK/METRIC, a stored "
                          "lm-eval metric (e.g. task:shakespeare_nextline/acc_norm; shown as the error rate 1 - acc)")

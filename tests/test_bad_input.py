@@ -148,7 +148,7 @@ ARGPARSE = [
     (["serve", "--port", "http"], "invalid int value"),
     (["front", "--budget", "three"], "invalid float value"),
     (["front", "--method", "gptq"], "invalid choice: 'gptq'"),
-    (["front", "--metric", "loss"], "invalid choice: 'loss'"),
+    (["front", "--metric", "loss"], "unknown front metric 'loss'; use ppl"),
     (["eval", "--spec", "random-v9"], "invalid choice: 'random-v9'"),
     (["generate", "--adapter", "a.safetensors"], "required: --out"),
 ]

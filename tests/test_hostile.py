@@ -292,7 +292,7 @@ def test_share_links_ignore_spoofed_headers(app):
     kind, out = call(app, "select_best", view(budget=3.0), headers=spoof)
     assert kind == "complete", out
     link = out[6]
-    assert link.startswith(f"https://{SPACE_HOST}/?model={MODEL}&budget=3.00&config="), link
+    assert link.startswith(f"https://{SPACE_HOST}/?model={MODEL}&budget=3.00&") and "&config=" in link, link
     assert "evil" not in link
     kind, out = call(app, "select_best", view(budget=3.0), headers={"Host": "evil.example"})
     assert kind == "complete" and out[6].startswith(f"https://{SPACE_HOST}/")
@@ -301,7 +301,7 @@ def test_share_links_ignore_spoofed_headers(app):
 def _on_load(app: App, query: dict) -> list[str]:
     """The page-load event with the share link's ``query`` (as the page sends it): its warnings."""
     cfg = json.loads(_http(f"{app.url}config")[1])
-    dep = next(d for d in cfg["dependencies"] if any(t[1] == "load" for t in d["targets"]) and len(d["outputs"]) == 4)
+    dep = next(d for d in cfg["dependencies"] if any(t[1] == "load" for t in d["targets"]) and len(d["outputs"]) == 7)
     session = "hostile0"
     body = json.dumps({"data": [None], "fn_index": dep["id"], "session_hash": session, "event_data": None,
                        "trigger_id": None}).encode()
