@@ -18,6 +18,7 @@ Timings and screenshots at 1400 px and 390 px go to ``$COALORA_TEST_OUTPUT/brows
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -173,6 +174,10 @@ def test_each_kind_of_marker_selects_itself(server, browser):
         text = page.inner_text("#selection-summary")
         assert "MB" in text and "predicted ppl" in text
         assert picked["ring"] in page.input_value("#share-link textarea, #share-link input")
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        with contextlib.suppress(PlaywrightTimeout):  # the screenshot shows the page at rest, not mid-update
+            page.wait_for_function("() => !document.querySelector('.pending, .generating')", timeout=20_000)
         page.screenshot(path=str(OUT / "explorer-1400.png"), full_page=True)
         assert not errors, errors
     finally:
