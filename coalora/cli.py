@@ -548,7 +548,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CoaloraError(f"--port must be in 0..65535, got {args.port}")
-    from app import main as serve_main  # app.py is the one place that builds and launches the UI
+    from ui.serve import main as serve_main  # the one place that builds and launches the UI (app.py calls it too)
 
     return serve_main(["--host", args.host, "--port", str(args.port), "--model", args.model])
 
