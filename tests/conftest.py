@@ -34,3 +34,22 @@ def default_model():
 
     assets.prepare_model(log=lambda m: None)
     return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def ui_app(tmp_path, monkeypatch):
+    """``ui.handlers`` on tiny-llama with this test's own store, front cache, exports, pins and predictions."""
+    from coalora.store import Store
+    from ui import compare, handlers, predictions
+
+    models = handlers.Models(default="tiny-llama")
+    models.store = Store(tmp_path / "results.duckdb")
+    monkeypatch.setattr(handlers, "MODELS", models)
+    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
+    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
+    monkeypatch.setattr(handlers, "PUBLIC_URL", "http://127.0.0.1:7861/")
+    monkeypatch.setattr(compare, "PINS", compare.Pins())
+    monkeypatch.setattr(predictions, "STORE", predictions._Store())
+    monkeypatch.setattr(predictions, "RESIDUALS", predictions.Residuals())
+    yield handlers
+    models.store.close()

@@ -81,6 +81,17 @@ def browser():
         b.close()
 
 
+def _download(page, selector: str, timeout_ms: int) -> Path:
+    """Click the first link matching ``selector`` once it appears; the downloaded file, saved under OUT."""
+    link = page.locator(selector).first
+    link.wait_for(timeout=timeout_ms)
+    with page.expect_download() as dl:
+        link.click()
+    path = OUT / dl.value.suggested_filename
+    dl.value.save_as(path)
+    return path
+
+
 def _open(browser, url: str, width: int = 1400, height: int = 1000):
     page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     errors: list[str] = []
@@ -319,12 +330,7 @@ def test_quick_eval_keeps_the_prediction_and_exports(server, browser):
         assert "before measuring" in after, after  # the prediction kept next to the measurement
         page.wait_for_selector("#residuals .scatterlayer .point", timeout=30_000)
         page.click("#export")
-        link = page.locator('#export-files a[download$=".zip"]').first
-        link.wait_for(timeout=180_000)
-        with page.expect_download() as dl:
-            link.click()
-        path = OUT / dl.value.suggested_filename
-        dl.value.save_as(path)
+        path = _download(page, '#export-files a[download$=".zip"]', 180_000)
         with zipfile.ZipFile(path) as z:  # the bundle's files sit in one top-level folder
             top = z.namelist()[0].split("/")[0]
             meta = json.loads(z.read(f"{top}/coalora_config.json"))
@@ -365,12 +371,7 @@ def test_compare_download_and_share_the_pair(server, browser):
 
         page.get_by_text("Downloads: CSV and Parquet").click()
         page.click("#download-front")
-        csv = page.locator('#download-files a[download$=".csv"]').first
-        csv.wait_for(timeout=120_000)
-        with page.expect_download() as dl:
-            csv.click()
-        path = OUT / dl.value.suggested_filename
-        dl.value.save_as(path)
+        path = _download(page, '#download-files a[download$=".csv"]', 120_000)
         front = pd.read_csv(path)
         shown = set(page.evaluate(MEASURED_HASHES))
         assert shown and shown <= set(front.loc[front.method == "coalora"].dropna(subset=["measured_ppl"]).config_hash)

@@ -18,20 +18,8 @@ class Req:
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    from coalora.store import Store
-    from ui import compare, handlers, predictions
-
-    models = handlers.Models(default=MODEL)
-    models.store = Store(tmp_path / "results.duckdb")
-    monkeypatch.setattr(handlers, "MODELS", models)
-    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
-    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
-    monkeypatch.setattr(handlers, "PUBLIC_URL", "http://127.0.0.1:7861/")
-    monkeypatch.setattr(compare, "PINS", compare.Pins())
-    monkeypatch.setattr(predictions, "STORE", predictions._Store())
-    yield handlers
-    models.store.close()
+def app(ui_app):
+    return ui_app
 
 
 def _measure(app, budgets=(2.5, 4.0, 6.0, 7.0)) -> list[str]:

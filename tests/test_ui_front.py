@@ -75,18 +75,8 @@ def test_one_normalised_hypervolume():
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    from coalora.store import Store
-    from ui import handlers, predictions
-
-    models = handlers.Models(default=MODEL)
-    models.store = Store(tmp_path / "results.duckdb")
-    monkeypatch.setattr(handlers, "MODELS", models)
-    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
-    monkeypatch.setattr(predictions, "STORE", predictions._Store())
-    monkeypatch.setattr(predictions, "RESIDUALS", predictions.Residuals())
-    yield handlers
-    models.store.close()
+def app(ui_app):
+    return ui_app
 
 
 def test_budget_box_clamps_into_the_box_and_skips_stale_keystrokes(app):
