@@ -408,7 +408,7 @@ class FrontService:
         all_ids = np.concatenate([cids, ids]) if len(ids) else cids
         all_bits = np.concatenate([cbits, bits_m])
         all_src = csrc + ["measured"] * len(ids)
-        mean, std = _predict(gp, self.encode(all_ids))
+        mean, std = posterior(gp, self.encode(all_ids))
         mean[len(cids):], std[len(cids):] = y, 0.0
         res.n_candidates = len(all_ids)
         mask = _pareto(all_bits, mean)
@@ -439,7 +439,7 @@ class FrontService:
             return None
         ids = np.array([config.ids])
         meas = dict(zip(data[0], data[2]))
-        mean, std = _predict(gp, self.encode(ids))
+        mean, std = posterior(gp, self.encode(ids))
         if config.hash in meas:
             mean, std = np.array([meas[config.hash]]), np.zeros(1)
         return self._point(config.hash, float(self.avg_bits(ids)[0]), mean[0], std[0], "candidate", meas)
@@ -486,7 +486,7 @@ class FrontService:
             test = perm[k::folds]
             train = np.setdiff1d(perm, test)
             gp = fit_gp(x[train], torch.from_numpy(y[train]), signs=ENCODING_SIGNS)
-            pred[test] = _predict(gp, x[test])[0]
+            pred[test] = posterior(gp, x[test])[0]
         rho = float(spearmanr(pred, y).statistic)
         return {"n": len(y), "folds": folds, "spearman": rho, "rmse_log_ppl": float(np.sqrt(np.mean((pred - y) ** 2))),
                 "median_abs_err_log_ppl": float(np.median(np.abs(pred - y))), "eval_set": q.eval_set,
@@ -539,11 +539,11 @@ class FrontService:
         while len(out) < self.settings.proposals:
             if believed:
                 extra = (x[believed], torch.tensor(believed_y, dtype=x.dtype))
-                m, sd = _predict(gp, x[short], extra=extra)
+                m, sd = posterior(gp, x[short], extra=extra)
                 e = expected_hvi(cbits[short], m, sd, fb, fl, ref, seed=self.settings.seed)
                 if e.max() < bound:  # the shortlist no longer holds the best: score everything
                     short, bound = order, 0.0
-                    m, sd = _predict(gp, x[short], extra=extra)
+                    m, sd = posterior(gp, x[short], extra=extra)
                     e = expected_hvi(cbits[short], m, sd, fb, fl, ref, seed=self.settings.seed)
             else:
                 m, sd, e = mean[short], std[short], ehvi[short]
@@ -635,7 +635,7 @@ def fit_gp(x: torch.Tensor, y: torch.Tensor, warm=None, optimize: bool = True, m
     """A ``SingleTaskGP`` (ARD RBF, linear mean) on inputs ``[n, d]`` and log ppl ``[n]``.
 
     The outcome is transformed by :class:`FloorLog` then standardised; ``gp.posterior`` (and
-    :func:`_predict`) answer in log ppl. ``warm``: a previous GP whose hyperparameters start the fit
+    :func:`posterior`) answer in log ppl. ``warm``: a previous GP whose hyperparameters start the fit
     (or are kept, with ``optimize=False``); the outcome transform is always set from ``y`` anew.
     L-BFGS stops after ``maxiter`` iterations (enough on the 2-dim encoding; on the former 210-dim
     one, fitting to convergence cost ~25x more for no better held-out accuracy). ``signs``: the
@@ -686,8 +686,8 @@ def check_budget(budget: float) -> float:
     return b
 
 
-def _predict(gp, x: torch.Tensor, chunk: int = 4096,
-             extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def posterior(gp, x: torch.Tensor, chunk: int = 4096,
+               extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and sd of log ppl ``[c]`` at inputs ``[c, d]`` (observation noise excluded).
 
     ``extra``: more observations to condition on, hyperparameters kept: inputs ``[k, d]`` and
@@ -737,7 +737,7 @@ def _untransform(ot, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor,
         return mu * ot.stdvs[0, 0] + ot.means[0, 0], var * ot.stdvs[0, 0] ** 2
     if isinstance(ot, FloorLog):
         return ot.floor + norm_to_lognorm_mean(mu, var), norm_to_lognorm_variance(mu, var)
-    raise CoaloraError(f"_predict cannot map back through outcome transform {type(ot).__name__}")
+    raise CoaloraError(f"posterior cannot map back through outcome transform {type(ot).__name__}")
 
 
 def expected_hvi(bits: np.ndarray, mean: np.ndarray, sd: np.ndarray, front_bits: np.ndarray, front_loss: np.ndarray,

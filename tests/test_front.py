@@ -22,10 +22,10 @@ from coalora.front import (
     FrontSettings,
     SignedLinearMean,
     _encode,
-    _predict,
     check_budget,
     expected_hvi,
     fit_gp,
+    posterior,
 )
 from coalora.models import find_targets, tiny_llama
 from coalora.store import Evaluation, Store
@@ -221,7 +221,7 @@ def _brute_force_batch(svc, q, k):
     picks, vals = [], []
     for _ in range(k):
         extra = (x[picks], torch.tensor(vals, dtype=x.dtype)) if picks else None
-        m, sd = _predict(gp, x, extra=extra)
+        m, sd = posterior(gp, x, extra=extra)
         e = expected_hvi(cbits, m, sd, fb, fl, (HV_BITS_REF, math.log(HV_PPL_REF)))
         e[picks] = 0.0
         i = int(np.argmax(e))
@@ -300,7 +300,7 @@ def _tail_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("optimize", [True, False])
 def test_direct_marginals_match_botorch_posterior(optimize, signs):
     # The floored log makes the posterior a shifted log-normal and the mean is linear (free or
-    # signed): _predict must give botorch's moments exactly, for a fitted GP and for a
+    # signed): posterior must give botorch's moments exactly, for a fitted GP and for a
     # conditioned-only one (warm).
     x, y = _tail_data()
     gp = fit_gp(x, y, signs=signs)
@@ -308,7 +308,7 @@ def test_direct_marginals_match_botorch_posterior(optimize, signs):
         x2, y2 = _tail_data(48)
         gp = fit_gp(x2, y2, warm=gp, optimize=False, signs=signs)
     xc = torch.rand(9, 2, dtype=torch.float64) * 1.4 - 0.2  # some outside the data: extrapolation
-    mean, sd = _predict(gp, xc)
+    mean, sd = posterior(gp, xc)
     with torch.no_grad():
         post = gp.posterior(xc)
     np.testing.assert_allclose(mean, post.mean[:, 0].numpy(), rtol=1e-8, atol=1e-10)
@@ -316,19 +316,19 @@ def test_direct_marginals_match_botorch_posterior(optimize, signs):
 
 
 def test_direct_marginals_conditioned_on_more_points_match_botorch():
-    # The proposals' Kriging believer conditions on picks through _predict(extra=...): it must equal
+    # The proposals' Kriging believer conditions on picks through posterior(extra=...): it must equal
     # botorch's condition_on_observations (same hyperparameters, outcome transforms in eval mode).
     x, y = _tail_data()
     gp = fit_gp(x, y, signs=(-1, -1))
     xc = torch.rand(9, 2, dtype=torch.float64)
     xn, yn = xc[:2], torch.tensor([4.0, 3.6], dtype=torch.float64)
-    mean, sd = _predict(gp, xc, extra=(xn, yn))
+    mean, sd = posterior(gp, xc, extra=(xn, yn))
     with torch.no_grad():
         gp.posterior(xc[:1])  # gpytorch conditions only a model that has predicted once
         post = gp.condition_on_observations(xn, yn[:, None]).posterior(xc)
     np.testing.assert_allclose(mean, post.mean[:, 0].numpy(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(sd, post.variance[:, 0].sqrt().numpy(), rtol=1e-6, atol=1e-9)
-    assert (sd[:2] < _predict(gp, xc)[1][:2]).all()  # conditioning shrinks the picks' uncertainty
+    assert (sd[:2] < posterior(gp, xc)[1][:2]).all()  # conditioning shrinks the picks' uncertainty
 
 
 def test_floor_log_round_trips_and_sits_below_the_data():
@@ -358,7 +358,7 @@ def test_gp_ranks_a_flat_region_beside_an_exploding_tail():
     for k in range(5):
         test = np.arange(k, 60, 5)
         train = np.setdiff1d(np.arange(60), test)
-        pred[test] = _predict(fit_gp(x[train], y[train]), x[test])[0]
+        pred[test] = posterior(fit_gp(x[train], y[train]), x[test])[0]
     assert spearmanr(pred, y.numpy()).statistic > 0.95
     flat = (y < 3.6).numpy()
     assert flat.sum() > 20 and spearmanr(pred[flat], y.numpy()[flat]).statistic > 0.9  # the old GP: 0.73
@@ -396,7 +396,7 @@ def test_prediction_beyond_the_measured_bits_keeps_falling(problem):
     gp, _ = svc.fit(q)
     budgets = [6.0, 7.0, 8.0, 8.6]
     sols = np.array([allocate(table, svc.numels, CONFIG_BITS, b, method="fast").choice for b in budgets])
-    mean, _ = _predict(gp, svc.encode(sols))
+    mean, _ = posterior(gp, svc.encode(sols))
     assert (np.diff(mean) <= 1e-3).all(), mean
     store.close()
 

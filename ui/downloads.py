@@ -55,7 +55,7 @@ def front_table(ex, methods: list[str], cv, sizes, fronts: dict) -> pd.DataFrame
     import numpy as np
 
     from coalora.config import ModelQuantConfig
-    from coalora.front import _predict
+    from coalora.front import posterior
 
     svc = ex.front_service()
     cids, cbits, csrc = svc.candidates()
@@ -68,7 +68,7 @@ def front_table(ex, methods: list[str], cv, sizes, fronts: dict) -> pd.DataFrame
         all_ids = np.concatenate([cids, ids]) if len(ids) else cids
         src = list(csrc) + ["measured"] * len(ids)
         bits = np.concatenate([cbits, svc.avg_bits(ids)]) if len(ids) else cbits
-        mean, sd = _predict(gp, svc.encode(all_ids)) if gp is not None else (np.full(len(all_ids), np.nan),) * 2
+        mean, sd = posterior(gp, svc.encode(all_ids)) if gp is not None else (np.full(len(all_ids), np.nan),) * 2
         kq = ex.query(method, cv.seqlen, cv.windows, cv.corpus, "kld")
         kld = {e.config_hash: e.kld for e in ex.store.evaluations(
             model=ex.model_name, method=method, eval_set=q.eval_set, seqlen=cv.seqlen, windows=cv.windows,

@@ -83,7 +83,7 @@ def heldout(ex, method: str, cv, metric: str) -> dict[str, Prior]:
     docstring); empty without a GP (fewer than 4 evaluations: 3 left to condition on)."""
     import torch
 
-    from coalora.front import ENCODING_SIGNS, _predict, fit_gp
+    from coalora.front import ENCODING_SIGNS, fit_gp, posterior
 
     if method not in ex.methods:
         return {}
@@ -103,7 +103,7 @@ def heldout(ex, method: str, cv, metric: str) -> dict[str, Prior]:
             keep = torch.ones(len(hashes), dtype=torch.bool)
             keep[i] = False
             g = fit_gp(x[keep], yt[keep], warm=gp, optimize=False, signs=ENCODING_SIGNS)
-            mu, sd = _predict(g, x[i:i + 1])
+            mu, sd = posterior(g, x[i:i + 1])
             out[h] = (_exp(mu[0]), _exp(mu[0] - 2 * sd[0]), _exp(mu[0] + 2 * sd[0]), HELD_OUT)
     with STORE.lock:
         STORE.heldout[key] = (tuple(hashes), out)
