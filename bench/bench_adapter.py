@@ -20,10 +20,10 @@ from _timing import best_of  # noqa: E402
 def main() -> dict:
     import torch
 
-    from coalora.adapter import CoALoRAModel
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.adapter.model import CoALoRAModel
     from coalora.models import find_targets, load_model
-    from coalora.train import TrainConfig
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.train.trainer import TrainConfig
 
     model, _ = load_model("smollm2-135m")
     ids = torch.randint(0, 49152, (1, 256), generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
-"""Benchmark coalora.allocate: exact (HiGHS MILP) vs fast (Lagrangian + greedy) bit allocation.
+"""Benchmark coalora.lqlora.allocate: exact (HiGHS MILP) vs fast (Lagrangian + greedy) bit allocation.
 
 On the synthetic SmolLM2-sized instance (N = 210 matrices x K = 432 configs, see
-:func:`coalora.allocate.synthetic_instance`) and on SmolLM2-135M's real Fisher-weighted table it solves each budget with both methods and prints ONE
+:func:`coalora.lqlora.allocate.synthetic_instance`) and on SmolLM2-135M's real Fisher-weighted table it solves each budget with both methods and prints ONE
 JSON object: per budget the seconds, costs, average bits, the fast method's optimality gap against
 the exact optimum and its gap against its own Lagrangian lower bound.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from coalora.allocate import allocate, optimality_gap, synthetic_instance  # noqa: E402
+from coalora.lqlora.allocate import allocate, optimality_gap, synthetic_instance  # noqa: E402
 
 DEFAULT_BUDGETS = (2.5, 3.0, 3.5, 4.0, 6.0)
 
@@ -30,9 +30,9 @@ def real_instance() -> tuple:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from coalora.config import ALL_CONFIGS
+    from coalora.lqlora.sensitivity import model_error_table
     from coalora.models import find_targets, load_model
-    from coalora.sensitivity import model_error_table
+    from coalora.quant.config import ALL_CONFIGS
 
     model, tok = load_model("smollm2-135m")
     targets = find_targets(model)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     report = {
-        "benchmark": "coalora.allocate exact vs fast",
+        "benchmark": "coalora.lqlora.allocate exact vs fast",
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "time_limit": args.time_limit,
         "synthetic": run(synthetic_instance(args.seed), args.budgets, max(1, args.fast_repeats), args.time_limit),

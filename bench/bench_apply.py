@@ -18,9 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> dict:
-    from coalora.apply import ConfigApplier
-    from coalora.config import ALL_CONFIGS, PRESETS
     from coalora.models import load_model
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.config import ALL_CONFIGS, PRESETS
 
     model, _ = load_model("smollm2-135m")
     applier = ConfigApplier(model, "smollm2-135m")

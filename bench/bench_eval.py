@@ -27,10 +27,10 @@ def _peak_mib() -> float:
 def main() -> dict:
     import torch
 
-    from coalora.config import ModelQuantConfig, resolve_preset
+    from coalora.adapter.trained import load_trained
     from coalora.explorer import default_adapter
     from coalora.models import find_targets, load_model
-    from coalora.trained import load_trained
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
 
     batch, seqlen = 4, 256
     model, _ = load_model("smollm2-135m")

@@ -1,8 +1,8 @@
-"""Benchmark coalora.front: the GP-predicted front over stored evaluations (issue target: < 3 s on
+"""Benchmark coalora.search.front: the GP-predicted front over stored evaluations (issue target: < 3 s on
 2 cores for 300 stored evaluations and ~3,000 candidates).
 
 A SmolLM2-shaped problem (210 matrices, the synthetic error table of
-:func:`coalora.allocate.synthetic_instance`), an in-memory store filled with n evaluations of
+:func:`coalora.lqlora.allocate.synthetic_instance`), an in-memory store filled with n evaluations of
 candidate configurations (log ppl from the log of the table error plus noise), then per n in 100/300/1000:
 the cold query (full GP fit + prediction + EHVI proposals), a query after one new evaluation
 (conditioning only) and a cached query. Candidate generation (once per model) is timed apart.
@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from coalora.allocate import SMOLLM2_SHAPES, synthetic_instance  # noqa: E402
-from coalora.config import ModelQuantConfig  # noqa: E402
-from coalora.front import FrontQuery, FrontService, FrontSettings  # noqa: E402
+from coalora.lqlora.allocate import SMOLLM2_SHAPES, synthetic_instance  # noqa: E402
 from coalora.models import Target  # noqa: E402
+from coalora.quant.config import ModelQuantConfig  # noqa: E402
+from coalora.search.front import FrontQuery, FrontService, FrontSettings  # noqa: E402
 from coalora.store import Evaluation, Store  # noqa: E402
 
 MODEL = "smollm2-shaped"

@@ -2,7 +2,7 @@
 
 * **Memory.** A child process imports everything, loads the tokenizer, runs a first forward of a
   tiny Llama (kernels, thread pools), records its RSS, loads SmolLM2 (fp32), packs
-  every target under uniform ``nf3-dq`` (3.13 bits) with :func:`coalora.packed.pack_model`, runs
+  every target under uniform ``nf3-dq`` (3.13 bits) with :func:`coalora.quant.packed.pack_model`, runs
   one forward of 1 x 256 tokens, frees the temporaries (``gc`` + glibc ``malloc_trim``) and records
   its RSS again. ``memory_ratio`` = (RSS growth) / (packed target bytes + bytes of the parameters
   that stay in full precision); target <= 1.3. ``tensor_ratio`` is the same with the bytes the
@@ -53,9 +53,9 @@ def memory_child() -> dict:
     import transformers
 
     from coalora import assets
-    from coalora.config import ModelQuantConfig, resolve_preset
     from coalora.models import find_targets, load_model, tiny_llama
-    from coalora.packed import pack_model, packed_target_bytes, resident_bytes
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
+    from coalora.quant.packed import pack_model, packed_target_bytes, resident_bytes
 
     torch.set_num_threads(2)
     # The baseline holds what any model needs and this one does not own: the tokenizer and the
@@ -89,10 +89,10 @@ def memory_child() -> dict:
 def throughput() -> dict:
     import torch
 
-    from coalora.apply import ConfigApplier
-    from coalora.config import ModelQuantConfig, resolve_preset
     from coalora.models import find_targets, load_model
-    from coalora.packed import pack_model
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
+    from coalora.quant.packed import pack_model
 
     fake_model, _ = load_model(MODEL)
     packed_model, _ = load_model(MODEL)
@@ -114,11 +114,11 @@ def throughput() -> dict:
 
 
 def perplexities(windows: int = 4, seqlen: int = 256) -> dict:
-    from coalora.apply import ConfigApplier
-    from coalora.config import ModelQuantConfig, resolve_preset
-    from coalora.evaluate import eval_windows, perplexity
+    from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.models import find_targets, load_model
-    from coalora.packed import pack_model
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
+    from coalora.quant.packed import pack_model
 
     out: dict[str, float] = {}
     ew = None

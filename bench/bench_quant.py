@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from _timing import best_of  # noqa: E402
 
-from coalora.allocate import SMOLLM2_SHAPES  # noqa: E402
-from coalora.config import PRESETS  # noqa: E402
-from coalora.error_table import DEFAULT_SAMPLE_FRACTION, error_table  # noqa: E402
-from coalora.quant import fake_quantize  # noqa: E402
+from coalora.lqlora.allocate import SMOLLM2_SHAPES  # noqa: E402
+from coalora.lqlora.error_table import DEFAULT_SAMPLE_FRACTION, error_table  # noqa: E402
+from coalora.quant.config import PRESETS  # noqa: E402
+from coalora.quant.nf import fake_quantize  # noqa: E402
 
 N_BLOCKS = 30
 BLOCK_SHAPES = SMOLLM2_SHAPES  # (out, in) per decoder block: hidden 576, kv width 192, MLP 1536

@@ -8,7 +8,7 @@ its wall time and peak RSS (``ru_maxrss``) are its own:
 1. ``build``: the random model, saved (``save_pretrained``) with the tokenizer;
 2. ``error_table``: the [154, 432] error table over every configuration (sampled mode, unweighted);
 3. ``allocate``: fast allocations at 4 budgets;
-4. ``train``: 20 CoA-LoRA steps (:class:`coalora.train.Trainer`, bf16 originals, seqlen 64, batch 2,
+4. ``train``: 20 CoA-LoRA steps (:class:`coalora.train.trainer.Trainer`, bf16 originals, seqlen 64, batch 2,
    K = 2, no search), the training set being the 4 allocations;
 5. ``front``: the trained adapter on the 4 allocations, perplexity over 2 x 64 tokens each, the
    non-dominated (avg bits, ppl) set;
@@ -71,7 +71,7 @@ def _load(d: Path):
 
 
 def _stage_error_table(d: Path) -> dict:
-    from coalora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import model_error_table
 
     model, _, targets = _load(d)
     table = model_error_table(model, str(d / "model"), targets, "none", progress=False)
@@ -79,9 +79,9 @@ def _stage_error_table(d: Path) -> dict:
 
 
 def _stage_allocate(d: Path) -> dict:
-    from coalora.allocate import allocate_many
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
-    from coalora.sensitivity import model_error_table
+    from coalora.lqlora.allocate import allocate_many
+    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 
     model, _, targets = _load(d)
     table = model_error_table(model, str(d / "model"), targets, "none", progress=False)  # cached by stage 2
@@ -93,7 +93,7 @@ def _stage_allocate(d: Path) -> dict:
 
 
 def _stage_train(d: Path) -> dict:
-    from coalora.train import TrainConfig, Trainer
+    from coalora.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(model=str(d / "model"), steps=20, seqlen=SEQLEN, batch_size=2, budgets=BUDGETS,
                       search_every=0, weighting="none", probe_windows=2, checkpoint_every=20, cache_gib=0.5)
@@ -102,14 +102,14 @@ def _stage_train(d: Path) -> dict:
 
 
 def _configs(d: Path, targets) -> list:
-    from coalora.config import ModelQuantConfig
+    from coalora.quant.config import ModelQuantConfig
 
     return [ModelQuantConfig.from_json(j, targets, model=str(d / "model")) for j in json.loads((d / "configs.json").read_text())]
 
 
 def _adapter(d: Path, model, targets):
-    from coalora.train import CHECKPOINT
-    from coalora.trained import export_checkpoint, load_trained
+    from coalora.adapter.trained import export_checkpoint, load_trained
+    from coalora.train.trainer import CHECKPOINT
 
     path = export_checkpoint(d / "run" / CHECKPOINT, d / "adapter.safetensors")
     coa = load_trained(path, model, str(d / "model"), targets, cache_bytes=0)
@@ -120,8 +120,8 @@ def _adapter(d: Path, model, targets):
 def _stage_front(d: Path) -> dict:
     import torch
 
-    from coalora.evaluate import eval_windows, perplexity
-    from coalora.pareto import pareto_mask
+    from coalora.evaluation.perplexity import eval_windows, perplexity
+    from coalora.search.pareto import pareto_mask
 
     model, tok, targets = _load(d)
     coa = _adapter(d, model, targets)
@@ -140,10 +140,10 @@ def _stage_front(d: Path) -> dict:
 def _stage_export_load(d: Path) -> dict:
     import torch
 
-    from coalora.bundle import export_bundle, load_bundle
-    from coalora.evaluate import eval_windows, perplexity
+    from coalora.evaluation.perplexity import eval_windows, perplexity
+    from coalora.export.bundle import export_bundle, load_bundle
+    from coalora.lqlora.sensitivity import weights_fingerprint
     from coalora.models import target_modules_of
-    from coalora.sensitivity import weights_fingerprint
 
     model, tok, targets = _load(d)
     coa = _adapter(d, model, targets)

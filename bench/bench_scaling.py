@@ -23,9 +23,9 @@ SIZES = (256, 512, 1024)
 def one_size(hidden: int) -> dict:
     import torch
 
-    from coalora.adapter import AdapterConfig, CoALoRAModel
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig, resolve_preset
+    from coalora.adapter.model import AdapterConfig, CoALoRAModel
     from coalora.models import find_targets, tiny_llama
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig, resolve_preset
 
     model = tiny_llama(seed=0, num_layers=4, hidden=hidden, intermediate=int(hidden * 2.75))
     targets = find_targets(model)

@@ -30,12 +30,12 @@ def main() -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from coalora.adapter import CoALoRAModel
-    from coalora.allocate import allocate_many
-    from coalora.apply import ConfigApplier
-    from coalora.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
+    from coalora.adapter.model import CoALoRAModel
+    from coalora.lqlora.allocate import allocate_many
     from coalora.models import find_targets, load_model
-    from coalora.train import TrainConfig
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
+    from coalora.train.trainer import TrainConfig
 
     cfg = TrainConfig()
     x = torch.randint(0, 49152, (BATCH, SEQLEN), generator=torch.Generator().manual_seed(0))

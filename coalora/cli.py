@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from coalora import __version__
 from coalora.errors import CoaloraError
+from coalora.paths import CHECKOUT
 
 
 def _print_json(obj: object) -> None:
@@ -59,7 +60,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from coalora.evaluate import eval_windows, perplexity
+    from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.models import context_length, load_model
 
     _check_positive(args, "seqlen", "windows", "batch_size")
@@ -78,13 +79,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.seqlen > context_length(model):
         raise CoaloraError(f"seqlen {args.seqlen} exceeds the model's context length {context_length(model)}")
     qcfg = _load_quant_config(args, model) if (args.config or args.preset) else None
+    from coalora.lqlora.sensitivity import weights_fingerprint
     from coalora.models import find_targets
-    from coalora.sensitivity import weights_fingerprint
 
     weights_hash = weights_fingerprint(model, find_targets(model)) if qcfg is not None else ""
     coa = None
     if args.adapter:  # checked before any text is read: a bad adapter file is the error to report
-        from coalora.trained import load_trained
+        from coalora.adapter.trained import load_trained
 
         coa = load_trained(args.adapter, model, args.model)
         coa.eval()
@@ -107,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif qcfg is not None and runtime == "packed":
         import time
 
-        from coalora.packed import describe_packed, pack_model
+        from coalora.quant.packed import describe_packed, pack_model
 
         t0 = time.perf_counter()
         pack_model(model, qcfg)
@@ -116,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
              f"{packed_info['resident_weight_bytes'] / 2**20:.1f} MiB ({packed_info['packed_bytes'] / 2**20:.1f} MiB "
              "packed targets)")
     elif qcfg is not None:
-        from coalora.apply import ConfigApplier
+        from coalora.quant.apply import ConfigApplier
 
         stats = ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
         _log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) to {stats.changed} matrices in {stats.seconds:.1f} s")
@@ -146,11 +147,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_tasks(args: argparse.Namespace, model, tok, qcfg, coa, runtime: str) -> int:
-    """``coalora eval --tasks``: lm-eval tasks (:mod:`coalora.tasks`) on the model with ``qcfg``
+    """``coalora eval --tasks``: lm-eval tasks (:mod:`coalora.evaluation.tasks`) on the model with ``qcfg``
     applied (and the adapter generated for it), printed and stored beside perplexity."""
     import torch
 
-    from coalora import tasks
+    from coalora.evaluation import tasks
     from coalora.store import Store
 
     names = tasks.parse_tasks(args.tasks)
@@ -163,11 +164,11 @@ def _eval_tasks(args: argparse.Namespace, model, tok, qcfg, coa, runtime: str) -
             coa.set_config(qcfg)
             adapter_id = file_id(args.adapter)
         elif qcfg is not None and runtime == "packed":
-            from coalora.packed import pack_model
+            from coalora.quant.packed import pack_model
 
             pack_model(model, qcfg)
         elif qcfg is not None:
-            from coalora.apply import ConfigApplier
+            from coalora.quant.apply import ConfigApplier
 
             ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
     rows = tasks.run_tasks(model, tok, names, limit=limit or None, batch_size=args.batch_size)
@@ -192,11 +193,11 @@ def _eval_tasks(args: argparse.Namespace, model, tok, qcfg, coa, runtime: str) -
 def _eval_reference(args: argparse.Namespace, model, ew, weights_hash: str):
     """KL's reference for ``coalora eval``: the unquantized ``model``'s log-probs on ``ew``.
 
-    Cached on disk when it fits (:mod:`coalora.reference`). Too large to cache (``--full``): a
+    Cached on disk when it fits (:mod:`coalora.evaluation.reference`). Too large to cache (``--full``): a
     second, unquantized copy of the model computes them batch by batch during the evaluation,
     since ``model`` itself is about to be quantized.
     """
-    from coalora import reference
+    from coalora.evaluation import reference
     from coalora.models import load_model
 
     key = reference.key(args.model, weights_hash, ew.key)
@@ -210,8 +211,8 @@ def _eval_reference(args: argparse.Namespace, model, ew, weights_hash: str):
 
 
 def _load_quant_config(args: argparse.Namespace, model):
-    from coalora.config import ModelQuantConfig, resolve_preset
     from coalora.models import find_targets
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
 
     targets = find_targets(model)
     if args.preset:
@@ -222,10 +223,10 @@ def _load_quant_config(args: argparse.Namespace, model):
 def cmd_allocate(args: argparse.Namespace) -> int:
     import math
 
-    from coalora.allocate import allocate
-    from coalora.config import ALL_CONFIGS, MAX_BITS, MIN_BITS, ModelQuantConfig
+    from coalora.lqlora.allocate import allocate
+    from coalora.lqlora.sensitivity import model_error_table
     from coalora.models import find_targets, load_model
-    from coalora.sensitivity import model_error_table
+    from coalora.quant.config import ALL_CONFIGS, MAX_BITS, MIN_BITS, ModelQuantConfig
 
     if not math.isfinite(args.budget) or not MIN_BITS <= args.budget <= MAX_BITS:
         raise CoaloraError(
@@ -266,8 +267,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from coalora.dataclass_cli import values
-    from coalora.train import TrainConfig, Trainer
+    from coalora.cli_options import values
+    from coalora.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(**values(args, tuple(f.name for f in fields(TrainConfig))))
     trainer = Trainer(cfg, args.out, log=_log, progress=not args.no_progress, dtype=args.dtype)
@@ -286,9 +287,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from coalora.export_peft import save_peft_adapter
+    from coalora.adapter.trained import load_trained
+    from coalora.export.peft import save_peft_adapter
     from coalora.models import load_model
-    from coalora.trained import load_trained
 
     if bool(args.config) == bool(args.preset):
         raise CoaloraError("give exactly one of --config or --preset")
@@ -311,8 +312,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export_trained(args: argparse.Namespace) -> int:
-    from coalora.train import CHECKPOINT
-    from coalora.trained import export_checkpoint
+    from coalora.adapter.trained import export_checkpoint
+    from coalora.train.trainer import CHECKPOINT
 
     path = export_checkpoint(os.path.join(args.run, CHECKPOINT), args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -322,8 +323,8 @@ def cmd_export_trained(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from coalora import protocol, protocol_report
-    from coalora.dataclass_cli import values
+    from coalora.cli_options import values
+    from coalora.train import protocol, protocol_report
 
     cfg = protocol.ProtocolConfig(**values(args, tuple(f.name for f in fields(protocol.ProtocolConfig))))
     if args.arm:
@@ -353,7 +354,7 @@ def _explorer(args: argparse.Namespace, store=None):
 
 def _pick_config(args: argparse.Namespace, ex):
     """The configuration named by exactly one of --config / --preset / --budget / --hash."""
-    from coalora.config import ModelQuantConfig, resolve_preset
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
 
     given = [k for k in ("config", "preset", "budget", "hash") if getattr(args, k, None) is not None]
     if len(given) != 1:
@@ -368,7 +369,7 @@ def _pick_config(args: argparse.Namespace, ex):
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from coalora.front import check_budget, check_metric
+    from coalora.search.front import check_budget, check_metric
 
     _check_positive(args, "seqlen", "windows")
     check_metric(args.metric)
@@ -449,7 +450,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     _check_positive(args, "seqlen", "windows")
     if args.budget is not None:  # before loading the model and its error table, not after
-        from coalora.front import check_budget
+        from coalora.search.front import check_budget
 
         check_budget(args.budget)
     ex = _explorer(args)
@@ -457,7 +458,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = _pick_config(args, ex)
     path = ex.export(cfg, args.out, make_zip=args.zip, force=args.force, measure=not args.no_eval,
                      seqlen=args.seqlen, windows=args.windows)
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     _, meta = read_bundle_meta(path)
     out = {"out": str(path), "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "packed_bytes": meta["packed_bytes"],
@@ -476,9 +477,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from coalora.bundle import load_bundle
+    from coalora.export.bundle import load_bundle
     from coalora.models import resolve_device
-    from coalora.packed import describe_packed
+    from coalora.quant.packed import describe_packed
 
     args.device = resolve_device(args.device)
     b = load_bundle(args.bundle, device=args.device, dtype=args.dtype, runtime=args.runtime)
@@ -487,8 +488,9 @@ def cmd_load(args: argparse.Namespace) -> int:
            "adapter": meta["adapter"], "recorded": meta["measured"], "reproduced": None, "runtime": args.runtime,
            "dtype": args.dtype, "device": args.device, **describe_packed(b.model)}
     if args.eval:
-        from coalora import data, evalspec
-        from coalora.evaluate import perplexity
+        from coalora import data
+        from coalora.evaluation.perplexity import perplexity
+        from coalora.evaluation.spec import select
         from coalora.store import LEGACY_SPEC
 
         m = meta["measured"]
@@ -498,7 +500,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         if corpus.id != m["eval_set"]:
             raise CoaloraError(f"the bundle's perplexity is on {m['eval_set']}, but this machine's eval set is {corpus.id}")
         spec = m.get("eval_spec") or LEGACY_SPEC  # bundles from before eval specs measured the prefix
-        w = evalspec.select(corpus, b.tokenizer, m["seqlen"], m["windows"], spec).windows
+        w = select(corpus, b.tokenizer, m["seqlen"], m["windows"], spec).windows
         r = perplexity(b.model, w, dataset=corpus.id, progress=not args.no_progress, spec=spec)
         out["reproduced"] = {"ppl": r.ppl, "relative_diff": abs(r.ppl - m["ppl"]) / m["ppl"]}
     if args.json:
@@ -537,9 +539,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = CHECKOUT
     if not (root / "bench" / "__main__.py").is_file():
         raise CoaloraError("the benchmarks live in the source checkout (bench/); run coalora bench from a git clone")
     return subprocess.call([sys.executable, "-m", "bench", *args.names], cwd=root)
@@ -574,7 +575,7 @@ def _check_not_empty(args: argparse.Namespace) -> None:
 
 def _front_metric(value: str) -> str:
     """argparse type of ``front --metric``: the metric itself, or a usage error naming the choices."""
-    from coalora.front import check_metric
+    from coalora.search.front import check_metric
 
     try:
         return check_metric(value)
@@ -614,7 +615,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    from coalora.dataclass_cli import add_options
+    from coalora.cli_options import add_options
 
     p = _Parser(
         prog="coalora",
@@ -692,7 +693,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
         "Data-parallel: accelerate launch --num_processes P -m coalora train ...",
     )
     sp.add_argument("--out", required=True, help="run directory (checkpoint.safetensors, log.jsonl)")
-    from coalora.train import TrainConfig
+    from coalora.train.trainer import TrainConfig
 
     add_options(sp, TrainConfig)
     sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -731,7 +732,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
                     help="the arm's training options as JSON, e.g. '{\"base\": \"lq\", \"sampling\": \"excess\"}'")
     sp.add_argument("--arm-why", dest="arm_why", help="one line on what the arm tests (shown in the report)")
     sp.add_argument("--no-progress", action="store_true")
-    from coalora.protocol import ProtocolConfig
+    from coalora.train.protocol import ProtocolConfig
 
     add_options(sp, ProtocolConfig)
 

@@ -2,11 +2,11 @@
 CLI's ``front``, ``search``, ``export`` commands work through.
 
 An :class:`Explorer` loads the model once and keeps it; every configuration is applied in place
-(only changed matrices are re-quantized: :class:`coalora.apply.ConfigApplier`). Quick evaluations
+(only changed matrices are re-quantized: :class:`coalora.quant.apply.ConfigApplier`). Quick evaluations
 are cached in the store by their full key, so asking twice costs nothing. Every evaluation reads
-the windows of the default eval spec (:data:`coalora.evalspec.DEFAULT_SPEC`) and measures the KL
+the windows of the default eval spec (:data:`coalora.evaluation.spec.DEFAULT_SPEC`) and measures the KL
 divergence to the unquantized model next to the perplexity, against the unquantized model's
-log-probs on those windows, computed once and cached on disk (:mod:`coalora.reference`).
+log-probs on those windows, computed once and cached on disk (:mod:`coalora.evaluation.reference`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from coalora.config import ModelQuantConfig
 from coalora.errors import CoaloraError, short
-from coalora.evalspec import DEFAULT_SPEC, EvalWindows
+from coalora.evaluation.spec import DEFAULT_SPEC, EvalWindows
 from coalora.limits import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_WINDOWS
+from coalora.paths import DEFAULT_DIR
+from coalora.quant.config import ModelQuantConfig
 from coalora.store import Evaluation, Store
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "default"
 METHODS = ("coalora", "none")
 """Methods an explorer can evaluate itself (the baselines' points come from `coalora compare`)."""
 
@@ -55,8 +55,8 @@ class Explorer:
     def __init__(self, model_name: str = "smollm2-135m", adapter: str | os.PathLike | None = "default",
                  store: Store | None = None, corpus: str = "shakespeare", device: str | None = None) -> None:
         from coalora import data
+        from coalora.lqlora.sensitivity import weights_fingerprint
         from coalora.models import find_targets, load_model
-        from coalora.sensitivity import weights_fingerprint
 
         self.model_name = model_name
         self.model, self.tokenizer = load_model(model_name, device=device)
@@ -76,7 +76,7 @@ class Explorer:
         self.coa = None
         self.adapter_id = ""
         if self.adapter_path is not None:
-            from coalora.trained import load_trained
+            from coalora.adapter.trained import load_trained
 
             self.coa = load_trained(self.adapter_path, self.model, model_name, self.targets)
             self.coa.eval()
@@ -84,7 +84,7 @@ class Explorer:
             self.adapter_id = file_id(self.adapter_path)
             applier = self.coa.applier
         else:
-            from coalora.apply import ConfigApplier
+            from coalora.quant.apply import ConfigApplier
 
             applier = ConfigApplier(self.model, model_name, self.targets)
         self.applier = applier
@@ -121,7 +121,7 @@ class Explorer:
         return METHODS if self.coa is not None else ("none",)
 
     def error_table(self) -> np.ndarray:
-        from coalora.sensitivity import model_error_table
+        from coalora.lqlora.sensitivity import model_error_table
 
         with self.lock:
             self.applier.restore()  # the table is of the original weights
@@ -129,7 +129,7 @@ class Explorer:
                                      progress=False).numpy()
 
     def front_service(self):
-        from coalora.front import FrontService
+        from coalora.search.front import FrontService
 
         if self._front is None:
             self._front = FrontService(self.store, self.model_name, self.targets, self.error_table())
@@ -155,8 +155,8 @@ class Explorer:
 
     def allocate(self, budget: float) -> ModelQuantConfig:
         """The fast allocator's configuration at ``budget`` average bits."""
-        from coalora.allocate import allocate
-        from coalora.front import CONFIG_BITS, check_budget
+        from coalora.lqlora.allocate import allocate
+        from coalora.search.front import CONFIG_BITS, check_budget
 
         svc = self.front_service()
         a = allocate(svc.table, svc.numels, CONFIG_BITS, check_budget(budget), method="fast")
@@ -187,7 +187,7 @@ class Explorer:
 
     def eval_windows(self, seqlen: int, windows: int, corpus: str | None = None) -> EvalWindows:
         """The default spec's ``windows`` windows of ``seqlen`` tokens from an eval corpus (picked once)."""
-        from coalora import evalspec
+        from coalora.evaluation.spec import select
         from coalora.models import context_length
 
         if not (2 <= seqlen <= context_length(self.model)):
@@ -197,7 +197,7 @@ class Explorer:
         c = self.eval_corpus(corpus)
         key = (c.id, int(seqlen), int(windows))
         if key not in self._windows:
-            self._windows[key] = evalspec.select(c, self.tokenizer, int(seqlen), int(windows), self.eval_spec)
+            self._windows[key] = select(c, self.tokenizer, int(seqlen), int(windows), self.eval_spec)
         return self._windows[key]
 
     def windows(self, seqlen: int, windows: int, corpus: str | None = None):
@@ -205,7 +205,7 @@ class Explorer:
         return self.eval_windows(seqlen, windows, corpus).windows
 
     def reference(self, ew: EvalWindows):
-        """The unquantized model's log-probs on ``ew`` (:mod:`coalora.reference`), built once.
+        """The unquantized model's log-probs on ``ew`` (:mod:`coalora.evaluation.reference`), built once.
 
         Building runs the model with its original weights and no adapter, so it holds the lock and
         puts the original weights back; the next evaluation re-applies its configuration. A
@@ -214,7 +214,7 @@ class Explorer:
         """
         import torch
 
-        from coalora import reference
+        from coalora.evaluation import reference
 
         if ew.key in self._refs:
             return self._refs[ew.key]
@@ -249,7 +249,7 @@ class Explorer:
         """
         import torch
 
-        from coalora.evaluate import perplexity
+        from coalora.evaluation.perplexity import perplexity
 
         self._check_method(method)
         if config.model != self.model_name:
@@ -333,7 +333,7 @@ class Explorer:
         return self.front_service().front(self.query(method, seqlen, windows, corpus, metric), budget)
 
     def query(self, method: str, seqlen: int, windows: int, corpus: str | None = None, metric: str = "ppl"):
-        from coalora.front import FrontQuery
+        from coalora.search.front import FrontQuery
 
         return FrontQuery(self.model_name, method, self.eval_corpus(corpus).id, seqlen, windows,
                           self.adapter_id if method == "coalora" else None, metric=metric, eval_spec=self.eval_spec)
@@ -369,7 +369,7 @@ class Explorer:
         import json
 
         from coalora import __version__
-        from coalora.bundle import FORMAT
+        from coalora.export.bundle import FORMAT
 
         what = {"format": FORMAT, "version": __version__, "model": self.model_name, "weights": self.weights_hash,
                 "config": config.hash, "ids": list(config.ids), **inputs}
@@ -380,7 +380,7 @@ class Explorer:
                inputs: dict[str, Any] | None = None) -> Path:
         """Write the bundle of ``config`` (with the generated adapter when there is one); ``inputs``:
         what :meth:`export_inputs` gave (computed now when None)."""
-        from coalora.bundle import export_bundle
+        from coalora.export.bundle import export_bundle
 
         if inputs is None:
             inputs = self.export_inputs(config, measure=measure, seqlen=seqlen, windows=windows, corpus=corpus)

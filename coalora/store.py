@@ -10,11 +10,11 @@ The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). 
   seed's schema (:data:`SEED_SCHEMA`) gets the seed's new keys too.
 * **Versioned.** ``meta.schema_version`` plus a list of migrations; a store written by a newer
   coalora is refused with a message rather than misread. Schema 2 added the eval spec
-  (:mod:`coalora.evalspec`) to the evaluation key, the KL divergence to the unquantized model and
+  (:mod:`coalora.evaluation.spec`) to the evaluation key, the KL divergence to the unquantized model and
   the per-window sums; rows of a schema-1 store (and seed files without those columns) were measured
   on the old rule, so they read as ``prefix-v0`` with no KL, and a number of one spec is never
   returned for another. Schema 3 added ``task_metrics``: lm-evaluation-harness accuracies
-  (:mod:`coalora.tasks`) beside perplexity, keyed by (model, config, adapter, method, task, metric,
+  (:mod:`coalora.evaluation.tasks`) beside perplexity, keyed by (model, config, adapter, method, task, metric,
   limit, lm-eval version, task version); the upgrade only creates the table, every row is kept.
 * **One writer process.** DuckDB lets one process hold the file read-write, and then no other
   process may open it at all (stack.md). A second process gets a read-only *snapshot copy* and a
@@ -39,7 +39,8 @@ from typing import Any
 
 from coalora import __version__
 from coalora.errors import CoaloraError
-from coalora.evalspec import DEFAULT_SPEC
+from coalora.evaluation.spec import DEFAULT_SPEC
+from coalora.paths import SEED_DIR
 
 SCHEMA_VERSION = 3
 SEED_SCHEMA = 2
@@ -48,14 +49,13 @@ so does one upgraded from an older schema (new keys only; its own rows are kept)
 store's front, whose rows are all prefix-v0, is not left empty under the new default spec."""
 STORE_FILE = "results.duckdb"
 TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds", "task_metrics")
-SEED_DIR = Path(__file__).resolve().parent.parent / "data" / "seed"
 """Parquet seeds shipped with the source tree (absent in a wheel install: the store then starts empty)."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """One measured perplexity and KL divergence (token-level, non-overlapping windows picked by an
-    eval spec: :mod:`coalora.evaluate`)."""
+    eval spec: :mod:`coalora.evaluation.perplexity`)."""
 
     model: str
     config_hash: str
@@ -74,7 +74,7 @@ class Evaluation:
     seconds: float = 0.0
     version: str = __version__
     eval_spec: str = DEFAULT_SPEC
-    """The rule that picked the windows (:mod:`coalora.evalspec`); part of the key."""
+    """The rule that picked the windows (:mod:`coalora.evaluation.spec`); part of the key."""
     kld: float | None = None
     """Mean per-token KL(p_unquantized || p_model) in nats; None when not measured (old rows)."""
     window_nll: tuple[float, ...] = ()
@@ -155,7 +155,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE evaluations",
         "ALTER TABLE evaluations_v2 RENAME TO evaluations",
     ],
-    # lm-eval task metrics (coalora.tasks): one row per (task, metric) of a model state.
+    # lm-eval task metrics (coalora.evaluation.tasks): one row per (task, metric) of a model state.
     3: [
         "CREATE TABLE task_metrics (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL, adapter_id VARCHAR NOT NULL,"
         " method VARCHAR NOT NULL, task VARCHAR NOT NULL, metric VARCHAR NOT NULL, doc_limit INTEGER NOT NULL,"
@@ -331,7 +331,7 @@ class Store:
                         [model, weights_hash, n_targets, target_params])
 
     def add_config(self, config) -> str:
-        """Record a :class:`~coalora.config.ModelQuantConfig` (by hash); returns the hash."""
+        """Record a :class:`~coalora.quant.config.ModelQuantConfig` (by hash); returns the hash."""
         self._check_writable()
         with self._transaction() as cur:
             _insert_config(cur, config)
@@ -374,8 +374,8 @@ class Store:
                          pool, kept, seconds])
 
     def add_task_metrics(self, model: str, config, adapter_id: str, method: str, metrics) -> int:
-        """Record lm-eval results (:class:`coalora.tasks.TaskMetric` rows) of ``config`` (a
-        :class:`~coalora.config.ModelQuantConfig`, stored too; None: the unquantized model, stored
+        """Record lm-eval results (:class:`coalora.evaluation.tasks.TaskMetric` rows) of ``config`` (a
+        :class:`~coalora.quant.config.ModelQuantConfig`, stored too; None: the unquantized model, stored
         under config hash :data:`UNQUANTIZED`) in one transaction; returns rows added (a key already
         stored keeps its first row, as for evaluations)."""
         self._check_writable()

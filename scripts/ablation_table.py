@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
-    from coalora.compare import EvalPoint, hypervolume_normalised, seen_gap
+    from coalora.train.compare import EvalPoint, hypervolume_normalised, seen_gap
 
     root = Path(__file__).resolve().parent.parent / "data" / "results" / "archive"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from coalora.allocate import allocate
-    from coalora.apply import ConfigApplier
-    from coalora.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
-    from coalora.evaluate import evaluate_corpus
+    from coalora.evaluation.perplexity import evaluate_corpus
     from coalora.files import write_json_atomic
+    from coalora.lqlora.allocate import allocate
+    from coalora.lqlora.sensitivity import model_error_table
     from coalora.models import find_targets, load_model
-    from coalora.sensitivity import model_error_table
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
 
     model, tok = load_model(args.model)
     targets = find_targets(model)

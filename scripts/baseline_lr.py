@@ -27,10 +27,10 @@ def main() -> int:
     import torch
 
     from coalora.assets import home
-    from coalora.compare import CompareConfig
-    from coalora.evaluate import perplexity
+    from coalora.evaluation.perplexity import perplexity
     from coalora.files import write_json_atomic
-    from coalora.train import Trainer
+    from coalora.train.compare import CompareConfig
+    from coalora.train.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lr", type=float, required=True)

@@ -26,12 +26,12 @@ def main() -> int:
     import torch
 
     from coalora import data
-    from coalora.checkpoint import load_checkpoint
-    from coalora.compare import allocator_configs
-    from coalora.config import ModelQuantConfig
-    from coalora.evaluate import perplexity
+    from coalora.evaluation.perplexity import perplexity
     from coalora.files import write_json_atomic
-    from coalora.train import CHECKPOINT, TrainConfig, Trainer
+    from coalora.quant.config import ModelQuantConfig
+    from coalora.train.checkpoint import load_checkpoint
+    from coalora.train.compare import allocator_configs
+    from coalora.train.trainer import CHECKPOINT, TrainConfig, Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a CoA-LoRA training run directory (checkpoint.safetensors)")

@@ -4,7 +4,7 @@ For each budget the (fast) allocator's configuration is generated on the fly: no
 that configuration. Marks whether the configuration was in the adapter's final training set
 ("seen") or not ("unseen"). The windows are the eval spec's (``--spec``, default strided-v1:
 spread evenly over the four held-out plays); KL is per token against the unquantized model's
-log-probs on the same windows (cached, :mod:`coalora.reference`). Writes JSON and prints a
+log-probs on the same windows (cached, :mod:`coalora.evaluation.reference`). Writes JSON and prints a
 markdown table.
 
     python scripts/eval_adapter.py --adapter data/default/smollm2-135m-coalora.safetensors \\
@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from coalora import reference
-    from coalora.allocate import allocate_many
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
-    from coalora.evaluate import eval_windows, perplexity
+    from coalora.adapter.trained import load_trained
+    from coalora.evaluation import reference
+    from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.files import write_json_atomic
+    from coalora.lqlora.allocate import allocate_many
+    from coalora.lqlora.sensitivity import model_error_table, weights_fingerprint
     from coalora.models import find_targets, load_model
-    from coalora.sensitivity import model_error_table, weights_fingerprint
-    from coalora.trained import load_trained
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 
     model, tok = load_model(args.model)
     targets = find_targets(model)

@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     import torch
 
-    from coalora.compare import CompareConfig, allocator_configs
-    from coalora.config import resolve_preset
-    from coalora.evaluate import perplexity
+    from coalora.evaluation.perplexity import perplexity
     from coalora.files import write_json_atomic
-    from coalora.lq import lq_decompose, svd_split
-    from coalora.train import Trainer
+    from coalora.lqlora.split import lq_decompose, svd_split
+    from coalora.quant.config import resolve_preset
+    from coalora.train.compare import CompareConfig, allocator_configs
+    from coalora.train.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["none", "svd", "ref:nf3-dq", "per"])

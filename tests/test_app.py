@@ -123,7 +123,7 @@ def test_error_toasts_escape_markup(app, call):
 
 
 def test_out_of_range_budget_is_clamped(app):
-    from coalora.config import MAX_BITS, MIN_BITS
+    from coalora.quant.config import MAX_BITS, MIN_BITS
 
     assert app.check_budget(1.0) == 2.033 and MIN_BITS < 2.033 < MIN_BITS + 1e-3  # on the box's 0.001 grid
     assert app.check_budget(-5) == 2.033
@@ -286,7 +286,7 @@ def test_sample_and_its_limits(app):
 
 
 def test_export_serves_a_loadable_bundle_from_the_export_dir(app):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     h = app.select_best(MODEL, "shakespeare", 4.0, *_view()[2:])[0]
     paths, note = app.export(h, MODEL, "shakespeare", 128, 2)

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coalora.cli import main
-from coalora.config import ALL_CONFIGS, FIELD_NAMES, FIELD_VALUES, FORMAT, PRESETS, ModelQuantConfig, QuantConfig
 from coalora.errors import CoaloraError
+from coalora.quant.config import ALL_CONFIGS, FIELD_NAMES, FIELD_VALUES, FORMAT, PRESETS, ModelQuantConfig, QuantConfig
 
 CORPUS_TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 200
 NF4 = PRESETS["nf4-dq"].to_dict()
@@ -67,9 +67,9 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter_file(env):
     """A trained-format CoA-LoRA file for tiny-llama (rank 4, float32)."""
-    from coalora.adapter import AdapterConfig, CoALoRAModel
+    from coalora.adapter.model import AdapterConfig, CoALoRAModel
+    from coalora.adapter.trained import save_trained
     from coalora.models import find_targets, tiny_llama
-    from coalora.trained import save_trained
 
     model = tiny_llama(seed=0)
     coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4, init="peft"))
@@ -79,9 +79,9 @@ def adapter_file(env):
 @pytest.fixture(scope="module")
 def bundle(env):
     """A tiny-llama bundle directory with an adapter and a measured perplexity, and its zip."""
-    from coalora.bundle import export_bundle
+    from coalora.export.bundle import export_bundle
+    from coalora.lqlora.sensitivity import weights_fingerprint
     from coalora.models import find_targets, target_modules_of, tiny_llama
-    from coalora.sensitivity import weights_fingerprint
 
     model = tiny_llama(seed=0)
     tg = find_targets(model)
@@ -188,7 +188,7 @@ def test_budgets_outside_the_space(env, command, budget, tmp_path):
 @pytest.mark.parametrize("budget", [float("nan"), float("inf"), -float("inf"), -1, 0, 2.0, 8.626, 1e308, None, "abc",
                                     "", [], {}, complex(3, 1), True, "nan"])
 def test_check_budget(budget):
-    from coalora.front import check_budget
+    from coalora.search.front import check_budget
 
     with pytest.raises(CoaloraError, match="budget"):
         check_budget(budget)
@@ -377,9 +377,9 @@ def test_hub_model_targets_offline(monkeypatch, tmp_path):
 
 
 def _adapter_variant(src: Path, dst: Path, kind: str) -> Path:
+    from coalora.adapter.trained import FORMAT as ADAPTER_FORMAT
+    from coalora.adapter.trained import read_trained
     from coalora.files import save_tagged
-    from coalora.trained import FORMAT as ADAPTER_FORMAT
-    from coalora.trained import read_trained
 
     data = src.read_bytes()
     if kind == "missing":
@@ -402,7 +402,7 @@ def _adapter_variant(src: Path, dst: Path, kind: str) -> Path:
 
         save_file({"weight": torch.zeros(2)}, str(dst))
     elif kind == "a checkpoint":
-        from coalora.checkpoint import save_checkpoint
+        from coalora.train.checkpoint import save_checkpoint
 
         save_checkpoint(dst, tensors, meta)
     elif kind == "meta not json":
@@ -489,9 +489,9 @@ def test_generate_with_bad_input_writes_nothing(env, adapter_file, tmp_path):
     ("meta a string", "unreadable metadata"),
 ])
 def test_bad_checkpoints(env, adapter_file, tmp_path, kind, match):
-    from coalora.checkpoint import save_checkpoint
+    from coalora.adapter.trained import read_trained
     from coalora.files import save_tagged
-    from coalora.trained import read_trained
+    from coalora.train.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     ck = run / "checkpoint.safetensors"
@@ -638,7 +638,7 @@ META_EDITS = {
 
 @pytest.mark.parametrize("name", list(META_EDITS))
 def test_edited_bundle_metadata(bundle, tmp_path, name):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     edit, match = META_EDITS[name]
     d = tmp_path / "b"
@@ -655,7 +655,7 @@ CONFIG_TEXTS = {"truncated": lambda t: t[: len(t) // 2], "empty": lambda t: "", 
 
 @pytest.mark.parametrize("name", list(CONFIG_TEXTS))
 def test_damaged_bundle_config_text(bundle, tmp_path, name):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     d = tmp_path / "b"
     shutil.copytree(bundle[0], d)
@@ -672,7 +672,7 @@ FILE_DAMAGE = ["delete README.md", "truncate weights", "empty weights", "append 
 
 @pytest.mark.parametrize("damage", FILE_DAMAGE)
 def test_damaged_bundle_files(bundle, tmp_path, damage):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     d = tmp_path / "b"
     shutil.copytree(bundle[0], d)
@@ -729,7 +729,7 @@ def _damaged_zip(src: Path, dst: Path, damage: str) -> None:
 
 @pytest.mark.parametrize("damage", ZIP_DAMAGE)
 def test_damaged_bundle_zips(bundle, tmp_path, monkeypatch, damage):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     z = tmp_path / "b.zip"
     _damaged_zip(bundle[1], z, damage)
@@ -766,7 +766,7 @@ def test_cli_load_of_damaged_zip_and_plain_file(env, bundle, tmp_path):
 
 
 def test_the_intact_bundle_still_loads(bundle):
-    from coalora.bundle import load_bundle, read_bundle_meta
+    from coalora.export.bundle import load_bundle, read_bundle_meta
 
     for b in bundle:
         d, meta = read_bundle_meta(b)
@@ -971,7 +971,7 @@ def _bundle_damage(draw):
 @FUZZ
 @given(_bundle_damage())
 def test_fuzzed_bundles_load_or_give_one_error(bundle, damage):
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     kind, rel, where, byte, value = damage
     with tempfile.TemporaryDirectory() as tmp:

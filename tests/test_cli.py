@@ -59,7 +59,7 @@ def test_eval_json_reports_kl_and_the_spec(tmp_home_store, capsys):
 def tmp_home_store(tmp_path, monkeypatch):
     """A private results store and KL-reference cache; the prepared corpus and models stay where they are."""
     monkeypatch.setenv("COALORA_STORE", str(tmp_path / "results.duckdb"))
-    monkeypatch.setattr("coalora.reference.cache_dir", lambda: tmp_path / "reference")
+    monkeypatch.setattr("coalora.evaluation.reference.cache_dir", lambda: tmp_path / "reference")
     return tmp_path
 
 
@@ -68,7 +68,7 @@ def test_full_mode_kl_from_a_second_model_copy_matches_the_cached_reference(tmp_
     import functools
     import json
 
-    from coalora import reference
+    from coalora.evaluation import reference
 
     text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 20
     (tmp_path / "c.txt").write_text(text)
@@ -91,8 +91,8 @@ def test_unquantized_model_has_no_kl_to_itself(tmp_path):
     """The reference path itself: KL of the unquantized model against its own cached log-probs ~ 0."""
     import torch
 
-    from coalora import reference
-    from coalora.evaluate import perplexity
+    from coalora.evaluation import reference
+    from coalora.evaluation.perplexity import perplexity
     from coalora.models import tiny_llama
 
     model = tiny_llama(seed=0)
@@ -116,9 +116,9 @@ def test_models_lists_registry(capsys):
 def tiny_setup(tmp_path, monkeypatch):
     import torch
 
-    from coalora.adapter import AdapterConfig, CoALoRAModel
+    from coalora.adapter.model import AdapterConfig, CoALoRAModel
+    from coalora.adapter.trained import save_trained
     from coalora.models import find_targets, tiny_llama
-    from coalora.trained import save_trained
 
     monkeypatch.setenv("COALORA_STORE", str(tmp_path / "results.duckdb"))
     model = tiny_llama(seed=0)
@@ -200,8 +200,8 @@ def test_train_help_lists_every_training_option_with_its_docstring(capsys):
     from dataclasses import fields
 
     from coalora.cli import main
-    from coalora.dataclass_cli import field_docs
-    from coalora.train import TrainConfig
+    from coalora.cli_options import field_docs
+    from coalora.train.trainer import TrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

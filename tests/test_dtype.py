@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coalora.apply import DEFAULT_CACHE_BYTES, ConfigApplier, WeightCache, auto_cache_bytes, free_memory_bytes
-from coalora.config import ModelQuantConfig, resolve_preset
 from coalora.errors import CoaloraError
 from coalora.models import find_targets, load_model, resolve_device, tiny_llama, torch_dtype
-from coalora.packed import PackedLinear, pack_model
+from coalora.quant.apply import DEFAULT_CACHE_BYTES, ConfigApplier, WeightCache, auto_cache_bytes, free_memory_bytes
+from coalora.quant.config import ModelQuantConfig, resolve_preset
+from coalora.quant.packed import PackedLinear, pack_model
 
 
 def test_load_model_in_bfloat16_keeps_every_weight_in_bf16():
@@ -55,9 +55,9 @@ def test_bf16_changes_logits_only_by_rounding():
 
 
 def test_default_cache_is_a_fraction_of_free_memory_and_says_what_it_holds(monkeypatch):
-    monkeypatch.setattr("coalora.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
+    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
     assert auto_cache_bytes() == (1 << 30) // 4  # a quarter of 1 GiB free
-    monkeypatch.setattr("coalora.apply.free_memory_bytes", lambda device="cpu": 64 << 30)
+    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 64 << 30)
     assert auto_cache_bytes() == DEFAULT_CACHE_BYTES  # never above the old fixed size
     model = tiny_llama(seed=0)
     applier = ConfigApplier(model, "tiny-llama")
@@ -77,6 +77,6 @@ def test_meta_device_plumbing_builds_no_storage():
     """The device path is device-agnostic: a model moved to ``meta`` keeps its structure and holds no bytes."""
     model, _ = load_model("tiny-llama", device="meta")
     assert {p.device.type for p in model.parameters()} == {"meta"}
-    from coalora.packed import resident_bytes
+    from coalora.quant.packed import resident_bytes
 
     assert resident_bytes(model).total == 0

@@ -108,7 +108,7 @@ def _note(what: str) -> None:
 
 _STORE_WRITER = """
     import sys
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
     from coalora.models import Target
     from coalora.store import Evaluation, Store
 
@@ -131,7 +131,7 @@ _STORE_WRITER = """
 
 def _check_store(path: Path, at_least: int) -> int:
     """The store opens read-write, every row is complete and consistent; returns the row count."""
-    from coalora.config import ALL_CONFIGS
+    from coalora.quant.config import ALL_CONFIGS
     from coalora.store import Store
 
     with Store(path, seed_dir=None, fallback=False) as s:
@@ -221,7 +221,7 @@ def test_store_killed_while_being_created_and_seeded(tmp_path):
 _CHECKPOINT_WRITER = """
     import sys
     import torch
-    from coalora.checkpoint import load_checkpoint, save_checkpoint
+    from coalora.train.checkpoint import load_checkpoint, save_checkpoint
 
     path = sys.argv[1]
     step = 0
@@ -242,7 +242,7 @@ _CHECKPOINT_WRITER = """
 
 
 def _check_checkpoint(path: Path, last_saved: int) -> int:
-    from coalora.checkpoint import load_checkpoint
+    from coalora.train.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(path)
     step = meta["step"]
@@ -280,7 +280,7 @@ def test_checkpoint_killed_between_writing_and_renaming(tmp_path):
         import os, sys, time
         import safetensors.torch as st
         import torch
-        from coalora.checkpoint import save_checkpoint
+        from coalora.train.checkpoint import save_checkpoint
 
         path = sys.argv[1]
         save_checkpoint(path, {"a": torch.full((1000,), 1.0)}, {"step": 1})
@@ -300,7 +300,7 @@ def test_checkpoint_killed_between_writing_and_renaming(tmp_path):
     child.wait_for("half")
     assert len(_temps(path)) == 1
     child.kill("checkpoint")
-    from coalora.checkpoint import load_checkpoint, save_checkpoint
+    from coalora.train.checkpoint import load_checkpoint, save_checkpoint
 
     tensors, meta = load_checkpoint(path)
     assert meta["step"] == 1 and bool((tensors["a"] == 1.0).all())
@@ -335,8 +335,8 @@ def test_a_live_writers_temporary_is_left_alone(tmp_path):
 _EXPORTER = """
     import json, sys, time
     import torch
-    from coalora.bundle import export_bundle
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.export.bundle import export_bundle
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
     from coalora.models import Target
 
     spec = json.loads(sys.argv[1])
@@ -349,7 +349,7 @@ _EXPORTER = """
         lora = {t.name: (torch.randn(4, t.shape[1], generator=g) * 0.01, torch.zeros(t.shape[0], 4)) for t in targets}
         adapter = {"id": "x", "method": "coalora", "rank": 4, "alpha": 8.0}
     if spec["hang_in_build"]:  # stop half-way: weights and adapter written, README and metadata not yet
-        import coalora.bundle as bundle
+        import coalora.export.bundle as bundle
 
         real = bundle._readme
 
@@ -386,7 +386,7 @@ def _final(out: Path, zip_: bool) -> Path:
 
 def _check_bundle(final: Path) -> bool:
     """The final path holds a complete bundle, or nothing; returns whether it exists."""
-    from coalora.bundle import read_bundle_meta
+    from coalora.export.bundle import read_bundle_meta
 
     if not final.exists():
         return False
@@ -421,9 +421,9 @@ def test_export_killed_at_random_moments(tmp_path, tiny_targets, zip_):
         # nothing else beside the final path
         assert {p.name for p in tmp_path.iterdir()} <= {final.name} | {t.name for t in _temps(final)}
     # the next start: a complete export, and nothing left behind
-    from coalora.bundle import export_bundle
-    from coalora.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.export.bundle import export_bundle
     from coalora.models import Target
+    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 
     targets = [Target(n, b, m, tuple(s)) for n, b, m, s in tiny_targets]
     import torch
@@ -444,8 +444,8 @@ def test_export_killed_half_way_through_building(tmp_path, tiny_targets):
     assert (tmp / "quantized_weights.safetensors").is_file() and (tmp / "adapter").is_dir()
     child.kill("bundle")
     assert not out.exists()  # no partial bundle at the final path
-    from coalora.bundle import read_bundle_meta
     from coalora.errors import CoaloraError
+    from coalora.export.bundle import read_bundle_meta
 
     with pytest.raises(CoaloraError, match="no bundle at"):
         read_bundle_meta(out)

@@ -14,16 +14,16 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _cfg(model, preset: str = "nf3-dq"):
-    from coalora.config import ModelQuantConfig, resolve_preset
     from coalora.models import find_targets
+    from coalora.quant.config import ModelQuantConfig, resolve_preset
 
     return ModelQuantConfig.uniform("tiny-llama", find_targets(model), resolve_preset(preset))
 
 
 def test_packed_layers_live_and_decode_on_the_gpu():
-    from coalora.config import ALL_CONFIGS
-    from coalora.packed import PackedLinear
-    from coalora.quant import fake_quantize
+    from coalora.quant.config import ALL_CONFIGS
+    from coalora.quant.nf import fake_quantize
+    from coalora.quant.packed import PackedLinear
 
     lin = torch.nn.Linear(100, 64).cuda()
     for c in ALL_CONFIGS[::5]:
@@ -34,9 +34,9 @@ def test_packed_layers_live_and_decode_on_the_gpu():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_and_fake_quantized_models_agree_on_the_gpu(dtype):
-    from coalora.apply import ConfigApplier
     from coalora.models import tiny_llama
-    from coalora.packed import pack_model
+    from coalora.quant.apply import ConfigApplier
+    from coalora.quant.packed import pack_model
 
     fake, packed = tiny_llama().to("cuda", dtype), tiny_llama().to("cuda", dtype)
     cfg = _cfg(fake)
@@ -49,9 +49,9 @@ def test_packed_and_fake_quantized_models_agree_on_the_gpu(dtype):
 
 
 def test_perplexity_runs_on_the_device_of_the_model():
-    from coalora.evaluate import perplexity
+    from coalora.evaluation.perplexity import perplexity
     from coalora.models import tiny_llama
-    from coalora.packed import pack_model
+    from coalora.quant.packed import pack_model
 
     model = tiny_llama().cuda()
     pack_model(model, _cfg(model))
@@ -61,7 +61,7 @@ def test_perplexity_runs_on_the_device_of_the_model():
 
 
 def test_a_coalora_training_step_stays_on_the_gpu():
-    from coalora.adapter import AdapterConfig, CoALoRAModel
+    from coalora.adapter.model import AdapterConfig, CoALoRAModel
     from coalora.models import find_targets, tiny_llama
 
     model = tiny_llama().cuda()
@@ -76,10 +76,10 @@ def test_a_coalora_training_step_stays_on_the_gpu():
 
 
 def test_bundle_round_trip_loads_packed_on_the_gpu(tmp_path):
-    from coalora.bundle import export_bundle, load_bundle
+    from coalora.export.bundle import export_bundle, load_bundle
+    from coalora.lqlora.sensitivity import weights_fingerprint
     from coalora.models import find_targets, load_model, target_modules_of
-    from coalora.packed import PackedLinear
-    from coalora.sensitivity import weights_fingerprint
+    from coalora.quant.packed import PackedLinear
 
     model, _ = load_model("tiny-llama")
     targets = find_targets(model)

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from coalora.config import ALL_CONFIGS, ModelQuantConfig
 from coalora.errors import CoaloraError
+from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 from coalora.store import SCHEMA_VERSION, TABLES, Evaluation, Store
 
 
@@ -512,7 +512,7 @@ def test_closed_store_raises(tmp_path):
 
 
 def _task_rows(value=0.5, limit=20, task="shakespeare_nextline"):
-    from coalora.tasks import TaskMetric
+    from coalora.evaluation.tasks import TaskMetric
 
     return [TaskMetric(task, "acc", value, 0.1, limit, limit, "0.4.13", "1.0+abc"),
             TaskMetric(task, "acc_norm", value + 0.05, None, limit, limit, "0.4.13", "1.0+abc")]

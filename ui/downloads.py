@@ -30,7 +30,7 @@ LAYER_COLUMNS = ["module", "block", "type", "shape", "b0", "b1", "b2", "B0", "B1
 
 def layer_table(ex, cfg) -> pd.DataFrame:
     """One row per target matrix of ``cfg`` (:data:`LAYER_COLUMNS`); ``error`` is the error table's
-    entry ``table[i, c_i]`` (:mod:`coalora.sensitivity`, the allocator's objective term)."""
+    entry ``table[i, c_i]`` (:mod:`coalora.lqlora.sensitivity`, the allocator's objective term)."""
     table = ex.front_service().table
     rows = []
     for i, t in enumerate(cfg.targets):
@@ -51,11 +51,11 @@ def evaluations_table(ex) -> pd.DataFrame:
 
 def front_table(ex, methods: list[str], cv, sizes, fronts: dict) -> pd.DataFrame:
     """Every scored candidate per method (module docstring); ``fronts``: method -> the shown
-    :class:`coalora.front.FrontResult` (which candidates are on the predicted front)."""
+    :class:`coalora.search.front.FrontResult` (which candidates are on the predicted front)."""
     import numpy as np
 
-    from coalora.config import ModelQuantConfig
-    from coalora.front import posterior
+    from coalora.quant.config import ModelQuantConfig
+    from coalora.search.front import posterior
 
     svc = ex.front_service()
     cids, cbits, csrc = svc.candidates()

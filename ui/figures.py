@@ -41,7 +41,7 @@ def method_label(method: str) -> str:
 
 
 METRIC_AXES = {"ppl": "perplexity", "kld": "KL to unquantized (nats/token)"}
-"""The front's y-axis title per metric (:data:`coalora.front.METRICS`); short, so it fits."""
+"""The front's y-axis title per metric (:data:`coalora.search.front.METRICS`); short, so it fits."""
 X_TITLES = {"bits": "average bits per weight (incl. scales)", "mb": "model size (MB)"}
 
 
@@ -126,7 +126,7 @@ def front_figure(fronts: dict[str, Any], budget: float | None = None, best: Any 
                  priors: dict[str, dict[str, Prior]] | None = None, best_method: str = "coalora") -> go.Figure:
     """The bits-vs-perplexity (or bits-vs-KL) front.
 
-    ``fronts``: method -> :class:`coalora.front.FrontResult` of ``metric`` (measured points,
+    ``fronts``: method -> :class:`coalora.search.front.FrontResult` of ``metric`` (measured points,
     predicted front with its +-2 sigma band, EHVI proposals); ``best``: the best predicted point
     within ``budget`` (of ``best_method``); ``selected`` / ``pinned``: (hash, bits, value on the y
     axis) of the selected and the pinned configuration, ringed; ``priors``: method -> hash -> the
@@ -211,7 +211,7 @@ def heatmap_figure(config) -> go.Figure:
 
 def hv_history_figure(rounds: Iterable[dict], definition: str = "", normalise=None) -> go.Figure:
     """Hypervolume of the front after each search round, one line per run; ``normalise`` maps a
-    stored area to the app's one definition (:func:`coalora.pareto.normalised_hv`), stated in
+    stored area to the app's one definition (:func:`coalora.search.pareto.normalised_hv`), stated in
     ``definition``."""
     fig = go.Figure()
     runs: dict[str, list[dict]] = {}

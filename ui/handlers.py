@@ -39,7 +39,7 @@ GP_METHODS = ("coalora", "none")
 METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items() if key in GP_METHODS]
 """The method filter: (label, key)."""
 METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld")]
-"""The front's y axis: (label, :data:`coalora.front.METRICS` key)."""
+"""The front's y axis: (label, :data:`coalora.search.front.METRICS` key)."""
 DEFAULT_METHODS = ["coalora", "none"]
 SEQLENS = limits.APP_SEQLENS
 MAX_WINDOWS = limits.APP_MAX_WINDOWS
@@ -206,7 +206,7 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
 def check_budget(budget: Any) -> float:
     """The budget, clamped into the feasible range with a warning (NaN, text, lists: an error): to
     2.033 below it (the cheapest configuration is 2.0322), to 8.625 above it."""
-    from coalora.config import MAX_BITS, MIN_BITS
+    from coalora.quant.config import MAX_BITS, MIN_BITS
 
     b = None
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
@@ -273,7 +273,7 @@ class Convention:
 
     @property
     def label(self) -> str:
-        from coalora.evalspec import DEFAULT_SPEC
+        from coalora.evaluation.spec import DEFAULT_SPEC
 
         return f"{self.windows} x {self.seqlen} tokens of {self.eval_set}, {DEFAULT_SPEC}"
 
@@ -311,7 +311,7 @@ def check_eval(eval_set: Any, seqlen: Any, windows: Any) -> Convention:
 
 def check_metric(metric: Any) -> str:
     """The front's metric (``ppl`` or ``kld``), or one clear error."""
-    from coalora.front import check_metric as check
+    from coalora.search.front import check_metric as check
 
     if not isinstance(metric, str):
         raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity) or kld (KL divergence to "
@@ -441,8 +441,8 @@ def _best(fr: dict, methods: list[str], ex) -> Any:
 
 
 def hypervolume_text(r) -> str:
-    """A front's hypervolumes in the one definition used everywhere (:func:`coalora.pareto.normalised_hv`)."""
-    from coalora.pareto import HV_DEFINITION, normalised_hv
+    """A front's hypervolumes in the one definition used everywhere (:func:`coalora.search.pareto.normalised_hv`)."""
+    from coalora.search.pareto import HV_DEFINITION, normalised_hv
 
     ref = r.hv_reference
     hv = r.hypervolume
@@ -858,7 +858,7 @@ def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: in
     bundle, cfg_path = entry.files
     size = bundle.stat().st_size / 2**20
     note = (f"Bundle {md_code(bundle.name)} ({size:.1f} MiB: PEFT adapter, packed weights, coalora_config.json), "
-            f"{how}. Load it with `coalora load DIR` or `coalora.bundle.load_bundle`.")
+            f"{how}. Load it with `coalora load DIR` or `coalora.export.bundle.load_bundle`.")
     return [str(bundle), str(cfg_path)], note
 
 
@@ -952,8 +952,8 @@ def hv_history(model: str):
     """The Search history tab: the front searches' (``coalora search``) measured-front hypervolume
     per round, in the app's one normalised definition (the training search's probe-loss volumes
     live in another space and are not shown)."""
-    from coalora.front import HV_BITS_REF
-    from coalora.pareto import HV_DEFINITION, normalised_hv
+    from coalora.search.front import HV_BITS_REF
+    from coalora.search.pareto import HV_DEFINITION, normalised_hv
 
     ex = MODELS.get(model)
     rounds = [r for r in ex.store.search_rounds(model=model) if str(r["run"]).startswith("front-search:")]
@@ -965,9 +965,9 @@ NO_COMPARISON = ("The protocol comparison (equal compute, several seeds, perplex
 
 
 def _protocol_report():
-    """``coalora.protocol_report``, or None where this checkout does not have it."""
+    """``coalora.train.protocol_report``, or None where this checkout does not have it."""
     try:
-        from coalora import protocol_report
+        from coalora.train import protocol_report
     except ImportError:
         return None
     return protocol_report

@@ -91,10 +91,10 @@ ABOUT_TEMPLATE = """
 
 
 def about() -> str:
-    """The About tab, its numbers taken from the code's constants (:mod:`coalora.config`,
-    :mod:`coalora.pareto`), so the text cannot drift from what the app computes."""
-    from coalora.config import ALL_CONFIGS, FIELD_VALUES
-    from coalora.pareto import HV_DEFINITION
+    """The About tab, its numbers taken from the code's constants (:mod:`coalora.quant.config`,
+    :mod:`coalora.search.pareto`), so the text cannot drift from what the app computes."""
+    from coalora.quant.config import ALL_CONFIGS, FIELD_VALUES
+    from coalora.search.pareto import HV_DEFINITION
 
     def braces(vals) -> str:
         return "{" + ", ".join(map(str, vals)) + "}"

@@ -1,6 +1,6 @@
 """Predictions kept next to measurements, so a user sees how wrong the GP was.
 
-:meth:`coalora.front.FrontService.predict` answers a measured configuration with its measured value
+:meth:`coalora.search.front.FrontService.predict` answers a measured configuration with its measured value
 (the front is drawn through its measurements). The app keeps, per measured configuration, the
 prediction made without its own measurement instead:
 
@@ -52,7 +52,7 @@ STORE = _Store()
 
 
 def predict(ex, cfg, method: str, cv, metric: str) -> Any:
-    """The GP's :class:`~coalora.front.FrontPoint` for ``cfg`` (its measured value when stored), or None."""
+    """The GP's :class:`~coalora.search.front.FrontPoint` for ``cfg`` (its measured value when stored), or None."""
     return ex.front_service().predict(ex.query(method, cv.seqlen, cv.windows, cv.corpus, metric), cfg)
 
 
@@ -83,7 +83,7 @@ def heldout(ex, method: str, cv, metric: str) -> dict[str, Prior]:
     docstring); empty without a GP (fewer than 4 evaluations: 3 left to condition on)."""
     import torch
 
-    from coalora.front import ENCODING_SIGNS, fit_gp, posterior
+    from coalora.search.front import ENCODING_SIGNS, fit_gp, posterior
 
     if method not in ex.methods:
         return {}

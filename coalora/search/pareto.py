@@ -1,0 +1,105 @@
+"""Pareto utilities on (average bits, loss) points, both minimised (method.md sections 5.1 and 6).
+
+* :func:`pareto_mask`: the non-dominated points;
+* :func:`segment_pareto_filter`: CoA-LoRA's segment-wise filter (U equal segments of the bit range,
+  the non-dominated set of each), which keeps good training configurations across the whole range
+  instead of only the global front;
+* :func:`hypervolume_2d`: the area dominated by a point set up to a reference point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from coalora.errors import CoaloraError
+
+
+def _points(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64)
+    if p.size == 0:
+        return p.reshape(0, 2)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise CoaloraError(f"expected points of shape [n, 2] (bits, loss), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise CoaloraError("points must be finite")
+    return p
+
+
+def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Boolean mask ``[n]`` of the points no other point dominates (both coordinates minimised).
+
+    q dominates p when q <= p in both coordinates and q < p in at least one. Exact duplicates do
+    not dominate each other, so both are kept.
+    """
+    p = _points(points)
+    le = (p[None, :, :] <= p[:, None, :]).all(-1)  # [i, j]: j <= i everywhere
+    lt = (p[None, :, :] < p[:, None, :]).any(-1)
+    return ~(le & lt).any(1)
+
+
+def segment_pareto_filter(
+    bits: Sequence[float] | np.ndarray,
+    losses: Sequence[float] | np.ndarray,
+    lo: float = 2.25,
+    hi: float = 7.25,
+    segments: int = 40,
+) -> np.ndarray:
+    """Indices kept by the segment-wise Pareto filter (method.md 5.1, U segments over [lo, hi]).
+
+    Segment u covers ``[lo + u*w, lo + (u+1)*w)`` with ``w = (hi - lo)/U``; the last one includes
+    ``hi``. Points outside ``[lo, hi]`` are dropped: they lie outside the bit range being trained.
+    Returns sorted indices into the inputs.
+    """
+    if segments < 1 or not hi > lo:
+        raise CoaloraError(f"need segments >= 1 and hi > lo, got segments={segments}, range [{lo}, {hi}]")
+    pts = _points(np.stack([np.asarray(bits, float), np.asarray(losses, float)], axis=1) if len(bits) else [])
+    inside = (pts[:, 0] >= lo) & (pts[:, 0] <= hi)
+    seg = np.minimum(((pts[:, 0] - lo) / (hi - lo) * segments).astype(int), segments - 1)
+    keep: list[int] = []
+    for u in np.unique(seg[inside]):
+        idx = np.flatnonzero(inside & (seg == u))
+        keep.extend(idx[pareto_mask(pts[idx])].tolist())
+    return np.array(sorted(keep), dtype=int)
+
+
+def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, ref: Sequence[float]) -> float:
+    """Area dominated by ``points`` (minimised) and bounded by ``ref`` (points beyond it count for nothing)."""
+    p = _points(points)
+    r = np.asarray(ref, dtype=np.float64)
+    p = p[(p[:, 0] < r[0]) & (p[:, 1] < r[1])]
+    if len(p) == 0:
+        return 0.0
+    p = p[pareto_mask(p)]
+    p = p[np.argsort(p[:, 0])]  # bits ascending; on the front, loss then descends
+    area, prev_loss = 0.0, r[1]
+    for x, y in p:
+        if y < prev_loss:
+            area += (r[0] - x) * (prev_loss - y)
+            prev_loss = y
+    return float(area)
+
+
+HV_LOG_FLOOR = {"ppl": 0.0, "kld": math.log(1e-5)}
+"""The lower edge of the normalising box per metric, in log units: log ppl >= 0 (ppl >= 1), and log
+KL >= log 1e-5 (the front's KL floor, :data:`coalora.search.front.KLD_FLOOR`)."""
+HV_REF = {"ppl": 1000.0, "kld": 5.0}
+"""The reference value per metric (:data:`coalora.search.front.HV_PPL_REF`, :data:`coalora.search.front.HV_KLD_REF`)."""
+HV_BITS = (2.0322265625, 8.75)
+"""The bits edges of the normalising box: the cheapest configuration and the fronts' reference."""
+HV_DEFINITION = {m: (f"normalised hypervolume: area dominated in (avg bits, log {m}) up to the reference "
+                     f"({HV_BITS[1]} bits, {m} {HV_REF[m]:g}), divided by the box from "
+                     f"({HV_BITS[0]:.3f} bits, {m} {math.exp(HV_LOG_FLOOR[m]):g}); 1 is the unreachable ideal")
+                 for m in HV_REF}
+"""The one hypervolume the app reports, per metric, stated in words next to every value."""
+
+
+def normalised_hv(area: float, bits_ref: float = HV_BITS[1], metric: str = "ppl") -> float:
+    """``area`` (a :func:`hypervolume_2d` in (avg bits, log metric) with reference ``bits_ref`` and
+    :data:`HV_REF`) divided by the box :data:`HV_DEFINITION` states, so it lies in [0, 1]."""
+    if metric not in HV_REF:
+        raise CoaloraError(f"unknown metric {metric!r}; use ppl or kld")
+    box = (bits_ref - HV_BITS[0]) * (math.log(HV_REF[metric]) - HV_LOG_FLOOR[metric])
+    return float(area) / box

@@ -1,0 +1,217 @@
+"""The comparison protocol: equal compute, honest labels, lr grid on validation, intervals, files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coalora.errors import CoaloraError
+from coalora.train import protocol, protocol_report
+from coalora.train.protocol import ProtocolConfig, Unit
+
+
+def _tiny(tmp_path, **kw):
+    for split in ("train", "eval"):
+        d = tmp_path / split
+        d.mkdir(exist_ok=True)
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        words = "the king said to his queen that all the night was cold and dark and the fool sang".split()
+        for k in range(3):
+            (d / f"doc{k}.txt").write_text(" ".join(rng.choice(words, 3000)))
+    base = dict(model="tiny-llama", corpus=str(tmp_path / "train"), eval_corpus=str(tmp_path / "eval"),
+                budgets=(3.0, 4.0), per_config_steps=2, rank=4, seqlen=32, search_every=2, seeds=(0, 1),
+                compute_scales=(0.5,), lr_grid=(1e-3, 3e-3), theta_grid=(10.0, 30.0), grid_budgets=(3.0,),
+                validation_windows=4, eval_windows=6, eval_seqlen=32, seen=2, ood=2)
+    base.update(kw)
+    return ProtocolConfig(**base)
+
+
+def _fake_grid(cfg, best=1e-3, theta=10.0):
+    """Finished grid units (edge extensions included) whose best lr is ``best`` and best theta scale ``theta``."""
+    done: dict = {}
+    while True:
+        pending = [u for u in protocol.schedule(cfg, done) if u.kind in ("grid", "theta-grid") and u.name not in done]
+        if not pending:
+            return done
+        for u in pending:
+            if u.kind == "grid":
+                # validation loss rises with the distance from the best rate (in log space)
+                done[u.name] = {"validation_nll": 1.0 + abs(math.log(u.lr / best)), "lr": u.lr, "theta_lr_scale": 10.0}
+            else:
+                done[u.name] = {"validation_nll": 0.5 if u.theta_lr_scale == theta else 3.0, "lr": u.lr,
+                                "theta_lr_scale": u.theta_lr_scale}
+        same = f"grid-coalora-lr{protocol._fmt(best)}"
+        if theta == 10.0 and same in done:
+            done[same]["validation_nll"] = 0.4
+
+
+def test_every_method_spends_the_headline_compute():
+    cfg = ProtocolConfig()
+    units = protocol.schedule(cfg, _fake_grid(cfg))
+    for seed in cfg.seeds:
+        spent = {}
+        for u in units:
+            if u.kind == "headline" and u.seed == seed:
+                tc = protocol.train_config(cfg, u, u.budget)
+                spent[u.method] = spent.get(u.method, 0) + tc.token_passes
+        assert set(spent) == {"coalora", "coalora-theta-off", "shared", "qlora", "lqlora"}
+        assert all(abs(v / cfg.headline_compute - 1) <= 0.02 for v in spent.values()), spent
+    scaled = [u for u in units if u.kind == "scale"]
+    assert {(u.method, u.scale) for u in scaled} == {(m, s) for m in ("coalora", "shared") for s in cfg.compute_scales}
+    for u in scaled:
+        assert protocol.train_config(cfg, u).token_passes == pytest.approx(u.scale * cfg.headline_compute, rel=0.02)
+
+
+def test_the_headline_waits_for_the_grid_and_uses_each_methods_best_rate():
+    cfg = ProtocolConfig()
+    assert {u.kind for u in protocol.schedule(cfg, {})} == {"grid"}
+    done = _fake_grid(cfg)
+    del done[protocol.theta_units(cfg, 1e-3)[0].name]
+    assert "headline" not in {u.kind for u in protocol.schedule(cfg, done)}  # the theta grid is not finished
+    units = protocol.schedule(cfg, _fake_grid(cfg, best=1e-3, theta=3.0))
+    heads = [u for u in units if u.kind == "headline"]
+    assert {u.lr for u in heads} == {1e-3}
+    assert {u.theta_lr_scale for u in heads if u.method == "coalora"} == {3.0}
+    tc = protocol.train_config(cfg, next(u for u in heads if u.method == "coalora-theta-off"))
+    assert tc.method == "coalora" and not tc.theta and not tc.use_theta and tc.searching  # U = I, same search
+    assert tc.validation_windows == cfg.validation_windows
+
+
+def test_labels_follow_the_runs_own_training_set():
+    e = {"hash": "a", "role": "budget"}
+    assert protocol.kind_of(e, {"a"}) == "seen" and protocol.kind_of(e, {"b"}) == "unseen"
+    assert protocol.kind_of({"hash": "c", "role": "ood"}, set()) == "ood"
+    assert protocol.kind_of(e, {"a"}, per_config=True) == "own"
+
+
+def test_bootstrap_ties_identical_methods_and_separates_shifted_ones():
+    rng = np.random.default_rng(0)
+    text = rng.normal(3.0, 0.5, size=16) * 255  # how hard each window is: shared by every method and seed
+    rows = []
+    for m, shift in (("qlora", 0.0), ("coalora", 0.0), ("shared", -0.2 * 255)):
+        for s in range(3):
+            seed_effect = rng.normal(0, 0.01) * 255
+            rows.append({"method": m, "seed": s, "window_nll": list(text + shift + seed_effect + rng.normal(0, 2, 16)),
+                         "tokens": 16 * 255, "windows": 16})
+    df = pd.DataFrame(rows)
+    bs = protocol_report.Bootstrap(16, {m: [0, 1, 2] for m in ("qlora", "coalora", "shared")})
+    q, c, s = (bs.cell(df[df["method"] == m]) for m in ("qlora", "coalora", "shared"))
+    assert q[0] == pytest.approx(float(np.exp(text.mean() / 255)), rel=0.02)
+    lo, hi = protocol_report._ci(c[1] / q[1])
+    assert lo < 1.0 < hi  # same model up to noise: a tie
+    lo, hi = protocol_report._ci(s[1] / q[1])
+    assert hi < 1.0 and lo > 0.75  # exp(-0.2) = 0.82, separated by pairing on windows
+
+
+def test_config_round_trip_and_validation():
+    cfg = ProtocolConfig(seeds=(0, 1, 2, 3))
+    assert ProtocolConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).hash == cfg.hash != ProtocolConfig().hash
+    with pytest.raises(CoaloraError, match="whole number"):
+        ProtocolConfig(compute_scales=(0.35,))
+    with pytest.raises(CoaloraError, match="increasing"):
+        ProtocolConfig(budgets=(3.0, 2.5))
+
+
+@pytest.mark.slow
+def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
+    import duckdb
+
+    cfg = _tiny(tmp_path)
+    out = tmp_path / "protocol"
+    protocol.add_arm(out, protocol.Arm("lq", {"base": "lq", "lq_rank": 2}, "an LQ base"))
+    done = protocol.run(cfg, out, log=lambda m: None, progress=False)
+    assert {u.name for u in protocol.schedule(cfg, done, protocol.load_arms(out))} == set(done)  # everything ran
+    text = protocol_report.write(out)
+    pts = duckdb.sql(f"SELECT * FROM '{out / 'points.parquet'}'").df()
+    runs = duckdb.sql(f"SELECT * FROM '{out / 'runs.parquet'}'").df()
+    need = {"method", "seed", "kind", "budget", "avg_bits", "config_hash", "ppl", "nll", "kld", "tokens", "windows",
+            "eval_spec", "token_passes"}
+    assert need <= set(pts.columns)
+    assert {"method", "seed", "budget", "lr", "token_passes", "train_seconds", "train_config_hashes"} <= set(runs.columns)
+    assert set(pts["method"]) == {*protocol.METHODS, "coalora+lq"} and set(pts["eval_spec"]) == {"strided-v1"}
+    assert "## Ablation arms" in text and '`{"base": "lq", "lq_rank": 2}`' in text
+    assert set(pts[pts["method"] != "none"]["seed"]) == {0, 1}
+    head = pts[(pts["scale"] == 1.0) & (pts["method"] != "none")]
+    assert set(head["token_passes"]) == {cfg.headline_compute}  # equal compute, per seed
+    for _, p in pts[pts["kind"] == "unseen"].iterrows():
+        trained = runs[(runs["method"] == p["method"]) & (runs["seed"] == p["seed"]) & (runs["scale"] == p["scale"])]
+        assert all(p["config_hash"] not in list(h) for h in trained["train_config_hashes"])
+    assert (pts["kld"] > 0).all() and np.isfinite(pts["ppl"]).all()
+    assert "## Perplexity ratio to QLoRA" in text and " [" in text and "Label check: 0" in text
+    assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert protocol_report.load(out)["front_png"] == out / "front.png"
+    # Resuming does nothing new; another protocol in the same directory is refused.
+    before = sorted(p.stat().st_mtime_ns for p in (out / "units").glob("*.json"))
+    protocol.run(cfg, out, log=lambda m: None, progress=False)
+    assert sorted(p.stat().st_mtime_ns for p in (out / "units").glob("*.json")) == before
+    with pytest.raises(CoaloraError, match="holds protocol"):
+        protocol.run(_tiny(tmp_path, seeds=(0,)), out, log=lambda m: None, progress=False)
+
+
+def test_report_of_an_empty_directory_says_what_to_run(tmp_path):
+    (tmp_path / "units").mkdir()
+    with pytest.raises(CoaloraError, match="coalora compare"):
+        protocol_report.write(tmp_path)
+    assert protocol_report.load(tmp_path) is None
+
+
+def test_compare_help_lists_every_protocol_field(capsys):
+    from dataclasses import fields
+
+    from coalora.cli import main
+    from coalora.cli_options import field_docs
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    docs = field_docs(ProtocolConfig)
+    for f in fields(ProtocolConfig):
+        assert "--" + f.name.replace("_", "-") in out
+        assert f.name in docs  # every field documents itself
+    assert "Unit" in dir(protocol) and Unit("x", "grid", "qlora").seed == 0
+
+
+def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
+    cfg = ProtocolConfig()
+    arm = protocol.Arm("k4-lq", {"configs_per_step": 4, "base": "lq"}, "more configurations per step")
+    protocol.add_arm(tmp_path, arm)
+    arms = protocol.load_arms(tmp_path)
+    assert arms == [arm]
+    units = protocol.schedule(cfg, _fake_grid(cfg), arms)
+    mine = [u for u in units if u.kind == "arm"]
+    assert [u.seed for u in mine] == list(cfg.seeds) and {u.method for u in mine} == {"coalora+k4-lq"}
+    tc = protocol.train_config(cfg, mine[0], arm=arm)
+    assert tc.configs_per_step == 4 and tc.base == "lq" and tc.steps == 75
+    assert tc.token_passes == cfg.headline_compute and tc.lr == 1e-3 and tc.theta_lr_scale == 10.0
+    for bad, match in (({"steps": 10}, "fixed by the protocol"), ({"seed": 3}, "fixed"), ({"colour": 1}, "unknown"),
+                       ({"base": "gptq"}, "unknown base")):
+        with pytest.raises(CoaloraError, match=match):
+            protocol.add_arm(tmp_path, protocol.Arm("x", bad))
+    with pytest.raises(CoaloraError, match="arm name"):
+        protocol.add_arm(tmp_path, protocol.Arm("../evil", {}))
+    (tmp_path / "arms.json").write_text("{broken")
+    with pytest.raises(CoaloraError, match="arms.json"):
+        protocol.load_arms(tmp_path)
+
+
+def test_a_grid_whose_best_value_is_on_its_edge_grows_past_it():
+    scores = {3e-4: 5.0, 1e-3: 4.5, 3e-3: 4.0}
+    assert protocol.extended((3e-4, 1e-3, 3e-3), scores.get) == [3e-4, 1e-3, 3e-3, 0.01]  # best at the top: try more
+    scores[0.01] = 4.2
+    assert protocol.extended((3e-4, 1e-3, 3e-3), scores.get) == [3e-4, 1e-3, 3e-3, 0.01]  # now interior: stop
+    assert protocol.extended((3e-4, 1e-3, 3e-3), {3e-4: 1.0, 1e-3: 2.0, 3e-3: None}.get) == [3e-4, 1e-3, 3e-3]
+    low = {1e-4: 0.5, 3e-4: 1.0, 1e-3: 2.0, 3e-3: 3.0}
+    assert protocol.extended((3e-4, 1e-3, 3e-3), low.get)[:2] == [3e-5, 1e-4]  # best at the bottom: grows down, twice
+    assert protocol.half_decade(10.0, up=True) == 30.0 and protocol.half_decade(3.0, up=False) == 1.0
+    assert len(protocol.extended((3e-4, 1e-3, 3e-3), lambda v: -v)) == 3 + protocol.MAX_EXTENSIONS  # bounded
+    cfg = ProtocolConfig()
+    done = {u.name: {"validation_nll": 1.0 if u.lr == 3e-3 else 2.0, "lr": u.lr, "theta_lr_scale": 10.0}
+            for u in protocol.grid_units(cfg)}
+    units = protocol.schedule(cfg, done)
+    assert "grid-coalora-lr0.01" in {u.name for u in units} and "headline" not in {u.kind for u in units}
+    full = _fake_grid(cfg, best=0.01)
+    assert {u.lr for u in protocol.schedule(cfg, full) if u.kind == "headline"} == {0.01}
