@@ -37,6 +37,9 @@ from coalora.errors import CoaloraError
 if TYPE_CHECKING:
     import torch
 
+    from coalora.models import Target
+    from coalora.quant.config import ModelQuantConfig
+
     # Annotations are lazy (``from __future__ import annotations``), so this is only for checkers.
     ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -119,6 +122,30 @@ def allocate(
     start = time.perf_counter()
     problem = _Problem(costs, numels, bits)
     return problem.solve(budget, method, time_limit, start)
+
+
+def allocate_config(
+    table: ArrayLike,
+    model: str,
+    targets: Sequence[Target],
+    budget: object,
+    method: str = "fast",
+    time_limit: float = 60.0,
+) -> ModelQuantConfig:
+    """The allocator's configuration of ``model`` at ``budget`` average bits over the 432-config space.
+
+    Args:
+        table: ``N x 432`` error table (``N = len(targets)``, columns ``ALL_CONFIGS``).
+        model: the model's name, recorded in the configuration.
+        targets: the ``N`` target matrices, in table row order.
+        budget: average bits per weight, checked by :func:`~coalora.quant.config.check_budget`.
+        method: ``"fast"`` (Lagrangian + greedy, milliseconds) or ``"exact"`` (MILP).
+    """
+    from coalora.quant.config import CONFIG_BITS, ModelQuantConfig, check_budget
+
+    a = allocate(table, [t.numel for t in targets], CONFIG_BITS, check_budget(budget), method=method,
+                 time_limit=time_limit)
+    return ModelQuantConfig.from_ids(model, tuple(targets), a.choice)
 
 
 def allocate_many(

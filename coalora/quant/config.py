@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import numbers
 import os
 from collections import Counter
@@ -145,8 +146,28 @@ PRESETS: dict[str, QuantConfig] = {
     f"nf{k}-dq": QuantConfig(k, 8, "fp32", 64, 256) for k in (2, 3, 4, 8)
 }
 
-MIN_BITS: float = min(c.bits for c in ALL_CONFIGS)  # 2.0322265625 = (2, 2, bf16, 64, 256)
-MAX_BITS: float = max(c.bits for c in ALL_CONFIGS)  # 8.625 = (8, 8, fp32, 16, 16)
+#: Storage bits per parameter of each configuration, ``CONFIG_BITS[c.id] == ALL_CONFIGS[c.id].bits``
+#: (432 floats): the one bits table every allocator, encoding and front reads.
+CONFIG_BITS: tuple[float, ...] = tuple(c.bits for c in ALL_CONFIGS)
+
+MIN_BITS: float = min(CONFIG_BITS)  # 2.0322265625 = (2, 2, bf16, 64, 256)
+MAX_BITS: float = max(CONFIG_BITS)  # 8.625 = (8, 8, fp32, 16, 16)
+
+
+def check_budget(budget: object, what: str = "budget") -> float:
+    """``budget`` as average bits per weight, or one clear error naming the feasible range.
+
+    The range is the space's own: from the cheapest configuration (``MIN_BITS``) to the most
+    precise (``MAX_BITS``); every budget the allocator is asked to meet passes through here.
+    """
+    try:
+        b = float(budget)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CoaloraError(f"{what} must be a number of bits per weight, got {short(budget)}") from None
+    if not math.isfinite(b) or not MIN_BITS <= b <= MAX_BITS:
+        raise CoaloraError(f"{what} {short(budget)} bits is outside the feasible range [{MIN_BITS:.3f}, {MAX_BITS:.3f}] "
+                           "(the cheapest and the most precise configuration)")
+    return b
 
 
 # --------------------------------------------------------------------------------------------
