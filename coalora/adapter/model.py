@@ -1,17 +1,14 @@
-"""The configuration-aware adapter of CoA-LoRA (method.md section 3, spec S3 and S6).
+"""The configuration-aware adapter of CoA-LoRA, :class:`CoALoRAModel` (method.md section 3, spec S3 and S6).
 
 Every target matrix W_i gets one LoRA pair, shared by all quantization configurations:
-A_i ``[r, d_in]`` (L2) and B_i ``[d_out, r]`` (L1). One small network theta, shared by every
-layer, maps a layer's configuration to an r x r adjustment:
+A_i ``[r, d_in]`` (L2) and B_i ``[d_out, r]`` (L1) in a :class:`~coalora.adapter.layer.CoALoRALinear`.
+One small network theta (:class:`~coalora.adapter.theta.ConfigNet`), shared by every layer, maps a
+layer's configuration to U_i = I + gamma * M_i ``[r, r]``:
 
-    features_i = (b0, b1, b2, B0, B1, block index, module type)      7 categorical indices
-    M_i = MLP(concat of 8-dim embeddings)                              [r, r]
-    U_i = I + gamma * M_i                                              gamma learnable, init 1
     y   = x W_C^T + bias + s * ((x A_i^T) U_i^T) B_i^T,  s = alpha / r
 
-theta's last layer starts at N(0, 1e-3), so U ~ I and training starts from the plain LoRA.
-For deployment, U folds into A (A' = U A) and the result is an ordinary LoRA adapter
-(:mod:`coalora.export.peft`).
+For deployment, U folds into A (A' = U A, :meth:`CoALoRAModel.lora_for`) and the result is an
+ordinary LoRA adapter (:mod:`coalora.export.peft`).
 """
 
 from __future__ import annotations
@@ -19,153 +16,18 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from coalora.adapter.config import INITS, AdapterConfig
+from coalora.adapter.layer import CoALoRALinear
+from coalora.adapter.theta import ConfigNet
 from coalora.errors import CoaloraError
 from coalora.models import Target, target_modules_of
-from coalora.quant.config import FIELD_SIZES, ModelQuantConfig, resolve_preset
+from coalora.quant.config import ModelQuantConfig, resolve_preset
 
-INITS = ("lq", "peft")
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """Shape and initialisation of the configuration-aware adapter."""
-
-    rank: int = 16
-    alpha: float = 16.0
-    """LoRA scaling numerator: s = alpha / rank (the paper: alpha 16 with rank 64)."""
-    init: str = "lq"
-    """``lq``: A, B from a rank-r SVD of W - Q_ref(W) (LQ-LoRA's first step); ``peft``: PEFT's default
-    (A Kaiming-uniform, B = 0)."""
-    ref_preset: str = "nf3-dq"
-    """Reference configuration of the ``lq`` init (a preset or ``uniform:...``)."""
-    embed_dim: int = 8
-    hidden: int = 128
-    base: str = "quant"
-    """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
-    Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.quant.apply.BaseSpec)."""
-    lq_rank: int = 8
-    """Rank of the ``lq`` base's full-precision low-rank term."""
-    lq_iters: int = 1
-    """Alternations of the ``lq`` base's split (randomized SVD, then quantize)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise CoaloraError(f"adapter rank must be a positive integer, got {self.rank!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise CoaloraError(f"adapter alpha must be a positive number, got {self.alpha!r}")
-        if self.init not in INITS:
-            raise CoaloraError(f"unknown adapter init {self.init!r}; use one of {', '.join(INITS)}")
-        resolve_preset(self.ref_preset)  # validates
-        _ = self.base_spec  # validates base, lq_rank, lq_iters
-        for name in ("embed_dim", "hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise CoaloraError(f"adapter {name} must be a positive integer, got {v!r}")
-
-    @property
-    def base_spec(self):
-        """The :class:`~coalora.quant.apply.BaseSpec` the model computes each configuration's weights with."""
-        from coalora.quant.apply import BaseSpec
-
-        return BaseSpec(self.base, self.lq_rank, self.lq_iters)
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class ConfigNet(nn.Module):
-    """theta: layer configuration features ``[N, 7]`` (int64) -> U ``[N, r, r]``, all layers in one call."""
-
-    def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int = 8, hidden: int = 128):
-        super().__init__()
-        self.rank = rank
-        sizes = (*FIELD_SIZES, num_blocks, num_module_types)
-        self.embeddings = nn.ModuleList(nn.Embedding(n, embed_dim) for n in sizes)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(embed_dim * len(sizes)),
-            nn.Linear(embed_dim * len(sizes), hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, rank * rank),
-        )
-        # Start as plain LoRA: M ~ 0 so U ~ I (method.md 3.2).
-        nn.init.normal_(self.mlp[-1].weight, std=1e-3)
-        nn.init.zeros_(self.mlp[-1].bias)
-        self.gamma = nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """U = I + gamma * M for every row of ``features`` ``[N, 7]``; returns ``[N, r, r]``."""
-        z = torch.cat([emb(features[:, j]) for j, emb in enumerate(self.embeddings)], dim=-1)
-        m = self.mlp(z).view(-1, self.rank, self.rank)
-        eye = torch.eye(self.rank, dtype=m.dtype, device=m.device)
-        return eye + self.gamma * m
-
-
-class CoALoRALinear(nn.Module):
-    """A frozen linear (whose weight the :class:`~coalora.quant.apply.ConfigApplier` swaps) plus LoRA with U.
-
-    ``U`` ``[r, r]`` is set by :class:`CoALoRAModel` before each forward; ``None`` means the identity
-    (plain LoRA).
-
-    With ``merge`` on, a forward without autograd uses one merged weight ``W_C + s B (U A)``
-    ``[d_out, d_in]`` (built on first use, rebuilt when U, the quantized weight or A, B change):
-    evaluation and sampling then cost what the dense model costs, as PEFT's ``merge_and_unload``
-    does, for one weight copy per layer. Training (autograd on) always takes the unmerged path.
-    """
-
-    def __init__(self, base_layer: nn.Linear, rank: int, scaling: float):
-        super().__init__()
-        self.base_layer = base_layer
-        self.scaling = scaling
-        w = base_layer.weight
-        self.lora_A = nn.Parameter(torch.zeros(rank, base_layer.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, dtype=w.dtype, device=w.device))
-        self._u: torch.Tensor | None = None
-        self._u_version = 0
-        self.enabled = True
-        self.merge = False
-        self._merged: torch.Tensor | None = None
-        self._merged_key: tuple | None = None
-
-    @property
-    def U(self) -> torch.Tensor | None:
-        return self._u
-
-    @U.setter
-    def U(self, value: torch.Tensor | None) -> None:
-        self._u = value
-        self._u_version += 1  # a new U, even one at a recycled address, invalidates the merged weight
-
-    def merged_weight(self) -> torch.Tensor:
-        """``W_C + s B (U A)`` ``[d_out, d_in]``, cached until U, W_C, A or B change."""
-        w = self.base_layer.weight
-        key = (self._u_version, w.data_ptr(), w._version, self.lora_A._version, self.lora_B._version)
-        if self._merged is None or self._merged_key != key:
-            with torch.no_grad():
-                a = self.lora_A if self._u is None else self._u.detach() @ self.lora_A
-                self._merged = torch.addmm(w, self.lora_B, a, alpha=self.scaling)
-            self._merged_key = key
-        return self._merged
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return self.base_layer(x)
-        if self.merge and not torch.is_grad_enabled():
-            return F.linear(x, self.merged_weight(), self.base_layer.bias)
-        # Fold U into A first (A' = U A, [r, d_in]): r*r*d_in flops per layer, negligible next to the
-        # tokens, and the same arithmetic order as the exported PEFT adapter, so both agree to float
-        # rounding (x A^T U^T B^T in another order drifts by ~1e-4 in the logits over 30 blocks).
-        a = self.lora_A if self.U is None else self.U @ self.lora_A
-        return self.base_layer(x) + F.linear(F.linear(x, a), self.lora_B) * self.scaling
+__all__ = ["INITS", "AdapterConfig", "CoALoRALinear", "CoALoRAModel", "ConfigNet"]
 
 
 def _module_type_index(targets: Sequence[Target]) -> dict[str, int]:
@@ -184,7 +46,7 @@ class CoALoRAModel(nn.Module):
     model with U computed for C.
 
     Example:
-        >>> m = CoALoRAModel(model, "smollm2-135m", targets, AdapterConfig(rank=16))
+        >>> m = CoALoRAModel(model, "smollm2-135m", targets, AdapterConfig(rank=8))
         >>> out = m(input_ids=ids, labels=ids, config=cfg)
     """
 
@@ -228,18 +90,15 @@ class CoALoRAModel(nn.Module):
 
         g = torch.Generator().manual_seed(seed)
         ref = resolve_preset(self.adapter_config.ref_preset)
-        r, s = self.adapter_config.rank, self.adapter_config.scaling
         for name, layer in self.layers.items():
             if self.adapter_config.init == "peft":
                 # PEFT's LoRA default: kaiming_uniform_(A, a=sqrt(5)) and B = 0.
                 bound = 1.0 / math.sqrt(layer.lora_A.shape[1])
-                layer.lora_A.copy_(torch.empty_like(layer.lora_A).uniform_(-bound, bound, generator=g))
-                layer.lora_B.zero_()
+                a = torch.empty_like(layer.lora_A).uniform_(-bound, bound, generator=g)
+                layer.load_lora_(a, torch.zeros_like(layer.lora_B))
                 continue
             w = self.applier.originals[name].float()
-            l1, l2 = svd_split(w - fake_quantize(w, ref), r)  # [d_out, r], [r, d_in]
-            layer.lora_A.copy_(l2 / math.sqrt(s))
-            layer.lora_B.copy_(l1 / math.sqrt(s))
+            layer.load_split_(*svd_split(w - fake_quantize(w, ref), self.adapter_config.rank))
 
     # ---- configuration-dependent parts
 
@@ -252,33 +111,62 @@ class CoALoRAModel(nn.Module):
         """U for every target under ``config``, ``[N, r, r]`` (one batched theta call)."""
         return self.theta(self.features(config))
 
-    def set_config(self, config: ModelQuantConfig) -> None:
-        """Quantize the base under ``config`` and bind each layer's U (kept in the autograd graph)."""
+    def set_config(self, config: ModelQuantConfig, *, theta: bool = True) -> None:
+        """Quantize the base under ``config`` and bind each layer's U from theta (kept in the autograd
+        graph); ``theta=False`` clears every U instead (the plain LoRA on Q_C(W): the baselines)."""
         self.applier.apply(config)
-        us = self.u_matrices(config)
+        self.set_u(self.u_matrices(config) if theta else None)
+
+    def set_u(self, us: torch.Tensor | None) -> None:
+        """Bind row i of ``us`` ``[N, r, r]`` as the U of ``targets[i]``; ``None`` clears every U (U = I).
+        The base keeps whatever configuration it was quantized under."""
+        if us is not None and us.shape[0] != len(self.targets):
+            raise CoaloraError(f"got {us.shape[0]} U matrices for {len(self.targets)} target modules")
         for i, t in enumerate(self.targets):
-            self.layers[t.name].U = us[i]
+            self.layers[t.name].set_u(None if us is None else us[i])
+
+    @torch.no_grad()
+    def lora_for(self, config: ModelQuantConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The plain LoRA for ``config``: ``{module: (A' = U A [r, d_in], B [d_out, r])}`` (spec S6)."""
+        us = self.u_matrices(config)
+        return {t.name: (us[i] @ self.layers[t.name].lora_A, self.layers[t.name].lora_B)
+                for i, t in enumerate(self.targets)}
+
+    generate = lora_for
+    """Alias of :meth:`lora_for` for the callers listed in issue 17 (the CLI, the explorer, bench/)."""
+
+    # ---- inference modes
+
+    def merge(self) -> None:
+        """Merge each layer's LoRA into its weight for forwards without autograd (eval, sampling)."""
+        for layer in self.layers.values():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        """Take the LoRA path for every forward again and drop the merged copies (one weight per layer)."""
+        for layer in self.layers.values():
+            layer.unmerge()
 
     def set_merge(self, on: bool = True) -> None:
-        """Merge each layer's LoRA into its weight for forwards without autograd (eval, sampling);
-        off: drop the merged copies (one weight copy per layer)."""
-        for layer in self.layers.values():
-            layer.merge = on
-            if not on:
-                layer._merged, layer._merged_key = None, None
+        """:meth:`merge` (``on``) or :meth:`unmerge`."""
+        if on:
+            self.merge()
+        else:
+            self.unmerge()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the bare (quantized) base model: every LoRA term is skipped inside the block."""
         for layer in self.layers.values():
-            layer.enabled = False
+            layer.set_enabled(False)
         try:
             yield
         finally:
             for layer in self.layers.values():
-                layer.enabled = True
+                layer.set_enabled(True)
 
     def forward(self, *args, config: ModelQuantConfig | None = None, **kwargs):
+        """The wrapped model's forward; with ``config``, :meth:`set_config` first."""
         if config is not None:
             self.set_config(config)
         return self.model(*args, **kwargs)
@@ -313,15 +201,8 @@ class CoALoRAModel(nn.Module):
                                    "(another model or rank?)")
         self.theta.load_state_dict({k.removeprefix("theta."): v for k, v in state.items() if k.startswith("theta.")})
         for name, layer in self.layers.items():
-            layer.lora_A.copy_(state[f"lora.{name}.lora_A"])
-            layer.lora_B.copy_(state[f"lora.{name}.lora_B"])
+            layer.load_lora_(state[f"lora.{name}.lora_A"], state[f"lora.{name}.lora_B"])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """theta's parameters and every A, B (the base model is frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
-
-    @torch.no_grad()
-    def generate(self, config: ModelQuantConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The plain LoRA for ``config``: ``{module: (A' = U A [r, d_in], B [d_out, r])}`` (spec S6)."""
-        us = self.u_matrices(config)
-        return {t.name: (us[i] @ self.layers[t.name].lora_A, self.layers[t.name].lora_B)
-                for i, t in enumerate(self.targets)}

@@ -53,9 +53,7 @@ def test_peft_init_is_exactly_the_quantized_base():
     ids = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         fused = coa(input_ids=ids, config=cfg).logits
-        coa.applier.apply(cfg)
-        for layer in coa.layers.values():
-            layer.U = None
+        coa.set_config(cfg, theta=False)
         base = coa.model(input_ids=ids).logits
     assert torch.equal(fused, base)  # B = 0: the adapter adds nothing at init
 
@@ -93,7 +91,7 @@ def test_generated_peft_adapter_matches_fused_forward(tmp_path, init):
     with torch.no_grad():
         fused = coa(input_ids=ids, config=cfg).logits
     assert (coa.u_matrices(cfg) - torch.eye(8)).abs().max() > 1e-2
-    path = save_peft_adapter(coa.generate(cfg), tmp_path / "adapter", rank=8, alpha=16.0, base_model="tiny-llama")
+    path = save_peft_adapter(coa.lora_for(cfg), tmp_path / "adapter", rank=8, alpha=16.0, base_model="tiny-llama")
     assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
     base = tiny_llama(seed=0)
@@ -109,8 +107,8 @@ def test_different_configs_get_different_adapters():
     with torch.no_grad():
         for p in coa.theta.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    a = coa.generate(_random_config(targets, 4))
-    b = coa.generate(_random_config(targets, 5))
+    a = coa.lora_for(_random_config(targets, 4))
+    b = coa.lora_for(_random_config(targets, 5))
     name = targets[0].name
     assert not torch.allclose(a[name][0], b[name][0])
     assert torch.equal(a[name][1], b[name][1])  # B is shared; only A' = U A depends on the config
@@ -163,7 +161,7 @@ def test_disabled_runs_the_bare_quantized_model():
 
 
 def test_merged_inference_matches_the_lora_path_and_follows_changes():
-    """set_merge: forwards without autograd use W_C + s B U A; same logits, rebuilt on every change."""
+    """merge(): forwards without autograd use W_C + s B U A; same logits, rebuilt on every change."""
     coa, targets = _coa()
     with torch.no_grad():
         for p in coa.theta.parameters():
@@ -171,7 +169,11 @@ def test_merged_inference_matches_the_lora_path_and_follows_changes():
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
 
     def logits(merge: bool, cfg) -> torch.Tensor:
-        coa.set_merge(merge)
+        if merge:
+            coa.merge()
+        else:
+            coa.unmerge()
+        assert all(layer.merged == merge for layer in coa.layers.values())
         with torch.no_grad():
             coa.set_config(cfg)
             return coa.model(input_ids=ids).logits
@@ -184,8 +186,45 @@ def test_merged_inference_matches_the_lora_path_and_follows_changes():
         coa.layers[targets[0].name].lora_B.add_(0.1)
     assert (logits(True, cfg) - logits(False, cfg)).abs().max() < 1e-4
     # with autograd on, the merged copy is never used: training sees the LoRA parameters
-    coa.set_merge(True)
+    coa.merge()
     coa.set_config(cfg)
     loss = coa.model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert coa.layers[targets[0].name].lora_A.grad is not None
+
+
+def test_one_default_per_concept():
+    """The trainer's adapter fields take their defaults from AdapterConfig."""
+    from coalora.train.trainer import TrainConfig
+
+    assert TrainConfig().adapter == AdapterConfig()
+
+
+def test_set_u_and_set_config_without_theta():
+    coa, targets = _coa(init="lq")
+    cfg = _random_config(targets, 7)
+    coa.set_config(cfg)
+    assert all(layer.U is not None for layer in coa.layers.values())
+    coa.set_config(cfg, theta=False)
+    assert all(layer.U is None for layer in coa.layers.values())
+    us = coa.u_matrices(cfg)
+    coa.set_u(us)
+    assert torch.equal(coa.layers[targets[1].name].U, us[1])
+    with pytest.raises(CoaloraError, match="U matrices for"):
+        coa.set_u(us[:-1])
+    with pytest.raises(CoaloraError, match="U must have shape"):
+        coa.layers[targets[0].name].set_u(torch.eye(3))
+
+
+def test_load_lora_and_load_split():
+    coa, targets = _coa(init="peft", rank=4)
+    layer = coa.layers[targets[0].name]
+    d_out, d_in = layer.lora_B.shape[0], layer.lora_A.shape[1]
+    g = torch.Generator().manual_seed(0)
+    l1, l2 = torch.randn(d_out, 4, generator=g), torch.randn(4, d_in, generator=g)
+    layer.load_split_(l1, l2)
+    assert torch.allclose(layer.scaling * layer.lora_B @ layer.lora_A, l1 @ l2, atol=1e-5)
+    layer.load_lora_(l2, l1)
+    assert torch.equal(layer.lora_A, l2) and torch.equal(layer.lora_B, l1)
+    with pytest.raises(CoaloraError, match="LoRA A must have shape"):
+        layer.load_lora_(l1, l1)

@@ -34,7 +34,7 @@ def test_round_trip_gives_the_same_adapters(tmp_path):
     model = tiny_llama(seed=0)
     back = load_trained(path, model, "tiny-llama")
     cfg = _cfg(back.targets)
-    a, b = coa.generate(cfg), back.generate(cfg)
+    a, b = coa.lora_for(cfg), back.lora_for(cfg)
     for k in a:
         assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1])
 
@@ -102,7 +102,7 @@ def test_generated_adapter_matches_fused_model_on_smollm2(tmp_path):
     ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fused = coa(input_ids=ids, config=cfg).logits
-    path = save_peft_adapter(coa.generate(cfg), tmp_path / "a", rank=8, alpha=16.0, base_model="smollm2-135m")
+    path = save_peft_adapter(coa.lora_for(cfg), tmp_path / "a", rank=8, alpha=16.0, base_model="smollm2-135m")
     del coa, model
     base, _ = load_model("smollm2-135m")
     ConfigApplier(base, "smollm2-135m", cache_bytes=0).apply(cfg)
