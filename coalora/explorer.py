@@ -155,12 +155,9 @@ class Explorer:
 
     def allocate(self, budget: float) -> ModelQuantConfig:
         """The fast allocator's configuration at ``budget`` average bits."""
-        from coalora.lqlora.allocate import allocate
-        from coalora.search.front import CONFIG_BITS, check_budget
+        from coalora.lqlora.allocate import allocate_config
 
-        svc = self.front_service()
-        a = allocate(svc.table, svc.numels, CONFIG_BITS, check_budget(budget), method="fast")
-        c = ModelQuantConfig.from_ids(self.model_name, self.targets, [int(i) for i in a.choice])
+        c = allocate_config(self.front_service().table, self.model_name, self.targets, budget)
         self.candidate_index()[c.hash] = list(c.ids)  # so config(hash) finds it before it is stored
         return c
 

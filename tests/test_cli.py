@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from coalora.cli import _parser, main
+from coalora.cli import COMMANDS as TABLE
+from coalora.cli import build_parser, main
 
-COMMANDS = sorted(_parser()[1])
+COMMANDS = sorted(c.name for c in TABLE)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -200,7 +201,7 @@ def test_train_help_lists_every_training_option_with_its_docstring(capsys):
     from dataclasses import fields
 
     from coalora.cli import main
-    from coalora.cli_options import field_docs
+    from coalora.cli.options import field_docs
     from coalora.train.trainer import TrainConfig
 
     with pytest.raises(SystemExit):
@@ -215,9 +216,7 @@ def test_train_help_lists_every_training_option_with_its_docstring(capsys):
 
 
 def test_tuple_options_parse_to_their_element_type():
-    from coalora.cli import _parser
-
-    parser, _ = _parser()
+    parser = build_parser()
     args = parser.parse_args(["train", "--out", "x", "--budgets", "3.0", "2.5"])
     assert args.budgets == [3.0, 2.5]  # an empty default does not make them strings
     args = parser.parse_args(["compare", "--out", "x", "--seeds", "0", "1"])

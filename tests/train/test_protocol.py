@@ -163,7 +163,7 @@ def test_compare_help_lists_every_protocol_field(capsys):
     from dataclasses import fields
 
     from coalora.cli import main
-    from coalora.cli_options import field_docs
+    from coalora.cli.options import field_docs
 
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
