@@ -36,20 +36,44 @@ def default_model():
     return load_model("smollm2-135m")
 
 
+class UiApp:
+    """The app's events, checks and state as one namespace: ``app.select`` is
+    :func:`ui.selection.select`, ``app.MODELS`` is :data:`ui.state.MODELS` as it is now, and so on
+    (each name looked up in :data:`MODULES`, in order, at each use). Setting a name here is refused:
+    patch the module that holds it, where the events read it."""
+
+    MODULES = ("state", "inputs", "convention", "front_view", "selection", "quick_eval", "sample", "bundle", "share",
+               "reports", "panels")
+
+    def __getattr__(self, name: str):
+        import importlib
+
+        for m in self.MODULES:
+            module = importlib.import_module(f"ui.{m}")
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"no ui module of {self.MODULES} has {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"set {name!r} on the ui module that holds it, not on the UiApp namespace")
+
+
 @pytest.fixture
 def ui_app(tmp_path, monkeypatch):
-    """``ui.handlers`` on tiny-llama with this test's own store, front cache, exports, pins and predictions."""
+    """The UI (:class:`UiApp`) on tiny-llama with this test's own store, front cache, exports, eval
+    sets, share address, pins and predictions."""
     from coalora.store import Store
-    from ui import compare, handlers, predictions
+    from ui import compare, convention, predictions, share, state
 
-    models = handlers.Models(default="tiny-llama")
+    models = state.Models(default="tiny-llama")  # what build_app("tiny-llama") sets: the operator's test model
     models.store = Store(tmp_path / "results.duckdb")
-    monkeypatch.setattr(handlers, "MODELS", models)
-    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
-    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
-    monkeypatch.setattr(handlers, "PUBLIC_URL", "http://127.0.0.1:7861/")
+    monkeypatch.setattr(state, "MODELS", models)
+    monkeypatch.setattr(state, "FRONTS", state.FrontCache())
+    monkeypatch.setattr(state, "EXPORT_DIR", tmp_path / "exports")
+    monkeypatch.setattr(convention, "EVAL_SETS", dict(convention.EVAL_SETS))
+    monkeypatch.setattr(share, "PUBLIC_URL", "http://127.0.0.1:7861/")
     monkeypatch.setattr(compare, "PINS", compare.Pins())
     monkeypatch.setattr(predictions, "STORE", predictions._Store())
     monkeypatch.setattr(predictions, "RESIDUALS", predictions.Residuals())
-    yield handlers
+    yield UiApp()
     models.store.close()

@@ -49,23 +49,23 @@ def _chromium() -> str:
 def server(tmp_path_factory):
     """The app on a free port with a fresh store seeded from data/seed, its model warm."""
     from coalora.store import Store
-    from ui import handlers
+    from ui import state
     from ui.layout import build_app, launch_kwargs
 
     tmp = tmp_path_factory.mktemp("browser")
-    old = handlers.MODELS, handlers.FRONTS, handlers.EXPORT_DIR
-    handlers.MODELS = handlers.Models()
-    handlers.MODELS.store = Store(tmp / "results.duckdb")
-    handlers.FRONTS = handlers._FrontCache()
-    handlers.EXPORT_DIR = tmp / "exports"
+    old = state.MODELS, state.FRONTS, state.EXPORT_DIR
+    state.MODELS = state.Models()
+    state.MODELS.store = Store(tmp / "results.duckdb")
+    state.FRONTS = state.FrontCache()
+    state.EXPORT_DIR = tmp / "exports"
     demo = build_app("smollm2-135m")
     kw = launch_kwargs()
-    kw["allowed_paths"] = [str(handlers.EXPORT_DIR)]
+    kw["allowed_paths"] = [str(state.EXPORT_DIR)]
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
     yield url
     demo.close()
-    handlers.MODELS.store.close()
-    handlers.MODELS, handlers.FRONTS, handlers.EXPORT_DIR = old
+    state.MODELS.store.close()
+    state.MODELS, state.FRONTS, state.EXPORT_DIR = old
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
     print("browser timings:", TIMINGS)

@@ -235,9 +235,11 @@ def test_bad_numbers_are_one_clear_sentence(app, value, expect):
 
 def test_bad_budgets_tokens_and_prompts(app):
     h = "0123456789abcdef"
-    for value in ("NaN", "Infinity", '"<b>3</b>"', "[4]", "true"):
+    for value, expect in (("NaN", "outside the feasible range"), ("Infinity", "outside the feasible range"),
+                          ('"<b>3</b>"', "budget must be a number"), ("[4]", "budget must be a number"),
+                          ("true", "outside the feasible range")):  # coalora.quant.config.check_budget's words
         raw = json.dumps({"data": front(budget="@")}).replace('"@"', value)
-        refused(call(app, "front", raw=raw), "budget must be")
+        refused(call(app, "front", raw=raw), "budget", expect)
     for tokens, expect in (("NaN", "whole number"), ("65", "[1, 64]"), ("0", "[1, 64]"), ("2.5", "whole number")):
         raw = json.dumps({"data": [h, MODEL, ["coalora"], "To be", "@"]}).replace('"@"', tokens)
         refused(call(app, "sample", raw=raw), "max new tokens", expect)

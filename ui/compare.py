@@ -91,7 +91,7 @@ def _pred(d: dict, key: str, f: str) -> str:
 
 
 def compare_md(a: dict, b: dict) -> str:
-    """The comparison table of two :func:`ui.handlers.describe_selection` results, A pinned, B selected."""
+    """The comparison table of two :func:`ui.selection.describe_selection` results, A pinned, B selected."""
     rows = [("configuration", f"`{a['config_hash']}`", f"`{b['config_hash']}`"),
             ("average bits", f"{a['avg_bits']:.3f}", f"{b['avg_bits']:.3f}"),
             ("size (MB)", f"{a['size_mb']:.1f}", f"{b['size_mb']:.1f}"),

@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.model == "smollm2-135m":
             prepare(log=lambda m: print(m, file=sys.stderr))  # a fresh Space: fetch the offline model once
-        from ui import handlers
+        from ui import convention, share
         from ui.layout import build_app, launch_kwargs
 
-        handlers.set_public_url(handlers.public_url(args.public_url, args.host, args.port))
+        share.set_public_url(share.public_url(args.public_url, args.host, args.port))
         for spec in args.eval_set:
-            handlers.add_eval_set(spec)
+            convention.add_eval_set(spec)
 
         demo = build_app(args.model)
     except CoaloraError as e:

@@ -1,4 +1,4 @@
-"""Bounded disk for exports (ui/exports.py, handlers.export): entries de-duplicated by content hash,
+"""Bounded disk for exports (ui/exports.py, ui/bundle.py): entries de-duplicated by content hash,
 built out of sight and renamed into place, and the export directory plus Gradio's cache kept under
 the cap, least recently used first. The last test drives 50 exports through a served app with
 ``gradio_client`` on the tiny model, so Gradio's own copies of the served files count too.
@@ -103,23 +103,23 @@ def test_fifty_exports_stay_under_the_cap(tmp_path, monkeypatch):
 
     from coalora import limits
     from coalora.store import Store
-    from ui import handlers
+    from ui import bundle, selection, state
     from ui.layout import build_app, launch_kwargs
 
     gradio_dir = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_dir))  # read when the app is built
-    models = handlers.Models(default=MODEL)
+    models = state.Models(default=MODEL)
     models.store = Store(tmp_path / "results.duckdb")
-    monkeypatch.setattr(handlers, "MODELS", models)
-    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
-    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")  # outside the cache: Gradio copies
+    monkeypatch.setattr(state, "MODELS", models)
+    monkeypatch.setattr(state, "FRONTS", state.FrontCache())
+    monkeypatch.setattr(state, "EXPORT_DIR", tmp_path / "exports")  # outside the cache: Gradio copies
     demo = build_app(MODEL)
     kw = launch_kwargs()
-    kw["allowed_paths"] = [str(handlers.EXPORT_DIR)]
+    kw["allowed_paths"] = [str(state.EXPORT_DIR)]
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
-        hashes = [handlers.select_best(MODEL, "shakespeare", b, ["none"], 128, 2)[0] for b in (2.5, 3, 4, 5, 6)]
+        hashes = [selection.select_best(MODEL, "shakespeare", b, ["none"], 128, 2)[0] for b in (2.5, 3, 4, 5, 6)]
         assert len(set(hashes)) == 5
 
         def export(i: int) -> tuple[str, str]:
@@ -130,17 +130,17 @@ def test_fifty_exports_stay_under_the_cap(tmp_path, monkeypatch):
 
         notes = [export(i)[1] for i in range(25)]
         assert sum("written in" in n for n in notes) == 5  # each configuration written once, then reused
-        assert len(list(handlers.EXPORT_DIR.iterdir())) == 5
-        bundle = max(_du(d) for d in handlers.EXPORT_DIR.iterdir())
-        need = handlers._expected_bytes(models.get(MODEL), models.get(MODEL).config(hashes[0]))
-        cap = need + 3 * bundle
+        assert len(list(state.EXPORT_DIR.iterdir())) == 5
+        biggest = max(_du(d) for d in state.EXPORT_DIR.iterdir())
+        need = bundle.expected_bytes(models.get(MODEL), models.get(MODEL).config(hashes[0]))
+        cap = need + 3 * biggest
         monkeypatch.setattr(limits, "EXPORT_CAP_BYTES", cap)
         peak, written = 0, 0
         for i in range(25, 50):
             name, note = export(i)
             assert hashes[i % 5] in name
             written += "written in" in note
-            peak = max(peak, _du(handlers.EXPORT_DIR, gradio_dir))
+            peak = max(peak, _du(state.EXPORT_DIR, gradio_dir))
             assert peak <= cap, f"export {i}: {peak} bytes on disk, cap {cap}"
         assert written > 0  # the small cap evicted entries, and those were written again
         client.close()

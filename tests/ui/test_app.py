@@ -1,4 +1,5 @@
-"""The explorer's callbacks (ui/handlers.py) and its named API endpoints, on the tiny model.
+"""The explorer's events (ui/front_view.py, selection.py, quick_eval.py, sample.py, bundle.py, share.py,
+reports.py) and its named API endpoints, on the tiny model.
 
 The tiny model has no trained adapter, so these also cover the quantization-only path: a model
 with no stored evaluations starts without a GP, the allocator gives a first configuration, and a
@@ -18,19 +19,8 @@ VIEW = dict(budget=3.0, methods=["coalora", "none"], seqlen=128, windows=2)
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    """handlers with a fresh model cache, front cache, store and export directory."""
-    from coalora.store import Store
-    from ui import handlers
-
-    models = handlers.Models(default=MODEL)  # what build_app(MODEL) sets: the operator's test model
-    models.store = Store(tmp_path / "results.duckdb")
-    monkeypatch.setattr(handlers, "MODELS", models)
-    monkeypatch.setattr(handlers, "FRONTS", handlers._FrontCache())
-    monkeypatch.setattr(handlers, "EXPORT_DIR", tmp_path / "exports")
-    monkeypatch.setattr(handlers, "EVAL_SETS", dict(handlers.EVAL_SETS))
-    yield handlers
-    models.store.close()
+def app(ui_app):
+    return ui_app
 
 
 def _view(v=VIEW):
@@ -61,7 +51,9 @@ def test_model_choices_mark_trained_and_hub_models(app, monkeypatch):
     assert "trained CoA-LoRA" in labels["smollm2-135m"]
     assert "Qwen/Qwen2.5-0.5B" not in labels  # offline and not cached here: the page cannot load it
     assert "Qwen/Qwen2.5-0.5B" in models.allowed()  # the API still answers it with why it cannot load
-    monkeypatch.setattr(app, "hub_unavailable", lambda spec: "")  # a machine that can reach the hub
+    from ui import state
+
+    monkeypatch.setattr(state, "hub_unavailable", lambda spec: "")  # a machine that can reach the hub
     assert "needs the hub" in dict((v, k) for k, v in models.choices())["Qwen/Qwen2.5-0.5B"]
     assert MODEL not in labels and MODEL not in models.allowed()  # the test model only when it is the app's
     assert MODEL in dict((v, k) for k, v in app.MODELS.choices()) and MODEL in app.MODELS.allowed()
@@ -82,13 +74,23 @@ def test_only_registry_models_load(app, name):
         app.model_summary(name)
 
 
-@pytest.mark.parametrize("value, message", [("abc", "bits per weight"), (float("nan"), "finite"),
-                                            (float("inf"), "finite"), (None, "bits per weight")])
-def test_bad_budgets_are_errors(app, value, message):
+@pytest.mark.parametrize("value, message", [
+    ("abc", "must be a number of bits per weight"), (None, "must be a number of bits per weight"),
+    ([4], "must be a number of bits per weight"), ({"b": 4}, "must be a number of bits per weight"),
+    (float("nan"), "outside the feasible range"), (float("inf"), "outside the feasible range"),
+    (-float("inf"), "outside the feasible range"), ("nan", "outside the feasible range"),
+    (True, "outside the feasible range"),
+])
+def test_bad_budgets_are_refused_by_the_one_budget_check(app, value, message):
+    """Not clamped: what is no finite number is refused, in coalora.quant.config.check_budget's words."""
     from coalora.errors import CoaloraError
+    from coalora.quant.config import check_budget
 
-    with pytest.raises(CoaloraError, match=message):
+    with pytest.raises(CoaloraError, match=message) as e:
         app.check_budget(value)
+    with pytest.raises(CoaloraError) as core:
+        check_budget(value)
+    assert str(e.value) == str(core.value)
 
 
 @pytest.mark.parametrize("value, want", [(8, 8), (8.0, 8), ("8", 8), (" 8 ", 8), (1, 1), (32, 32)])
@@ -129,6 +131,7 @@ def test_out_of_range_budget_is_clamped(app):
     assert app.check_budget(-5) == 2.033
     assert app.check_budget(99) == MAX_BITS == 8.625
     assert app.check_budget(3.25) == 3.25
+    assert app.check_budget("9") == 8.625 and app.check_budget(10**400) == 8.625  # text and huge ints clamp too
 
 
 @pytest.mark.parametrize("seqlen, windows", [(100, 2), (128, 0), (128, 33), (128, 10**9), ("x", 2)])
@@ -257,13 +260,15 @@ def test_methods_tab_shows_the_protocol_comparison(app, monkeypatch, tmp_path):
 
     png = tmp_path / "front.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    from ui import reports
+
     fake = types.SimpleNamespace(load=lambda directory=None: {"markdown": "# summary [1.0, 2.0]", "front_png": png})
-    monkeypatch.setattr(app, "_protocol_report", lambda: fake)
+    monkeypatch.setattr(reports, "protocol_report", lambda: fake)
     assert app.comparison() == ("# summary [1.0, 2.0]", str(png))
-    monkeypatch.setattr(app, "_protocol_report", lambda: types.SimpleNamespace(load=lambda directory=None: None))
+    monkeypatch.setattr(reports, "protocol_report", lambda: types.SimpleNamespace(load=lambda directory=None: None))
     md, img = app.comparison()
     assert img is None and "has not been run yet" in md and "coalora compare --out data/results/protocol" in md
-    monkeypatch.setattr(app, "_protocol_report", lambda: None)  # a checkout without the module
+    monkeypatch.setattr(reports, "protocol_report", lambda: None)  # a checkout without the module
     assert app.comparison()[1] is None
 
 
@@ -303,7 +308,9 @@ def test_shared_link_restores_the_selection(app, monkeypatch):
         query_params = {"model": MODEL, "budget": "3.5", "config": "00000000deadbeef"}
         headers = {"referer": "http://evil.example/phish", "host": "evil.example"}
 
-    monkeypatch.setattr(app, "PUBLIC_URL", "http://127.0.0.1:7861/")
+    from ui import share
+
+    monkeypatch.setattr(share, "PUBLIC_URL", "http://127.0.0.1:7861/")
     assert app.on_load("smollm2-135m", Req()) == (MODEL, "shakespeare", 3.5, "00000000deadbeef",
                                                   ["coalora", "none"], 256, 8)
     assert app.share_link(MODEL, 3.5, "00000000deadbeef") == \
