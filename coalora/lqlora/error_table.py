@@ -11,7 +11,7 @@ structure of method.md 1.4:
 * the dequantized scales s^ depend only on (b1, b2, B0, B1): 108 variants, each a vector of
   numel/B0 values, computed *exactly* over the whole matrix (offset and group maxima included);
 * only the weight codes depend on b0, and they are where the time goes. The four codebooks share
-  one lookup-table cell per normalized weight x/s^ (``quant._nearest_lut``), so each (scale
+  one lookup-table cell per normalized weight x/s^ (:func:`coalora.quant.codebook.stacked_code_tables`), so each (scale
   variant, b0) costs two table reads, a comparison and a squared difference per weight, computed
   in the normalized domain (s^2 * ||x/s^ - code||^2 per block) in L2-sized chunks;
 * matrices are spread over ``torch.get_num_threads()`` worker threads with one intra-op thread each.
@@ -51,13 +51,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from coalora.errors import CoaloraError
+from coalora.quant.codebook import lut_cells, stacked_code_tables
 from coalora.quant.config import (
     ALL_CONFIGS,
     B0_VALUES,
@@ -67,7 +67,7 @@ from coalora.quant.config import (
     BLOCK1_VALUES,
     FIELD_SIZES,
 )
-from coalora.quant.nf import _check_weight, _lut_cells, _nearest_lut, _normalized, block_absmax, double_quantize
+from coalora.quant.nf import block_absmax, check_weight, double_quantize, normalized_blocks
 
 SEGMENT = 64  # lcm of BLOCK0_VALUES: the sampling unit
 DEFAULT_SAMPLE_FRACTION = 0.25
@@ -79,21 +79,6 @@ CERTAIN_FRACTION = 0.02  # per config, the most-clipping segments evaluated exac
 def config_bits() -> Tensor:
     """Bits per parameter of every configuration, float64 ``[432]`` in id order."""
     return torch.tensor([c.bits for c in ALL_CONFIGS], dtype=torch.float64)
-
-
-@lru_cache(maxsize=1)
-def _code_tables() -> tuple[Tensor, Tensor, Tensor]:
-    """Nearest-code tables for all four b0 at once (see ``quant._nearest_lut``).
-
-    Returns thresholds ``[4, L+1]``, codes ``[4 * 2(L+1)]`` and offsets ``[4, 1]`` int32 such that
-    the b0-th code nearest to ``y`` in lookup cell ``i`` is ``codes[offset + 2i + (y > thresholds[b0, i])]``.
-    Every read is a flat gather and every elementwise op runs along a contiguous axis.
-    """
-    luts = [_nearest_lut(k)[1] for k in B0_VALUES]  # [L+1, 3]: threshold, low code, high code
-    thresholds = torch.stack([t[:, 0] for t in luts]).contiguous()
-    codes = torch.cat([t[:, 1:].reshape(-1) for t in luts])
-    offsets = torch.arange(len(luts), dtype=torch.int32)[:, None] * (2 * luts[0].shape[0])
-    return thresholds, codes, offsets
 
 
 def _sample_segments(n_segments: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -126,9 +111,9 @@ def _importance_flat(imp: Tensor | None, w: Tensor, n_padded: int) -> Tensor | N
 
 def _block_errors(x: Tensor, scales: Tensor, imp: Tensor | None, block_w: Tensor) -> Tensor:
     """``sum_j block_w[j] * sum_i imp * (x - s^_j code)^2`` over blocks ``x [M, B0]``, per b0: float64 ``[4]``."""
-    thresholds, codes, offsets = _code_tables()
-    y = _normalized(x, scales)
-    cells = _lut_cells(y.clamp(-1.0, 1.0))
+    thresholds, codes, offsets = stacked_code_tables(B0_VALUES)
+    y = normalized_blocks(x, scales)
+    cells = lut_cells(y.clamp(-1.0, 1.0))
     y = y.view(-1)
     idx = (cells * 2 + offsets).add_(y > thresholds.index_select(1, cells))  # [4, M]
     r = y - codes.index_select(0, idx.view(-1)).view(idx.shape)
@@ -150,7 +135,7 @@ def matrix_errors(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Row of :func:`error_table` for one matrix: float64 ``[432]`` in config-id order."""
-    _check_weight(w)
+    check_weight(w)
     if not 0.0 < sample_fraction <= 1.0:
         raise CoaloraError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
     n = w.numel()

@@ -14,129 +14,41 @@ Padding never changes how real weights are quantized: padded blocks are all-zero
 of the offset, their scale codes sit at 0 and padded weights map to the exact-zero code. The packed
 format (:func:`pack`) does not store padding at all.
 
-Nearest-code search uses a lookup table on a uniform grid of [-1, 1] (:func:`_nearest_lut`) fine
-enough that each cell holds at most one decision boundary, so a table read and one comparison per
-weight give exactly ``torch.bucketize(y, midpoints)``, several times faster than its binary search.
+The NF-k codebooks and the nearest-code search live in :mod:`coalora.quant.codebook`; this module
+holds the scales, :func:`quantize` / :func:`fake_quantize` and the bit-packed storage format.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from coalora.errors import CoaloraError
+from coalora.quant.codebook import NF_DELTA, nearest_code_index, nearest_code_value, nf_codebook, zero_code
 from coalora.quant.config import B2_VALUES, QuantConfig
 
-#: The NF4 quantile constant: the largest level's quantile, so that code[-1] == 1.
-NF_DELTA = 0.9677083
+__all__ = [
+    "B2_DTYPES", "NF_DELTA", "PACK_KEYS", "DoubleQuantizedScales", "QuantizedTensor", "block_absmax",
+    "check_weight", "dequantize_scales", "double_quantize", "fake_quantize", "nearest_code_index",
+    "nearest_code_value", "nf_codebook", "normalized_blocks", "pack", "pack_bits", "packed_layout",
+    "packed_lengths", "packed_nbytes", "quantize", "unpack", "unpack_bits", "zero_code",
+]
+
+#: torch dtype of each b2 (second-level scale) format.
 B2_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Lookup-table resolution over [-1, 1]: a cell is 2/1024 ~ 0.002 wide, narrower than the smallest
-# gap between NF8 midpoints (~0.005), so each cell (plus rounding slack) holds <= 1 boundary.
-_LUT_CELLS = 1024
 _CHUNK = 1 << 18  # weights per fake_quantize pass; a multiple of every B0
-_LUT_SLACK = 1e-6  # > float32 rounding of a cell coordinate in units of y (half an ulp at 1024, / 512: 6e-8)
-
-
-# --------------------------------------------------------------------------------------------- codebook
-
-
-@cache
-def _codebook(k: int) -> Tensor:
-    if k not in (2, 3, 4, 5, 6, 7, 8):
-        raise CoaloraError(f"NF codebooks exist for 2..8 bits, got k={k!r}")
-    # float64 throughout, cast once at the end, so the k=4 table matches bitsandbytes' NF4 to float32 precision.
-    delta = torch.tensor(NF_DELTA, dtype=torch.float64)
-    sigma = -1.0 / (math.sqrt(2.0) * torch.erfinv(1.0 - 2.0 * delta))
-    half = 2 ** (k - 1)
-    levels = torch.cat(
-        [
-            torch.linspace(1.0 - NF_DELTA, 0.5, half, dtype=torch.float64),
-            torch.linspace(0.5, NF_DELTA, half + 1, dtype=torch.float64)[1:],  # drop the duplicate 0.5
-        ]
-    )
-    code = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), sigma).icdf(levels)
-    code[half - 1] = 0.0  # icdf(0.5) is 0 up to rounding; the zero code must be exact (padding, zeros)
-    code = code / code.max()  # the max is 1 up to rounding of erfinv; make it exact, like bitsandbytes
-    return code.to(torch.float32)
-
-
-def nf_codebook(k: int) -> Tensor:
-    """The NF-k codebook: float32 ``[2**k]``, ascending, in [-1, 1] with exact -1, 0 and 1.
-
-    ``2**(k-1) - 1`` values are negative and ``2**(k-1)`` positive; ``nf_codebook(4)`` is QLoRA's NF4.
-    """
-    return _codebook(k).clone()
-
-
-def zero_code(k: int) -> int:
-    """Index of the exact 0 in the NF-k codebook (where padding and all-zero blocks land)."""
-    return 2 ** (k - 1) - 1
-
-
-@cache
-def _midpoints(k: int) -> Tensor:
-    code = _codebook(k)
-    return (code[:-1] + code[1:]) / 2
-
-
-@cache
-def _nearest_lut(k: int) -> tuple[Tensor, Tensor]:
-    """Tables that turn ``y in [-1, 1]`` into ``bucketize(y, midpoints(k))`` with one comparison.
-
-    Cell ``i = int(y * L/2 + L/2)`` covers ``[-1 + 2i/L, -1 + 2(i+1)/L)``. Returns ``below [L+1]``
-    int32, the number of midpoints left of the cell, and ``table [L+1, 3]`` float32 with columns
-    (threshold, code if y <= threshold, code if y > threshold); the threshold is the cell's single
-    midpoint or +inf. Row L serves y == 1 exactly.
-    """
-    code, mids = _codebook(k).double(), _midpoints(k).double()
-    edges = torch.linspace(-1.0, 1.0, _LUT_CELLS + 1, dtype=torch.float64)
-    below = torch.searchsorted(mids, edges[:-1] - _LUT_SLACK)  # midpoints surely < every y in the cell
-    upto = torch.searchsorted(mids, edges[1:] + _LUT_SLACK, right=True)  # midpoints possibly < some y
-    if int((upto - below).max()) > 1:
-        raise AssertionError(f"NF{k} lookup table too coarse: a cell holds two decision boundaries")
-    threshold = torch.where(
-        upto > below, mids[below.clamp(max=len(mids) - 1)], torch.tensor(math.inf, dtype=torch.float64)
-    )
-    table = torch.stack([threshold, code[below], code[(below + 1).clamp(max=len(code) - 1)]], dim=1)
-    below, table = torch.cat([below, below[-1:]]), torch.cat([table, table[-1:]])
-    return below.to(torch.int32), table.to(torch.float32)
-
-
-def _lut_cells(y: Tensor) -> Tensor:
-    """Flat int32 cell indices of ``y``, which must already be clamped to [-1, 1]."""
-    half = _LUT_CELLS / 2
-    return y.reshape(-1).mul(half).add_(half).to(torch.int32)
-
-
-def nearest_code_index(y: Tensor, k: int) -> Tensor:
-    """Index (uint8, shape of ``y``) of the NF-k entry nearest to each ``y``; ties go to the lower entry.
-
-    Equal to ``torch.bucketize(y, midpoints)``; values outside [-1, 1] map to the end codes.
-    """
-    y = y.clamp(-1.0, 1.0)
-    cells = _lut_cells(y)
-    below, table = _nearest_lut(k)
-    idx = below.to(y.device).index_select(0, cells) + (y.reshape(-1) > table[:, 0].to(y.device).index_select(0, cells))
-    return idx.to(torch.uint8).view(y.shape)
-
-
-def nearest_code_value(y: Tensor, k: int) -> Tensor:
-    """The NF-k entry nearest to each ``y`` (float32, shape of ``y``); ``y`` is clamped to [-1, 1] in place."""
-    y = y.clamp_(-1.0, 1.0)
-    rows = _nearest_lut(k)[1].to(y.device).index_select(0, _lut_cells(y))
-    return torch.where(y.reshape(-1) > rows[:, 0], rows[:, 2], rows[:, 1]).view(y.shape)
 
 
 # --------------------------------------------------------------------------------------------- scales
 
 
-def _check_weight(w: Tensor) -> None:
+def check_weight(w: Tensor) -> None:
+    """Raise :class:`CoaloraError` unless ``w`` is a non-empty floating-point tensor."""
     if not isinstance(w, Tensor):
         raise CoaloraError(f"expected a torch.Tensor weight, got {type(w).__name__}")
     if not w.is_floating_point():
@@ -204,8 +116,9 @@ def double_quantize(absmax: Tensor, b1: int, b2: str, B1: int, n_real_blocks: in
     return DoubleQuantizedScales(scale_codes, scales2, offset, dequantize_scales(scale_codes, scales2, offset, b1))
 
 
-def _normalized(blocks: Tensor, scales: Tensor) -> Tensor:
-    """x / s^_j per block (a new tensor); an all-zero scale divides by 1 so that 0/0 never occurs."""
+def normalized_blocks(blocks: Tensor, scales: Tensor) -> Tensor:
+    """x / s^_j: ``blocks [M, B0]`` over ``scales [M]``, a new float32 ``[M, B0]``; an all-zero
+    scale divides by 1 so that 0/0 never occurs."""
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     return blocks / safe[:, None]
 
@@ -250,25 +163,25 @@ class QuantizedTensor:
 
     def dequantize(self) -> Tensor:
         """x^ = code[idx] * s^_j: float32 tensor of the original shape."""
-        values = _codebook(self.config.b0).to(self.codes.device)[self.codes.long()]
+        values = nf_codebook(self.config.b0).to(self.codes.device)[self.codes.long()]
         out = values.view(-1, self.config.B0).mul_(self.scales()[:, None])
         return out.view(-1)[: self.numel].view(self.shape)
 
 
 def quantize(w: Tensor, config: QuantConfig) -> QuantizedTensor:
     """Quantize ``w`` (any shape, floating point, finite) under ``config`` (method.md 1.4)."""
-    _check_weight(w)
+    check_weight(w)
     B0, B1 = config.B0, config.B1  # noqa: N806
     flat = _flat_padded(w, B0 * B1)
     absmax = block_absmax(flat, B0)
     dq = double_quantize(absmax, config.b1, config.b2, B1, n_real_blocks=-(-w.numel() // B0))
-    codes = nearest_code_index(_normalized(flat.view(-1, B0), dq.scales), config.b0).view(-1)
+    codes = nearest_code_index(normalized_blocks(flat.view(-1, B0), dq.scales), config.b0).view(-1)
     return QuantizedTensor(codes, dq.scale_codes, dq.scales2, dq.offset, tuple(w.shape), config)
 
 
 def fake_quantize(w: Tensor, config: QuantConfig) -> Tensor:
     """``quantize(w, config).dequantize()`` bit for bit, without materializing codes: float32, shape of ``w``."""
-    _check_weight(w)
+    check_weight(w)
     B0, B1 = config.B0, config.B1  # noqa: N806
     n = w.numel()
     # Weights only need padding to whole blocks (never, for 576-wide rows); the group padding is
@@ -285,7 +198,7 @@ def fake_quantize(w: Tensor, config: QuantConfig) -> Tensor:
     step = _CHUNK // B0
     for i in range(0, n_blocks, step):
         s = scales[i : i + step]
-        y = _normalized(blocks[i : i + step], s)
+        y = normalized_blocks(blocks[i : i + step], s)
         torch.mul(nearest_code_value(y, config.b0), s[:, None], out=out_blocks[i : i + step])
     return out[:n].view(w.shape)
 
@@ -299,7 +212,7 @@ def fake_quantize(w: Tensor, config: QuantConfig) -> Tensor:
 PACK_KEYS: tuple[str, ...] = ("codes", "scale_codes", "scales2", "offset", "shape", "config")
 
 
-def _pack_bits(values: Tensor, bits: int) -> Tensor:
+def pack_bits(values: Tensor, bits: int) -> Tensor:
     """uint8 ``[ceil(n/8) * bits]``: the low ``bits`` bits of each uint8 in ``values [n]``, densely."""
     v = values.cpu().numpy().astype(np.uint8, copy=False)
     v = np.concatenate([v, np.zeros(-len(v) % 8, dtype=np.uint8)])
@@ -309,8 +222,8 @@ def _pack_bits(values: Tensor, bits: int) -> Tensor:
     return torch.from_numpy(np.packbits(planes.reshape(-1), bitorder="little"))
 
 
-def _unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
-    """Inverse of :func:`_pack_bits`: uint8 ``[n]``."""
+def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: uint8 ``[n]``."""
     p = packed.cpu().numpy()
     if bits == 8:
         return torch.from_numpy(p[:n].copy())
@@ -318,7 +231,7 @@ def _unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
     return torch.from_numpy(np.packbits(planes, axis=1, bitorder="little").reshape(n))
 
 
-def _packed_lengths(shape: tuple[int, ...], config: QuantConfig) -> tuple[int, int, int, int, int]:
+def packed_lengths(shape: tuple[int, ...], config: QuantConfig) -> tuple[int, int, int, int, int]:
     """(n real weights, n blocks with real weights, n groups with real weights, code bytes, scale-code bytes)."""
     n = math.prod(shape)
     blocks = -(-n // config.B0)
@@ -334,7 +247,7 @@ def pack(qt: QuantizedTensor) -> dict[str, Tensor]:
     ``config`` (int64 ``[5]``: b0, b1, index of b2 in ``B2_VALUES``, B0, B1).
     """
     c = qt.config
-    n, blocks, groups, _, _ = _packed_lengths(qt.shape, c)
+    n, blocks, groups, _, _ = packed_lengths(qt.shape, c)
     # Padding is implied (zero code, scale code 0, t = 0); refuse to silently drop anything else.
     if (
         bool((qt.codes[n:] != zero_code(c.b0)).any())
@@ -343,8 +256,8 @@ def pack(qt: QuantizedTensor) -> dict[str, Tensor]:
     ):
         raise CoaloraError("cannot pack: the QuantizedTensor's padding is not the canonical zero padding")
     return {
-        "codes": _pack_bits(qt.codes[:n], c.b0),
-        "scale_codes": _pack_bits(qt.scale_codes[:blocks], c.b1),
+        "codes": pack_bits(qt.codes[:n], c.b0),
+        "scale_codes": pack_bits(qt.scale_codes[:blocks], c.b1),
         "scales2": qt.scales2[:groups].contiguous().cpu(),
         "offset": qt.offset.reshape(1).float().cpu(),
         "shape": torch.tensor(qt.shape, dtype=torch.int64),
@@ -354,7 +267,7 @@ def pack(qt: QuantizedTensor) -> dict[str, Tensor]:
 
 def packed_nbytes(qt: QuantizedTensor) -> int:
     """Bytes of all tensors in ``pack(qt)`` (data and the small metadata), without packing."""
-    _, _, groups, code_bytes, scale_bytes = _packed_lengths(qt.shape, qt.config)
+    _, _, groups, code_bytes, scale_bytes = packed_lengths(qt.shape, qt.config)
     metadata = 4 + 8 * len(qt.shape) + 8 * 5  # offset, shape, config
     return code_bytes + scale_bytes + groups * B2_DTYPES[qt.config.b2].itemsize + metadata
 
@@ -388,7 +301,7 @@ def packed_layout(d: dict[str, Tensor]) -> tuple[tuple[int, ...], QuantConfig]:
     if shape_t.dtype != torch.int64 or shape_t.dim() != 1 or bool((shape_t <= 0).any()):
         raise CoaloraError("packed quantized tensor: shape must be a 1-D int64 tensor of positive sizes")
     shape = tuple(int(v) for v in shape_t)
-    n, blocks, groups, code_bytes, scale_bytes = _packed_lengths(shape, config)
+    n, blocks, groups, code_bytes, scale_bytes = packed_lengths(shape, config)
     expected = {
         "codes": (torch.uint8, (code_bytes,)),
         "scale_codes": (torch.uint8, (scale_bytes,)),
@@ -408,12 +321,12 @@ def unpack(d: dict[str, Tensor]) -> QuantizedTensor:
     """Inverse of :func:`pack`; raises :class:`CoaloraError` naming whatever is missing or malformed."""
     shape, config = packed_layout(d)
     b0, b1, B0, B1 = config.b0, config.b1, config.B0, config.B1  # noqa: N806
-    n, blocks, groups, _, _ = _packed_lengths(shape, config)
+    n, blocks, groups, _, _ = packed_lengths(shape, config)
     n_padded = -(-n // (B0 * B1)) * B0 * B1
     codes = torch.full((n_padded,), zero_code(b0), dtype=torch.uint8)
-    codes[:n] = _unpack_bits(d["codes"], b0, n)
+    codes[:n] = unpack_bits(d["codes"], b0, n)
     scale_codes = torch.zeros(n_padded // B0, dtype=torch.uint8)
-    scale_codes[:blocks] = _unpack_bits(d["scale_codes"], b1, blocks)
+    scale_codes[:blocks] = unpack_bits(d["scale_codes"], b1, blocks)
     scales2 = torch.zeros(n_padded // (B0 * B1), dtype=B2_DTYPES[config.b2])
     scales2[:groups] = d["scales2"]
     return QuantizedTensor(codes, scale_codes, scales2, d["offset"].reshape(()).clone(), shape, config)

@@ -299,11 +299,11 @@ def load_packed(model: nn.Module, config: ModelQuantConfig, tensors: dict[str, T
 
 def packed_target_bytes(config: ModelQuantConfig) -> int:
     """Bytes of the packed format of every target under ``config`` (what :func:`pack` writes)."""
-    from coalora.quant.nf import _packed_lengths
+    from coalora.quant.nf import packed_lengths
 
     total = 0
     for t, c in zip(config.targets, config.configs):
-        _, _, groups, code_bytes, scale_bytes = _packed_lengths(tuple(t.shape), c)
+        _, _, groups, code_bytes, scale_bytes = packed_lengths(tuple(t.shape), c)
         total += code_bytes + scale_bytes + groups * B2_DTYPES[c.b2].itemsize + 4
     return total
 

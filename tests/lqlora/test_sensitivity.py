@@ -67,7 +67,7 @@ def test_cli_allocate_rejects_infeasible_budgets(budget, capsys):
     from coalora.cli import main
 
     assert main(["allocate", "--model", "tiny-llama", "--budget", budget]) == 2
-    assert "outside the feasible range 2.0322..8.6250" in capsys.readouterr().err
+    assert "outside the feasible range [2.032, 8.625]" in capsys.readouterr().err
 
 
 def test_fisher_is_the_sum_of_squared_per_window_gradients(tiny_model):

@@ -11,7 +11,7 @@ from coalora.errors import CoaloraError
 from coalora.models import find_targets, tiny_llama
 from coalora.quant.apply import ConfigApplier
 from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig, QuantConfig, resolve_preset
-from coalora.quant.nf import _unpack_bits, fake_quantize, nf_codebook, pack, quantize
+from coalora.quant.nf import fake_quantize, nf_codebook, pack, quantize, unpack_bits
 from coalora.quant.packed import (
     PackedLinear,
     code_values,
@@ -28,10 +28,10 @@ from coalora.quant.packed import (
 def test_torch_unpacking_equals_the_reference_bit_stream(bits, n):
     g = torch.Generator().manual_seed(bits * 1000 + n)
     codes = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.uint8)
-    from coalora.quant.nf import _pack_bits
+    from coalora.quant.nf import pack_bits
 
-    packed = _pack_bits(codes, bits)
-    assert torch.equal(unpack_codes(packed, bits, n), _unpack_bits(packed, bits, n).to(torch.int32))
+    packed = pack_bits(codes, bits)
+    assert torch.equal(unpack_codes(packed, bits, n), unpack_bits(packed, bits, n).to(torch.int32))
     assert torch.equal(unpack_codes(packed, bits, n), codes.to(torch.int32))
     assert torch.equal(code_values(packed, bits, n), nf_codebook(bits)[codes.long()])
 

@@ -68,4 +68,4 @@ def test_cli_allocate_rejects_infeasible_budget(capsys):
 
     assert main(["allocate", "--budget", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert "outside the feasible range 2.0322..8.6250" in err and "Traceback" not in err
+    assert "outside the feasible range [2.032, 8.625]" in err and "Traceback" not in err
