@@ -15,16 +15,15 @@ from hypothesis import strategies as st
 
 from coalora.errors import CoaloraError
 from coalora.lqlora.allocate import (
-    _HIGHS_STRAY,
     BUDGET_TOL,
     Allocation,
-    _drop_highs_stray_output,
-    _Problem,
     allocate,
     allocate_many,
     optimality_gap,
     synthetic_instance,
 )
+from coalora.lqlora.knapsack import Problem
+from coalora.lqlora.milp import HIGHS_STRAY, drop_highs_stray_output
 from coalora.quant.config import ALL_CONFIGS, MAX_BITS, MIN_BITS
 
 METHODS = ("exact", "fast")
@@ -201,7 +200,7 @@ def test_full_instance_shape_uses_real_configs():
     assert numels[:7].tolist() == [576 * 576, 192 * 576, 192 * 576, 576 * 576, 1536 * 576, 1536 * 576, 576 * 1536]
     assert bits.tolist() == [c.bits for c in ALL_CONFIGS]
     # Pruning dominated configs leaves well under a quarter of the 432 per matrix.
-    assert _Problem(costs, numels, bits).lengths.max() < 432 // 4
+    assert Problem(costs, numels, bits).lengths.max() < 432 // 4
 
 
 def test_full_instance_both_methods_meet_budget(full):
@@ -352,8 +351,8 @@ def test_optimality_gap_and_gap_edge_cases():
 
 
 def test_highs_stray_line_is_dropped_and_other_output_kept(capfd):
-    with _drop_highs_stray_output():
-        os.write(1, _HIGHS_STRAY + b"\n")
+    with drop_highs_stray_output():
+        os.write(1, HIGHS_STRAY + b"\n")
         print("python output", flush=True)
         os.write(1, b"other C output\n")
     out = capfd.readouterr().out
