@@ -47,7 +47,7 @@ def main() -> int:
         cfg = cc.train_config(args.method, (b,))
         tr = Trainer(cfg, runs / f"{args.method}-{b}-lr{args.lr:g}", log=print, progress=False)
         st = tr.run()
-        (own,) = tr._initial
+        (own,) = tr.training_configs()
         if windows is None:  # the same held-out windows for every budget
             windows = cc.eval_windows_of(tr.tok)
         tr.coa.eval()

@@ -44,8 +44,7 @@ def main() -> int:
     _, meta = load_checkpoint(Path(args.run) / CHECKPOINT)
     cfg = TrainConfig.from_dict(meta["train_config"])
     tr = Trainer(cfg, args.run, progress=False)
-    tr._setup()
-    if not tr._resume():
+    if not tr.resume():
         raise SystemExit(f"error: no checkpoint in {args.run}")
     tr.coa.applier.restore()
     configs = allocator_configs(tr, args.budgets)

@@ -46,7 +46,7 @@ def main() -> int:
     cfg = cc.train_config("qlora", (args.budgets[0],))
     with __import__("tempfile").TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, progress=False)
-        tr._setup()  # the model, its targets and the adapter wrappers; nothing is trained
+        tr.setup()  # the model, its targets and the adapter wrappers; nothing is trained
     configs = allocator_configs(tr, args.budgets)
     windows = cc.eval_windows_of(tr.tok)
     coa, r, s = tr.coa, cfg.rank, cfg.adapter.scaling

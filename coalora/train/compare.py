@@ -21,53 +21,76 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from coalora.errors import CoaloraError
-from coalora.paths import RESULTS_DIR
 from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+from coalora.train.compare_results import CompareResult, EvalPoint, seen_gap, write_results
+
+__all__ = ["CompareConfig", "CompareResult", "EvalPoint", "allocator_configs", "far_random_configs",
+           "hypervolume_normalised", "run_compare", "seen_gap", "write_results"]
+
+HV_BITS_LO = 2.25
+"""Lowest bits of the hypervolume's box (the initial training set's lowest budget)."""
 
 SHARED_BUDGETS = (2.5, 3.0, 3.5, 4.0)
+"""Shared-LoRA's fixed configurations: the allocator's solutions at these budgets (the official code's four)."""
 
 
 @dataclass(frozen=True)
 class CompareConfig:
+    """The short comparison's options (scripts and the harness of :func:`run_compare`); the
+    equal-compute protocol of ``coalora compare`` is :class:`~coalora.train.protocol.ProtocolConfig`."""
+
     model: str = "smollm2-135m"
+    """Model to quantize (an offline name from `coalora models`)."""
     corpus: str = "shakespeare"
     """Training corpus (its train split)."""
     eval_corpus: str = "shakespeare"
     """Evaluation corpus (its eval split: the held-out plays for Shakespeare)."""
     rank: int = 8
+    """LoRA rank of every method."""
     seqlen: int = 128
+    """Training window length in tokens."""
     batch_size: int = 4
+    """Training windows per step."""
     lr: float = 1e-4
     """AdamW rate of every method's A, B (the paper's 1e-4); CoA-LoRA's theta trains at lr * coalora_theta_lr_scale."""
     per_config_steps: int = 100
+    """Steps of each per-configuration run (Shared-LoRA takes this many per configuration)."""
     coalora_steps: int = 100
-    """K = 2 configs per step: 200 config-passes, a third of the six QLoRA runs' 600, so that with its
-    two search rounds CoA-LoRA's wall time stays under half of theirs (the issue's 0.5x target)."""
+    """CoA-LoRA's steps. At K = 2 configs per step: 200 config-passes, a third of the six QLoRA runs' 600,
+    so that with its two search rounds CoA-LoRA's wall time stays under half of theirs."""
     search_every: int = 40
+    """CoA-LoRA's steps between search rounds."""
     coalora_init: str = "peft"
     """CoA-LoRA's A, B initialisation: ``peft`` (Kaiming A, zero B) or ``lq`` (SVD of the nf3 residual)."""
     coalora_theta_lr_scale: float = 100.0
     """theta's learning rate as a multiple of the shared lr (1 = the paper's single rate)."""
     eval_budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+    """Evaluation budgets: one unseen point each, and one per-configuration run each."""
     seen: int = 6
+    """Training-set configurations scored (nearest to the first ``seen`` budgets)."""
     ood: int = 20
+    """Random configurations far from the training set."""
     eval_windows: int = 8
+    """Held-out windows per scored point."""
     eval_seqlen: int = 256
+    """Held-out window length in tokens."""
     methods: tuple[str, ...] = ("coalora", "qlora", "lqlora", "shared", "none")
+    """Methods to run (coalora is required: its training set defines seen and unseen)."""
     hv_bits_ref: float = 7.25
+    """Hypervolume reference point's bits."""
     hv_ppl_ref: float = 1000.0
     """Points worse than this perplexity add nothing to the hypervolume."""
     seed: int = 0
+    """Seed of every run and of the OOD draws."""
 
     def __post_init__(self) -> None:
+        """Refuse unknown methods, a comparison without coalora, and non-positive counts."""
         unknown = set(self.methods) - {"coalora", "qlora", "lqlora", "shared", "none"}
         if unknown:
             raise CoaloraError(f"unknown comparison method {sorted(unknown)[0]!r}")
@@ -85,7 +108,9 @@ class CompareConfig:
         return data.windows(ids, self.eval_seqlen, self.eval_windows)
 
     def train_config(self, method: str, budgets: tuple[float, ...] = (), **kw):
-        from coalora.train.trainer import TrainConfig
+        """The :class:`~coalora.train.config.TrainConfig` of ``method``'s run (``budgets``: a
+        per-configuration run's one budget); ``kw`` overrides training options."""
+        from coalora.train.config import TrainConfig
 
         common = dict(model=self.model, corpus=self.corpus, rank=self.rank, seqlen=self.seqlen, batch_size=self.batch_size,
                       lr=self.lr, seed=self.seed)
@@ -101,29 +126,6 @@ class CompareConfig:
             return TrainConfig(method="shared", init="peft", budgets=SHARED_BUDGETS,
                                steps=self.per_config_steps * len(SHARED_BUDGETS), **common, **kw)
         raise CoaloraError(f"no training for method {method!r}")
-
-
-@dataclass
-class EvalPoint:
-    method: str
-    kind: str
-    """``unseen``, ``seen``, ``ood`` or ``own`` (a per-config baseline on its own configuration)."""
-    budget: float | None
-    avg_bits: float
-    config_hash: str
-    ppl: float
-    nll: float
-    tokens: int
-
-
-@dataclass
-class CompareResult:
-    config: dict[str, Any]
-    points: list[EvalPoint] = field(default_factory=list)
-    train_seconds: dict[str, float] = field(default_factory=dict)
-    hypervolume: dict[str, float] = field(default_factory=dict)
-    hv_reference: dict[str, Any] = field(default_factory=dict)
-    device: str = ""
 
 
 def far_random_configs(numels: list[int], train_ids: np.ndarray, n: int, seed: int,
@@ -160,28 +162,6 @@ def hypervolume_normalised(points: list[tuple[float, float]], bits_lo: float, bi
     return hypervolume_2d(pts, (bits_ref, math.log(ppl_ref))) / area if pts else 0.0
 
 
-def seen_gap(points: list[EvalPoint], method: str = "coalora") -> dict[str, Any]:
-    """Seen vs unseen perplexity at matching bits: each seen point against the unseen curve.
-
-    Seen and unseen configurations differ in their bits (2.454 vs 2.5), so their raw means are not
-    comparable. The unseen points of ``method`` are interpolated linearly in (bits, log ppl), and each
-    seen point inside their bit range is compared with the curve at its own bits: ``gap = ppl_seen /
-    ppl_curve - 1`` (negative: the seen configuration scores better, i.e. memorised). Seen points
-    outside the range would need extrapolation and are listed but not averaged.
-
-    Returns ``{"mean": float | None, "mean_abs": ..., "points": [{"bits", "ppl", "curve", "gap"}]}``.
-    """
-    unseen = sorted((p.avg_bits, math.log(p.ppl)) for p in points if p.method == method and p.kind == "unseen")
-    rows = []
-    for p in sorted((q for q in points if q.method == method and q.kind == "seen"), key=lambda q: q.avg_bits):
-        inside = len(unseen) >= 2 and unseen[0][0] <= p.avg_bits <= unseen[-1][0]
-        curve = math.exp(float(np.interp(p.avg_bits, *zip(*unseen)))) if inside else None
-        rows.append({"bits": p.avg_bits, "ppl": p.ppl, "curve": curve, "gap": p.ppl / curve - 1 if curve else None})
-    gaps = [r["gap"] for r in rows if r["gap"] is not None]
-    return {"mean": float(np.mean(gaps)) if gaps else None,
-            "mean_abs": float(np.mean(np.abs(gaps))) if gaps else None, "points": rows}
-
-
 def allocator_configs(trainer, budgets) -> dict[float, ModelQuantConfig]:
     """The fast allocator's configuration at each budget for ``trainer``'s model (the comparison's
     evaluation configurations), from the error table of the original weights (restore them first)."""
@@ -197,52 +177,74 @@ def allocator_configs(trainer, budgets) -> dict[float, ModelQuantConfig]:
 
 
 def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress: bool = True) -> CompareResult:
-    import torch
-
-    from coalora.evaluation.perplexity import perplexity
+    """Train every method of ``cfg`` (each run resumable under ``<out>/runs``), score each on the
+    evaluation configurations and write ``<out>/compare.{json,parquet,md}``."""
     from coalora.train.trainer import Trainer
 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     res = CompareResult(config={**asdict(cfg), "eval_budgets": list(cfg.eval_budgets), "methods": list(cfg.methods)})
-
-    # 1. CoA-LoRA first: its final training set decides what is "seen".
+    # CoA-LoRA first: its final training set decides what is "seen".
     coa_tr = Trainer(cfg.train_config("coalora"), out / "runs" / "coalora", log=log, progress=progress)
-    coa_state = coa_tr.run()
-    res.train_seconds["coalora"] = coa_state.seconds
+    res.train_seconds["coalora"] = coa_tr.run().seconds
     res.device = str(coa_tr.acc.device)
-    targets = coa_tr.targets
-    train_ids = np.array(coa_state.train_set)
-    train_hashes = {coa_tr._config(list(ids)).hash for ids in coa_state.train_set}
+    unseen, groups = evaluation_configs(cfg, coa_tr, log)
+    score = _Scorer(res, cfg.eval_windows_of(coa_tr.tok), log)
+    _score_coalora_and_none(cfg, coa_tr.coa, groups, score)
+    del coa_tr
+    _score_baselines(cfg, out, unseen, groups, score, log, progress)
+    _hypervolumes(res, cfg)
+    write_results(res, out)
+    return res
 
-    # 2. Evaluation configurations.
+
+def evaluation_configs(cfg: CompareConfig, coa_tr, log=print) -> tuple[dict[float, ModelQuantConfig], list[tuple]]:
+    """The evaluation configurations of the trained CoA-LoRA run ``coa_tr`` (a :class:`Trainer`).
+
+    Returns (unseen configurations by budget, every group ``(kind, budget | None, configuration)``):
+    the allocator's solution at each budget that is not in the final training set (``unseen``), the
+    training-set members nearest to the first ``seen`` budgets (``seen``), and ``ood`` random
+    configurations whose matrices mostly differ from every training configuration.
+    """
+    pool = coa_tr.training_configs()
+    train_hashes = {c.hash for c in pool}
     coa_tr.coa.applier.restore()  # the table is of the original weights (and cached by their fingerprint)
-    numels = [t.numel for t in targets]
     unseen: dict[float, ModelQuantConfig] = {}
     for b, c in allocator_configs(coa_tr, cfg.eval_budgets).items():
         if c.hash in train_hashes:
             log(f"note: the allocator's {b}-bit configuration is in the training set; it counts as seen, not unseen")
             continue
         unseen[b] = c
-    pool = [coa_tr._config(list(ids)) for ids in coa_state.train_set]
-    seen = []
+    seen: list[ModelQuantConfig] = []
     for b in cfg.eval_budgets[: cfg.seen]:
         best = min(pool, key=lambda c: abs(c.avg_bits - b))
         if best not in seen:
             seen.append(best)
-    ood = [ModelQuantConfig.from_ids(cfg.model, targets, ids)
-           for ids in far_random_configs(numels, train_ids, cfg.ood, cfg.seed)]
-    eval_windows = cfg.eval_windows_of(coa_tr.tok)
+    numels = [t.numel for t in coa_tr.targets]
+    ood = [coa_tr.config(ids) for ids in far_random_configs(numels, np.array(coa_tr.state.train_set), cfg.ood, cfg.seed)]
+    groups = ([("unseen", b, c) for b, c in unseen.items()] + [("seen", None, c) for c in seen]
+              + [("ood", None, c) for c in ood])
+    return unseen, groups
 
-    def score(method: str, kind: str, budget: float | None, qc: ModelQuantConfig, model) -> None:
-        r = perplexity(model, eval_windows, batch_size=4, progress=False)
-        res.points.append(EvalPoint(method, kind, budget, qc.avg_bits, qc.hash, r.ppl, r.nll, r.tokens))
-        log(f"{method:8s} {kind:6s} {qc.avg_bits:.3f} bits: ppl {r.ppl:.3f}")
 
-    groups = [("unseen", b, c) for b, c in unseen.items()] + [("seen", None, c) for c in seen] + [("ood", None, c) for c in ood]
+class _Scorer:
+    """Scores a model on the held-out windows ``[eval_windows, eval_seqlen]`` into ``res.points``."""
 
-    # 3. CoA-LoRA and the bare quantized model on every evaluation configuration.
-    coa = coa_tr.coa
+    def __init__(self, res: CompareResult, windows, log):
+        self.res, self.windows, self.log = res, windows, log
+
+    def __call__(self, method: str, kind: str, budget: float | None, qc: ModelQuantConfig, model) -> None:
+        from coalora.evaluation.perplexity import perplexity
+
+        r = perplexity(model, self.windows, batch_size=4, progress=False)
+        self.res.points.append(EvalPoint(method, kind, budget, qc.avg_bits, qc.hash, r.ppl, r.nll, r.tokens))
+        self.log(f"{method:8s} {kind:6s} {qc.avg_bits:.3f} bits: ppl {r.ppl:.3f}")
+
+
+def _score_coalora_and_none(cfg: CompareConfig, coa, groups: list[tuple], score: _Scorer) -> None:
+    """CoA-LoRA (theta's U per configuration) and the bare quantized model on every evaluation configuration."""
+    import torch
+
     coa.eval()
     for kind, b, qc in groups:
         with torch.no_grad():
@@ -253,18 +255,25 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
             for kind, b, qc in groups:
                 coa.applier.apply(qc)
                 score("none", kind, b, qc, coa.model)
-    del coa_tr, coa
 
-    # 4. Baselines (each in its own resumable run).
+
+def _score_baselines(cfg: CompareConfig, out: Path, unseen: dict[float, ModelQuantConfig], groups: list[tuple],
+                     score: _Scorer, log, progress: bool) -> None:
+    """Train and score the baselines, each in its own resumable run: QLoRA / LQ-LoRA per unseen
+    budget on their own configuration, Shared-LoRA on every evaluation configuration."""
+    import torch
+
+    from coalora.train.trainer import Trainer
+
+    res = score.res
     for method in ("qlora", "lqlora"):
         if method not in cfg.methods:
             continue
         total = 0.0
-        for b, qc in unseen.items():
+        for b in unseen:
             tr = Trainer(cfg.train_config(method, (b,)), out / "runs" / f"{method}-{b}", log=log, progress=progress)
-            st = tr.run()
-            total += st.seconds
-            (own,) = tr._initial if tr._initial is not None else [qc]
+            total += tr.run().seconds
+            (own,) = tr.training_configs()
             tr.coa.eval()
             with torch.no_grad():
                 tr.coa.applier.apply(own)
@@ -273,8 +282,7 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
         res.train_seconds[method] = total
     if "shared" in cfg.methods:
         tr = Trainer(cfg.train_config("shared"), out / "runs" / "shared", log=log, progress=progress)
-        st = tr.run()
-        res.train_seconds["shared"] = st.seconds
+        res.train_seconds["shared"] = tr.run().seconds
         tr.coa.eval()
         for kind, b, qc in groups:
             with torch.no_grad():
@@ -282,80 +290,13 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike, log=print, progress:
             score("shared", kind, b, qc, tr.coa.model)
         del tr
 
-    # 5. Hypervolume per method over its points at the unseen budgets (own configs for per-config methods).
+
+def _hypervolumes(res: CompareResult, cfg: CompareConfig) -> None:
+    """Each method's normalised hypervolume over its points at the unseen budgets (own configurations
+    for the per-configuration methods), against one fixed reference point."""
     ppl_best = min(p.ppl for p in res.points)
-    res.hv_reference = {"bits_lo": 2.25, "bits_ref": cfg.hv_bits_ref, "ppl_ref": cfg.hv_ppl_ref,
+    res.hv_reference = {"bits_lo": HV_BITS_LO, "bits_ref": cfg.hv_bits_ref, "ppl_ref": cfg.hv_ppl_ref,
                         "ppl_best": ppl_best, "space": "(avg bits, log ppl), both minimised; HV / box area"}
     for m in {p.method for p in res.points}:
         pts = [(p.avg_bits, p.ppl) for p in res.points if p.method == m and p.kind in ("unseen", "own")]
-        res.hypervolume[m] = hypervolume_normalised(pts, 2.25, cfg.hv_bits_ref, cfg.hv_ppl_ref, ppl_best)
-    write_results(res, out)
-    return res
-
-
-def write_results(res: CompareResult, out: Path) -> None:
-    """``compare.json``, ``compare.parquet`` (via DuckDB) and ``compare.md``, each written atomically."""
-    import duckdb
-    import pandas as pd
-
-    from coalora.files import atomic_file, write_json_atomic, write_text_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    body = {"config": res.config, "device": res.device, "train_seconds": res.train_seconds,
-            "hypervolume": res.hypervolume, "hv_reference": res.hv_reference, "seen_gap": seen_gap(res.points),
-            "points": [asdict(p) for p in res.points], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json_atomic(out / "compare.json", body)
-    con = duckdb.connect()
-    try:
-        con.register("points", pd.DataFrame([asdict(p) for p in res.points]))
-        with atomic_file(out / "compare.parquet") as tmp:
-            con.execute(f"COPY points TO '{tmp}' (FORMAT PARQUET)")
-    finally:
-        con.close()
-    write_text_atomic(out / "compare.md", markdown_table(res))
-
-
-SHIPPED_RESULTS = RESULTS_DIR
-"""Where the shipped comparison lives (``compare.json``, ``.parquet``, ``.md``; data/README.md)."""
-
-
-def load_results(directory: str | os.PathLike = SHIPPED_RESULTS) -> dict[str, Any] | None:
-    """A written comparison (``compare.json`` plus ``compare.md``'s table as ``"markdown"``), or None if absent."""
-    import json
-
-    d = Path(directory)
-    if not (d / "compare.json").is_file():
-        return None
-    try:
-        body = json.loads((d / "compare.json").read_text())
-        if not isinstance(body, dict) or not isinstance(body.get("points"), list):
-            raise ValueError("no points")
-    except (OSError, ValueError) as e:
-        raise CoaloraError(f"{d / 'compare.json'} is not a coalora comparison ({e}); rerun `coalora compare`") from None
-    md = d / "compare.md"
-    body["markdown"] = md.read_text() if md.is_file() else ""
-    return body
-
-
-def markdown_table(res: CompareResult) -> str:
-    methods = sorted({p.method for p in res.points}, key=["coalora", "qlora", "lqlora", "shared", "none"].index)
-    budgets = sorted({p.budget for p in res.points if p.budget is not None})
-    lines = ["| budget | bits | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-    for b in budgets:
-        row = [f"{b}"]
-        pts = {p.method: p for p in res.points if p.budget == b}
-        row.append(f"{next(iter(pts.values())).avg_bits:.3f}")
-        row += [f"{pts[m].ppl:.2f}" if m in pts else "" for m in methods]
-        lines.append("| " + " | ".join(row) + " |")
-    for kind in ("seen", "ood"):
-        row = [f"mean {kind}", ""]
-        for m in methods:
-            v = [p.ppl for p in res.points if p.method == m and p.kind == kind]
-            row.append(f"{float(np.exp(np.mean(np.log(v)))):.2f}" if v else "")
-        lines.append("| " + " | ".join(row) + " |")
-    gaps = {m: seen_gap(res.points, m)["mean"] for m in methods}
-    lines.append("| seen vs unseen gap, same bits | | "
-                 + " | ".join(f"{100 * gaps[m]:+.2f}%" if gaps[m] is not None else "" for m in methods) + " |")
-    lines.append("| hypervolume | | " + " | ".join(f"{res.hypervolume.get(m, float('nan')):.4f}" for m in methods) + " |")
-    lines.append("| train seconds | | " + " | ".join(f"{res.train_seconds.get(m, 0.0):.0f}" for m in methods) + " |")
-    return "\n".join(lines) + "\n"
+        res.hypervolume[m] = hypervolume_normalised(pts, HV_BITS_LO, cfg.hv_bits_ref, cfg.hv_ppl_ref, ppl_best)

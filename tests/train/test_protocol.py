@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from coalora.errors import CoaloraError
-from coalora.train import protocol, protocol_report
+from coalora.train import protocol, protocol_intervals, protocol_report
 from coalora.train.protocol import ProtocolConfig, Unit
+from coalora.train.protocol.units import fmt
 
 
 def _tiny(tmp_path, **kw):
@@ -44,7 +45,7 @@ def _fake_grid(cfg, best=1e-3, theta=10.0):
             else:
                 done[u.name] = {"validation_nll": 0.5 if u.theta_lr_scale == theta else 3.0, "lr": u.lr,
                                 "theta_lr_scale": u.theta_lr_scale}
-        same = f"grid-coalora-lr{protocol._fmt(best)}"
+        same = f"grid-coalora-lr{fmt(best)}"
         if theta == 10.0 and same in done:
             done[same]["validation_nll"] = 0.4
 
@@ -98,12 +99,12 @@ def test_bootstrap_ties_identical_methods_and_separates_shifted_ones():
             rows.append({"method": m, "seed": s, "window_nll": list(text + shift + seed_effect + rng.normal(0, 2, 16)),
                          "tokens": 16 * 255, "windows": 16})
     df = pd.DataFrame(rows)
-    bs = protocol_report.Bootstrap(16, {m: [0, 1, 2] for m in ("qlora", "coalora", "shared")})
+    bs = protocol_intervals.Bootstrap(16, {m: [0, 1, 2] for m in ("qlora", "coalora", "shared")})
     q, c, s = (bs.cell(df[df["method"] == m]) for m in ("qlora", "coalora", "shared"))
     assert q[0] == pytest.approx(float(np.exp(text.mean() / 255)), rel=0.02)
-    lo, hi = protocol_report._ci(c[1] / q[1])
+    lo, hi = protocol_intervals.ci(c[1] / q[1])
     assert lo < 1.0 < hi  # same model up to noise: a tie
-    lo, hi = protocol_report._ci(s[1] / q[1])
+    lo, hi = protocol_intervals.ci(s[1] / q[1])
     assert hi < 1.0 and lo > 0.75  # exp(-0.2) = 0.82, separated by pairing on windows
 
 

@@ -41,8 +41,8 @@ def _run(cfg, out):
 def test_training_lowers_the_loss_of_every_training_config(corpus, tmp_home, tmp_path, theta_lr_scale):
     cfg = _cfg(corpus, steps=40, theta_lr_scale=theta_lr_scale)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    trainer._setup()
-    configs = trainer._initial
+    trainer.setup()
+    configs = trainer.initial_configs
     before = [trainer.probe_loss(c) for c in configs]
     trainer2 = Trainer(cfg, tmp_path / "run", progress=False)
     trainer2.run()
@@ -73,17 +73,17 @@ def test_theta_lr_scale_gives_theta_its_own_rate(corpus, tmp_home, tmp_path):
     """theta (and gamma) train at lr * theta_lr_scale, A and B at lr; scale 1 keeps one group (old checkpoints)."""
     one = Trainer(_cfg(corpus, steps=2), tmp_path / "one", progress=False)
     one.run()
-    assert [g["lr"] for g in one._torch_optimizer.param_groups] == [3e-3]
+    assert [g["lr"] for g in one.torch_optimizer.param_groups] == [3e-3]
     two = Trainer(_cfg(corpus, steps=2, theta_lr_scale=10.0), tmp_path / "two", progress=False)
     two.run()
-    groups = two._torch_optimizer.param_groups
+    groups = two.torch_optimizer.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([3e-3, 3e-2])
     theta = {id(p) for p in two.coa.theta.parameters()}
     assert {id(p) for p in groups[1]["params"]} == theta
     assert not theta & {id(p) for p in groups[0]["params"]}
     # The faster rate moves theta further from its (seeded, identical) initial value in the same steps.
     fresh = Trainer(_cfg(corpus, steps=2), tmp_path / "fresh", progress=False)
-    fresh._setup()
+    fresh.setup()
     w0 = fresh.coa.theta.mlp[-1].weight
     moved = [float((t.coa.theta.mlp[-1].weight - w0).abs().max()) for t in (one, two)]
     assert moved[1] > 3 * moved[0] > 0, moved
@@ -108,7 +108,7 @@ def test_search_rounds_keep_a_valid_training_set(corpus, tmp_home, tmp_path):
     assert search["encoding"] in ("index", "bits") and set(search["loo_rmse"]) == {"index", "bits"}
     assert search["hypervolume"] > 0
     for ids in state.train_set:
-        c = trainer._config(ids)
+        c = trainer.config(ids)
         assert cfg.budget_lo <= c.avg_bits <= cfg.budget_hi
     assert len(state.train_set) >= cfg.configs_per_step
 
@@ -191,16 +191,15 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tm
 def test_baselines_train_through_the_same_loop(corpus, tmp_home, tmp_path, kw):
     cfg = _cfg(corpus, steps=12, **kw)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    trainer._setup()
-    configs = trainer._initial
+    trainer.setup()
+    configs = trainer.initial_configs
     assert len(configs) == len(kw["budgets"])
     before = [trainer.probe_loss(c) for c in configs]
     theta_before = {k: v.clone() for k, v in trainer.coa.theta.state_dict().items()}
     state = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert state.step == 12
     after_trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    after_trainer._setup()
-    assert after_trainer._resume()
+    assert after_trainer.resume()
     after = [after_trainer.probe_loss(c) for c in configs]
     assert sum(after) < sum(before), (before, after)
     # baselines are plain LoRA: theta is never trained and U is never used
@@ -213,8 +212,8 @@ def test_lqlora_base_is_the_lq_quantized_part(corpus, tmp_home, tmp_path):
     from coalora.lqlora.split import lq_decompose
 
     trainer = Trainer(_cfg(corpus, method="lqlora", budgets=(3.0,)), tmp_path / "run", progress=False)
-    trainer._setup()
-    (qc,) = trainer._initial
+    trainer.setup()
+    (qc,) = trainer.initial_configs
     trainer.coa.applier.apply(qc)
     t = trainer.targets[0]
     w = trainer.coa.applier.model.get_submodule(t.name).base_layer.weight
@@ -232,7 +231,7 @@ def test_lq_base_trains_and_resumes_with_its_base(corpus, tmp_home, tmp_path):
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     state = tr.run()
     assert state.step == 4 and tr.coa.applier.base == BaseSpec("lq", 2, 1)
-    qc = tr._config(state.train_set[0])
+    qc = tr.config(state.train_set[0])
     t = tr.targets[0]
     w, _ = tr.coa.applier.quantized_weight(t.name, qc[t.name])
     assert torch.allclose(w, BaseSpec("lq", 2, 1).weight(tr.coa.applier.originals[t.name].float(), qc[t.name]))
@@ -260,16 +259,16 @@ def test_token_passes_and_trained_hashes_are_counted(corpus, tmp_home, tmp_path)
 
 
 def test_excess_sampling_draws_where_quantization_hurts_and_resumes_exactly(corpus, tmp_home, tmp_path):
-    from coalora.train.trainer import _sample_configs
+    from coalora.train.sampling import sample_configs
 
-    counts = np.bincount([i for s in range(2000) for i in _sample_configs(0, s, 3, 1, [1.0, 1.0, 8.0])], minlength=3)
+    counts = np.bincount([i for s in range(2000) for i in sample_configs(0, s, 3, 1, [1.0, 1.0, 8.0])], minlength=3)
     assert counts[2] > 5 * counts[0]  # proportional to the weights (8:1)
     cfg = _cfg(corpus, steps=6, sampling="excess", sampling_power=2.0, loss_balance="equal", checkpoint_every=3)
     tr = Trainer(cfg, tmp_path / "a", progress=False)
     full = tr.run()
     assert full.ref_probe is not None and len(full.scores) == len(full.train_set)
-    w = tr._sampling_weights()
-    worst = max(range(len(w)), key=lambda i: full.scores[tr._config(full.train_set[i]).hash])
+    w = tr.sampling_weights()
+    worst = max(range(len(w)), key=lambda i: full.scores[tr.config(full.train_set[i]).hash])
     assert w[worst] == max(w)  # the highest probe loss gets the largest weight
     Trainer(_cfg(corpus, steps=3, sampling="excess", sampling_power=2.0, loss_balance="equal", checkpoint_every=3),
             tmp_path / "b", progress=False).run()
@@ -279,3 +278,23 @@ def test_excess_sampling_draws_where_quantization_hurts_and_resumes_exactly(corp
     assert all("grad_norm_lora" in r and "clipped" in r for r in logs)
     with pytest.raises(CoaloraError, match="unknown sampling"):
         _cfg(corpus, sampling="loss")
+
+
+def test_setup_gives_the_initial_set_and_resume_the_checkpoint_without_training(corpus, tmp_home, tmp_path):
+    """The public seams the comparison and the scripts use: setup(), resume(), config(), training_configs()."""
+    cfg = _cfg(corpus, steps=3)
+    fresh = Trainer(cfg, tmp_path / "run", progress=False)
+    fresh.setup()
+    model = fresh.coa
+    fresh.setup()  # once: a second call changes nothing
+    assert fresh.coa is model
+    assert fresh.training_configs() == fresh.initial_configs and len(fresh.initial_configs) >= 2
+    assert fresh.config(list(fresh.initial_configs[0].ids)) == fresh.initial_configs[0]
+    assert not fresh.resume() and fresh.state.step == 0  # no checkpoint yet
+    trained = Trainer(cfg, tmp_path / "run", progress=False)
+    state = trained.run()
+    again = Trainer(cfg, tmp_path / "run", progress=False)
+    assert again.resume() and again.state.step == 3 and again.initial_configs is None  # nothing rebuilt
+    assert [c.hash for c in again.training_configs()] == [trained.config(ids).hash for ids in state.train_set]
+    for k, v in trained.coa.trainable_state().items():
+        assert torch.equal(again.coa.trainable_state()[k], v), k
