@@ -8,18 +8,15 @@ The app and the CLI are views on this table (``$COALORA_HOME/results.duckdb``). 
 * **Seeded.** A new store loads the Parquet files shipped in ``data/seed/`` (the measured SmolLM2
   results), so a fresh clone starts with a populated front; a store upgraded from before the
   seed's schema (:data:`SEED_SCHEMA`) gets the seed's new keys too.
-* **Versioned.** ``meta.schema_version`` plus a list of migrations; a store written by a newer
-  coalora is refused with a message rather than misread. Schema 2 added the eval spec
-  (:mod:`coalora.evaluation.spec`) to the evaluation key, the KL divergence to the unquantized model and
-  the per-window sums; rows of a schema-1 store (and seed files without those columns) were measured
-  on the old rule, so they read as ``prefix-v0`` with no KL, and a number of one spec is never
-  returned for another. Schema 3 added ``task_metrics``: lm-evaluation-harness accuracies
-  (:mod:`coalora.evaluation.tasks`) beside perplexity, keyed by (model, config, adapter, method, task, metric,
-  limit, lm-eval version, task version); the upgrade only creates the table, every row is kept.
+* **Versioned.** ``meta.schema_version`` plus a list of migrations (:mod:`coalora.store_schema`); a
+  store written by a newer coalora is refused with a message rather than misread.
 * **One writer process.** DuckDB lets one process hold the file read-write, and then no other
   process may open it at all (stack.md). A second process gets a read-only *snapshot copy* and a
   warning (or, with ``fallback=False``, one clear error); writes to a snapshot raise. Within one
   process, share one :class:`Store`: each thread gets its own cursor and writes are serialised.
+
+Rows are :class:`~coalora.store_rows.Evaluation` and plain dicts (:mod:`coalora.store_rows`); files
+in and out of the tables are :mod:`coalora.store_files`.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -41,132 +38,25 @@ from coalora import __version__
 from coalora.errors import CoaloraError
 from coalora.evaluation.spec import DEFAULT_SPEC
 from coalora.paths import SEED_DIR
+from coalora.store_files import check_table, file_format, first_line, insert_from_file, seed, write_table
+from coalora.store_rows import Evaluation, eval_row, insert_config, where_clause
+from coalora.store_schema import (
+    EVAL_KEY,
+    LEGACY_SPEC,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SEED_SCHEMA,
+    TABLES,
+    TASK_KEY,
+    UNQUANTIZED,
+)
 
-SCHEMA_VERSION = 3
-SEED_SCHEMA = 2
-"""The schema of the shipped seed's results (strided-v1, with KL): a new store loads the seed, and
-so does one upgraded from an older schema (new keys only; its own rows are kept), so that an old
-store's front, whose rows are all prefix-v0, is not left empty under the new default spec."""
+__all__ = [
+    "EVAL_KEY", "LEGACY_SPEC", "SCHEMA_VERSION", "SEED_DIR", "SEED_SCHEMA", "STORE_FILE", "TABLES", "TASK_KEY",
+    "UNQUANTIZED", "Evaluation", "Store", "default_path",
+]
+
 STORE_FILE = "results.duckdb"
-TABLES = ("models", "configs", "adapters", "evaluations", "search_rounds", "task_metrics")
-"""Parquet seeds shipped with the source tree (absent in a wheel install: the store then starts empty)."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One measured perplexity and KL divergence (token-level, non-overlapping windows picked by an
-    eval spec: :mod:`coalora.evaluation.perplexity`)."""
-
-    model: str
-    config_hash: str
-    method: str
-    """``coalora``, ``qlora``, ``lqlora``, ``shared`` or ``none`` (the quantized model alone)."""
-    adapter_id: str
-    """Which adapter (file hash or run name); ``""`` for no adapter."""
-    eval_set: str
-    """Dataset id with its content hash, e.g. ``shakespeare:eval@3f2a9c1b``."""
-    seqlen: int
-    windows: int
-    tokens: int
-    ppl: float
-    nll: float
-    avg_bits: float
-    seconds: float = 0.0
-    version: str = __version__
-    eval_spec: str = DEFAULT_SPEC
-    """The rule that picked the windows (:mod:`coalora.evaluation.spec`); part of the key."""
-    kld: float | None = None
-    """Mean per-token KL(p_unquantized || p_model) in nats; None when not measured (old rows)."""
-    window_nll: tuple[float, ...] = ()
-    """Summed token NLL per window, in window order (for intervals over windows); () when not kept."""
-    window_kld: tuple[float, ...] = ()
-    """Summed token KL per window; () without KL."""
-
-    def __post_init__(self) -> None:
-        for name in ("ppl", "nll", "avg_bits", "seconds"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or math.isnan(v):
-                raise CoaloraError(f"evaluation {name} must be a number, got {v!r}")
-        if self.seqlen < 1 or self.windows < 1 or self.tokens < 1:
-            raise CoaloraError("evaluation seqlen, windows and tokens must be positive")
-        if not isinstance(self.eval_spec, str) or not self.eval_spec:
-            raise CoaloraError(f"evaluation eval_spec must name an eval spec, got {self.eval_spec!r}")
-        if self.kld is not None and (not isinstance(self.kld, (int, float)) or not math.isfinite(self.kld)):
-            raise CoaloraError(f"evaluation kld must be a finite number or None, got {self.kld!r}")
-        for name in ("window_nll", "window_kld"):
-            v = getattr(self, name)
-            if isinstance(v, str):  # a JSON list, as the store keeps it
-                v = json.loads(v) if v else ()
-            v = tuple(float(x) for x in (v or ()))
-            if v and len(v) != self.windows:
-                raise CoaloraError(f"evaluation {name} has {len(v)} entries for {self.windows} windows")
-            object.__setattr__(self, name, v)
-
-    @property
-    def key(self) -> tuple:
-        return (self.model, self.config_hash, self.adapter_id, self.method, self.eval_set, self.seqlen, self.windows,
-                self.eval_spec)
-
-
-EVAL_KEY = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "eval_spec")
-LEGACY_SPEC = "prefix-v0"
-"""The spec of every evaluation stored before schema 2 (or imported from a file without ``eval_spec``)."""
-TASK_KEY = ("model", "config_hash", "adapter_id", "method", "task", "metric", "doc_limit", "lm_eval_version",
-            "task_version")
-"""Key of a stored task metric (``doc_limit`` 0: every document of the task)."""
-UNQUANTIZED = "unquantized"
-"""The config hash of task metrics measured on the unquantized model."""
-_EVAL_KEY_V1 = EVAL_KEY[:-1]
-_EVAL_COLS_V1 = ("model", "config_hash", "adapter_id", "method", "eval_set", "seqlen", "windows", "tokens", "ppl",
-                 "nll", "avg_bits", "seconds", "version", "created_at")
-_IMPLIED = {"evaluations": ("eval_spec",)}
-"""Key columns a file may lack: the table's default fills them (``eval_spec``: :data:`LEGACY_SPEC`)."""
-
-# Migration k brings a store from version k-1 to k; each runs in one transaction.
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        "CREATE TABLE models (model VARCHAR PRIMARY KEY, weights_hash VARCHAR, n_targets INTEGER,"
-        " target_params BIGINT, created_at TIMESTAMP DEFAULT current_timestamp)",
-        "CREATE TABLE configs (config_hash VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, avg_bits DOUBLE NOT NULL,"
-        " ids VARCHAR NOT NULL, created_at TIMESTAMP DEFAULT current_timestamp)",
-        "CREATE TABLE adapters (adapter_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, method VARCHAR NOT NULL,"
-        " path VARCHAR, sha256 VARCHAR, meta VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp)",
-        "CREATE TABLE evaluations (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL, adapter_id VARCHAR NOT NULL,"
-        " method VARCHAR NOT NULL, eval_set VARCHAR NOT NULL, seqlen INTEGER NOT NULL, windows INTEGER NOT NULL,"
-        " tokens BIGINT NOT NULL, ppl DOUBLE NOT NULL, nll DOUBLE NOT NULL, avg_bits DOUBLE NOT NULL,"
-        " seconds DOUBLE, version VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp,"
-        f" PRIMARY KEY ({', '.join(_EVAL_KEY_V1)}))",
-        "CREATE TABLE search_rounds (run VARCHAR NOT NULL, round INTEGER NOT NULL, model VARCHAR, after_step INTEGER,"
-        " hypervolume DOUBLE, encoding VARCHAR, loo_index DOUBLE, loo_bits DOUBLE, pool INTEGER, kept INTEGER,"
-        " seconds DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (run, round))",
-    ],
-    # The eval spec joins the key (DuckDB cannot alter a primary key: the table is rebuilt, its rows
-    # kept as prefix-v0, the only rule before), with KL and the per-window sums (JSON lists).
-    2: [
-        "CREATE TABLE evaluations_v2 (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL,"
-        " adapter_id VARCHAR NOT NULL, method VARCHAR NOT NULL, eval_set VARCHAR NOT NULL, seqlen INTEGER NOT NULL,"
-        " windows INTEGER NOT NULL, tokens BIGINT NOT NULL, ppl DOUBLE NOT NULL, nll DOUBLE NOT NULL,"
-        " avg_bits DOUBLE NOT NULL, seconds DOUBLE, version VARCHAR,"
-        f" eval_spec VARCHAR NOT NULL DEFAULT '{LEGACY_SPEC}', kld DOUBLE, window_nll VARCHAR, window_kld VARCHAR,"
-        " created_at TIMESTAMP DEFAULT current_timestamp,"
-        f" PRIMARY KEY ({', '.join(EVAL_KEY)}))",
-        f"INSERT INTO evaluations_v2 ({', '.join(_EVAL_COLS_V1)}, eval_spec) SELECT {', '.join(_EVAL_COLS_V1)},"
-        f" '{LEGACY_SPEC}' FROM evaluations",
-        "DROP TABLE evaluations",
-        "ALTER TABLE evaluations_v2 RENAME TO evaluations",
-    ],
-    # lm-eval task metrics (coalora.evaluation.tasks): one row per (task, metric) of a model state.
-    3: [
-        "CREATE TABLE task_metrics (model VARCHAR NOT NULL, config_hash VARCHAR NOT NULL, adapter_id VARCHAR NOT NULL,"
-        " method VARCHAR NOT NULL, task VARCHAR NOT NULL, metric VARCHAR NOT NULL, doc_limit INTEGER NOT NULL,"
-        " lm_eval_version VARCHAR NOT NULL, task_version VARCHAR NOT NULL, value DOUBLE NOT NULL, stderr DOUBLE,"
-        " samples INTEGER, avg_bits DOUBLE, seconds DOUBLE, version VARCHAR,"
-        " created_at TIMESTAMP DEFAULT current_timestamp,"
-        f" PRIMARY KEY ({', '.join(TASK_KEY)}))",
-    ],
-}
-_PRIMARY_KEYS = {"models": ("model",), "configs": ("config_hash",), "adapters": ("adapter_id",),
-                 "evaluations": EVAL_KEY, "search_rounds": ("run", "round"), "task_metrics": TASK_KEY}
 
 
 def default_path() -> Path:
@@ -240,7 +130,7 @@ class Store:
         except duckdb.Error as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CoaloraError(f"results store {self.path} is locked{holder} and its snapshot is unreadable "
-                               f"({_first_line(str(e))}); close the other process and retry") from None
+                               f"({first_line(str(e))}); close the other process and retry") from None
 
     def _migrate(self, seed_dir) -> None:
         version = self.schema_version()
@@ -255,19 +145,12 @@ class Store:
         with self._transaction() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for sql in _MIGRATIONS[v]:
+                for sql in MIGRATIONS[v]:
                     cur.execute(sql)
             cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         [str(SCHEMA_VERSION)])
             if version < SEED_SCHEMA and seed_dir is not None:
-                self._seed(cur, Path(seed_dir))
-
-    def _seed(self, cur, seed_dir: Path) -> None:
-        """Insert the shipped ``<table>.parquet`` files (inside the creating transaction)."""
-        for table in TABLES:
-            f = seed_dir / f"{table}.parquet"
-            if f.is_file():
-                self._insert_from_file(cur, table, f)
+                seed(cur, Path(seed_dir))
 
     def schema_version(self) -> int:
         cur = self._cursor()
@@ -334,7 +217,7 @@ class Store:
         """Record a :class:`~coalora.quant.config.ModelQuantConfig` (by hash); returns the hash."""
         self._check_writable()
         with self._transaction() as cur:
-            _insert_config(cur, config)
+            insert_config(cur, config)
         return config.hash
 
     def add_adapter(self, adapter_id: str, model: str, method: str, path: str = "", sha256: str = "",
@@ -353,11 +236,11 @@ class Store:
         self._check_writable()
         if config is not None and config.hash != ev.config_hash:
             raise CoaloraError(f"evaluation is of config {ev.config_hash} but config {config.hash} was given")
-        row = _eval_row(ev)
+        row = eval_row(ev)
         cols = list(row)
         with self._transaction() as cur:
             if config is not None:
-                _insert_config(cur, config)
+                insert_config(cur, config)
             added = cur.execute(f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                                 "ON CONFLICT DO NOTHING RETURNING 1", [row[c] for c in cols]).fetchall()
         return bool(added)
@@ -386,7 +269,7 @@ class Store:
         bits = config.avg_bits if config is not None else None
         with self._transaction() as cur:
             if config is not None:
-                _insert_config(cur, config)
+                insert_config(cur, config)
             for m in metrics:
                 if not math.isfinite(m.value):
                     raise CoaloraError(f"task {m.task} metric {m.metric} is not a finite number: {m.value!r}")
@@ -404,8 +287,8 @@ class Store:
                      doc_limit: int | None = None) -> list[dict[str, Any]]:
         """Stored lm-eval task metrics matching every given filter (one dict per row: the key
         columns, ``value``, ``stderr``, ``samples``, ``avg_bits``), oldest first."""
-        where, args = _where(model=model, config_hash=config_hash, method=method, adapter_id=adapter_id, task=task,
-                             metric=metric, doc_limit=doc_limit)
+        where, args = where_clause(model=model, config_hash=config_hash, method=method, adapter_id=adapter_id,
+                                   task=task, metric=metric, doc_limit=doc_limit)
         cur = self._cursor().execute(f"SELECT * FROM task_metrics{where} ORDER BY created_at, config_hash, task, metric",
                                      args)
         names = [d[0] for d in cur.description]
@@ -429,8 +312,8 @@ class Store:
         """Stored evaluations matching every given filter, oldest first (``eval_spec`` None: every spec;
         callers that compare or fit numbers pass one)."""
         cols = [f.name for f in fields(Evaluation)]
-        where, args = _where(model=model, method=method, eval_set=eval_set, seqlen=seqlen, windows=windows,
-                             adapter_id=adapter_id, eval_spec=eval_spec)
+        where, args = where_clause(model=model, method=method, eval_set=eval_set, seqlen=seqlen, windows=windows,
+                                   adapter_id=adapter_id, eval_spec=eval_spec)
         rows = self._cursor().execute(f"SELECT {', '.join(cols)} FROM evaluations{where} ORDER BY created_at, config_hash",
                                       args).fetchall()
         return [Evaluation(**dict(zip(cols, r))) for r in rows]
@@ -446,13 +329,13 @@ class Store:
         return {h: json.loads(ids) for h, ids in rows}
 
     def search_rounds(self, run: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
-        where, args = _where(run=run, model=model)
+        where, args = where_clause(run=run, model=model)
         cur = self._cursor().execute(f"SELECT * FROM search_rounds{where} ORDER BY run, round", args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def count(self, table: str) -> int:
-        _check_table(table)
+        check_table(table)
         return int(self._cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def models(self) -> list[str]:
@@ -464,102 +347,36 @@ class Store:
 
     def export_table(self, table: str, path: str | os.PathLike) -> Path:
         """Write ``table`` to ``path`` (``.parquet`` or ``.csv``, by extension), atomically."""
-        import duckdb
-
         from coalora.files import atomic_file
 
-        _check_table(table)
+        check_table(table)
         p = Path(path)
-        fmt = _file_format(p)
-        opts = "(FORMAT PARQUET)" if fmt == "parquet" else "(FORMAT CSV, HEADER TRUE)"
+        fmt = file_format(p)
         with atomic_file(p) as tmp:
-            try:
-                self._cursor().execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO '{_sql_path(tmp)}' {opts}")
-            except duckdb.Error as e:
-                raise CoaloraError(f"cannot write {p}: {_first_line(str(e))}") from None
+            write_table(self._cursor(), table, tmp, fmt)
         return p
 
     def import_table(self, table: str, path: str | os.PathLike) -> int:
         """Add the rows of a Parquet/CSV file to ``table`` (existing keys are kept). Returns rows added."""
         self._check_writable()
-        _check_table(table)
+        check_table(table)
         p = Path(path)
         if not p.is_file():
             raise CoaloraError(f"no file {p} to import")
-        _file_format(p)
+        file_format(p)
         with self._transaction() as cur:
             before = cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            self._insert_from_file(cur, table, p)
+            insert_from_file(cur, table, p)
             after = cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         return int(after - before)
-
-    def _insert_from_file(self, cur, table: str, p: Path) -> None:
-        import duckdb
-
-        # CSV: a quoted empty string ("" for "no adapter") must stay a string, not become NULL.
-        src = (f"read_parquet('{_sql_path(p)}')" if _file_format(p) == "parquet"
-               else f"read_csv('{_sql_path(p)}', header = true, allow_quoted_nulls = false)")
-        cols = [r[0] for r in cur.execute(f"DESCRIBE {table}").fetchall()]
-        try:
-            have = [r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
-            missing = [c for c in _PRIMARY_KEYS[table] if c not in have and c not in _IMPLIED.get(table, ())]
-            if missing:
-                raise CoaloraError(f"{p} cannot go into table {table}: it lacks column(s) {', '.join(missing)}")
-            use = [c for c in cols if c in have]
-            cur.execute(f"INSERT INTO {table} ({', '.join(use)}) SELECT {', '.join(use)} FROM {src} "
-                        "ON CONFLICT DO NOTHING")
-        except duckdb.Error as e:
-            raise CoaloraError(f"cannot import {p} into {table}: {_first_line(str(e))}") from None
-
-
-# ---- helpers
-
-def _eval_row(ev: Evaluation) -> dict[str, Any]:
-    """``ev`` as the table's column values (the per-window sums as JSON lists, None when empty)."""
-    row = asdict(ev)
-    for name in ("window_nll", "window_kld"):
-        row[name] = json.dumps(list(row[name])) if row[name] else None
-    return row
-
-
-def _insert_config(cur, config) -> None:
-    cur.execute("INSERT INTO configs (config_hash, model, avg_bits, ids) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [config.hash, config.model, config.avg_bits, json.dumps(list(config.ids))])
-
-
-def _where(**filters) -> tuple[str, list]:
-    used = {k: v for k, v in filters.items() if v is not None}
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
-
-
-def _check_table(table: str) -> None:
-    if table not in TABLES:
-        raise CoaloraError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
-
-
-def _file_format(p: Path) -> str:
-    ext = p.suffix.lower()
-    if ext not in (".parquet", ".csv"):
-        raise CoaloraError(f"{p}: use a .parquet or .csv file")
-    return ext[1:]
-
-
-def _sql_path(p: Path) -> str:
-    return str(p).replace("'", "''")
-
-
-def _first_line(msg: str) -> str:
-    return msg.strip().splitlines()[0] if msg.strip() else msg
 
 
 def _damaged(path: str, msg: str) -> str:
     if ".wal" in msg:  # the write-ahead log (the last writes) is damaged, not necessarily the file
         return (f"results store {path} cannot be opened: its write-ahead log {path}.wal is damaged "
-                f"({_first_line(msg)}). Move the log aside (mv {path}.wal {path}.wal.bad) to open the store "
+                f"({first_line(msg)}). Move the log aside (mv {path}.wal {path}.wal.bad) to open the store "
                 "without the writes it held")
-    return (f"results store {path} cannot be opened ({_first_line(msg)}): it is damaged or not a DuckDB file. "
+    return (f"results store {path} cannot be opened ({first_line(msg)}): it is damaged or not a DuckDB file. "
             f"Move it aside (mv {path} {path}.bad) and coalora starts a fresh store, seeded from data/seed/")
 
 

@@ -176,11 +176,11 @@ def _v1_store(path, rows):
     """A schema-1 store file (as coalora 0.x wrote it) holding ``rows`` evaluations."""
     import duckdb
 
-    from coalora.store import _MIGRATIONS
+    from coalora.store_schema import MIGRATIONS
 
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    for sql in _MIGRATIONS[1]:
+    for sql in MIGRATIONS[1]:
         con.execute(sql)
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     for ev in rows:
