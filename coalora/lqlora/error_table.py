@@ -60,16 +60,16 @@ from coalora.errors import CoaloraError
 from coalora.quant.codebook import lut_cells, stacked_code_tables
 from coalora.quant.config import (
     ALL_CONFIGS,
-    B0_VALUES,
-    B1_BITS_VALUES,
-    B2_VALUES,
-    BLOCK0_VALUES,
-    BLOCK1_VALUES,
+    BLOCK_SIZES,
+    CODE_BITS,
     FIELD_SIZES,
+    GROUP_SIZES,
+    SCALE2_FORMATS,
+    SCALE_BITS,
 )
 from coalora.quant.nf import block_absmax, check_weight, double_quantize, normalized_blocks
 
-SEGMENT = 64  # lcm of BLOCK0_VALUES: the sampling unit
+SEGMENT = 64  # lcm of BLOCK_SIZES: the sampling unit
 DEFAULT_SAMPLE_FRACTION = 0.25
 _CHUNK_SEGMENTS = 512  # 32 Ki weights: [4, 32 Ki] float32 temporaries fit a 1 MiB L2 (1024 ran 3x slower)
 MIN_SAMPLED_SEGMENTS = 256  # smaller samples (under 16 Ki weights) are computed exactly instead
@@ -111,7 +111,7 @@ def _importance_flat(imp: Tensor | None, w: Tensor, n_padded: int) -> Tensor | N
 
 def _block_errors(x: Tensor, scales: Tensor, imp: Tensor | None, block_w: Tensor) -> Tensor:
     """``sum_j block_w[j] * sum_i imp * (x - s^_j code)^2`` over blocks ``x [M, B0]``, per b0: float64 ``[4]``."""
-    thresholds, codes, offsets = stacked_code_tables(B0_VALUES)
+    thresholds, codes, offsets = stacked_code_tables(CODE_BITS)
     y = normalized_blocks(x, scales)
     cells = lut_cells(y.clamp(-1.0, 1.0))
     y = y.view(-1)
@@ -157,17 +157,17 @@ def matrix_errors(
     exact = len(picks) == n_segments
     n_certain = 0 if exact else math.ceil(CERTAIN_FRACTION * n_segments)
     out = torch.zeros(FIELD_SIZES, dtype=torch.float64)  # [b0, b1, b2, B0, B1]: flattens to config ids
-    for i_B0, B0 in enumerate(BLOCK0_VALUES):  # noqa: N806
+    for i_B0, B0 in enumerate(BLOCK_SIZES):  # noqa: N806
         per_segment = SEGMENT // B0
         # Exact dequantized scales for the 36 (b1, b2, B1) variants, and per variant the segments
         # that clip the most (scale rounded far below the absmax): evaluated exactly, since a few
         # of them can hold most of the error of coarse-scale configs.
         variants, sample_w = [], []
-        for i_B1, B1 in enumerate(BLOCK1_VALUES):  # noqa: N806
+        for i_B1, B1 in enumerate(GROUP_SIZES):  # noqa: N806
             a = absmax[B0]
             a = torch.cat([a, a.new_zeros(-a.numel() % B1)])
-            for i_b1, b1 in enumerate(B1_BITS_VALUES):
-                for i_b2, b2 in enumerate(B2_VALUES):
+            for i_b1, b1 in enumerate(SCALE_BITS):
+                for i_b2, b2 in enumerate(SCALE2_FORMATS):
                     scales = double_quantize(a, b1, b2, B1, n_real_blocks=-(-n // B0)).scales[: n_padded // B0]
                     certain = torch.zeros(0, dtype=torch.long)
                     keep = inv_prob
@@ -180,7 +180,7 @@ def matrix_errors(
                         keep = inv_prob * ~in_certain[picks]  # certain segments are counted exactly instead
                     variants.append(((slice(None), i_b1, i_b2, i_B0, i_B1), scales.view(-1, per_segment), certain))
                     sample_w.append(keep)
-        acc = torch.zeros(len(variants), len(B0_VALUES), dtype=torch.float64)
+        acc = torch.zeros(len(variants), len(CODE_BITS), dtype=torch.float64)
         for start in range(0, len(picks), _CHUNK_SEGMENTS):
             # Exact mode reads contiguous views; sampled mode gathers the picked segments once per chunk.
             idx = slice(start, start + _CHUNK_SEGMENTS) if exact else picks[start : start + _CHUNK_SEGMENTS]
@@ -206,7 +206,10 @@ def error_table(
     seed: int = 0,
     progress: bool = True,
 ) -> Tensor:
-    """Squared quantization error of every matrix under every config: float64 ``[N, 432]``.
+    """Squared quantization error of every given weight tensor under every config: float64 ``[N, 432]``.
+
+    This is the computation; a model's table under a weighting, cached on disk, is
+    :func:`coalora.lqlora.sensitivity.cached_error_table`.
 
     ``out[i, c.id] = sum(importance_i * (w_i - fake_quantize(w_i, c))**2)``, with importance 1 when
     ``importance`` is None. ``importance`` gives, per matrix, None or a tensor broadcastable to the

@@ -1,4 +1,4 @@
-"""A model's error table, computed once and cached, optionally weighted by activation statistics.
+"""A model's error table under a weighting, computed once and cached (:func:`cached_error_table`).
 
 LQ-LoRA's budget ILP (method.md section 2.3) needs, for every target matrix i and each of the 432
 configurations c, the cost e[i, c] of quantizing W_i with c. Two weightings:
@@ -107,7 +107,32 @@ def fisher_importance(model: nn.Module, targets: list[Target] | tuple[Target, ..
     return fisher
 
 
-def model_error_table(
+def weighting_importance(
+    model: nn.Module,
+    model_name: str,
+    targets: list[Target] | tuple[Target, ...],
+    weighting: str,
+    tokenizer=None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor] | None:
+    """Per-weight importance of every target under ``weighting`` (None for ``none``), from the
+    calibration windows of the training split: ``activation`` ``[1, d_in]``, ``fisher`` ``[d_out, d_in]``."""
+    if weighting not in WEIGHTINGS:
+        raise CoaloraError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+    if weighting == "none":
+        return None
+    if tokenizer is None:
+        raise CoaloraError(f"{weighting} weighting needs the model's tokenizer for calibration text")
+    from coalora import data
+
+    calib = data.load_corpus("shakespeare" if model_name != "tiny-llama" else _tiny_corpus(), "train")
+    ids = data.tokenize(tokenizer, calib)
+    if weighting == "activation":
+        return activation_importance(model, targets, data.windows(ids, CALIBRATION_SEQLEN, CALIBRATION_WINDOWS))
+    return fisher_importance(model, targets, data.windows(ids, CALIBRATION_SEQLEN, FISHER_WINDOWS), progress=progress)
+
+
+def cached_error_table(
     model: nn.Module,
     model_name: str,
     targets: list[Target] | tuple[Target, ...],
@@ -116,7 +141,10 @@ def model_error_table(
     progress: bool = True,
     cache: bool = True,
 ) -> torch.Tensor:
-    """The ``[N, 432]`` error table of a model (float64), from the cache when possible."""
+    """A model's ``[N, 432]`` error table (float64) under ``weighting``: read from the cache, or
+    computed (:func:`weighting_importance`, then :func:`coalora.lqlora.error_table.error_table` on
+    the target weights) and cached. :func:`~coalora.lqlora.error_table.error_table` is the
+    computation on given tensors; this is the model-level entry point."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -138,25 +166,16 @@ def model_error_table(
                 return table
         except (SafetensorError, OSError, KeyError):
             pass  # a corrupt cache entry is recomputed, not trusted
-
-    importance = None
-    if weighting != "none":
-        if tokenizer is None:
-            raise CoaloraError(f"{weighting} weighting needs the model's tokenizer for calibration text")
-        from coalora import data
-
-        calib = data.load_corpus("shakespeare" if model_name != "tiny-llama" else _tiny_corpus(), "train")
-        ids = data.tokenize(tokenizer, calib)
-        if weighting == "activation":
-            importance = activation_importance(model, targets, data.windows(ids, CALIBRATION_SEQLEN, CALIBRATION_WINDOWS))
-        else:
-            calib_windows = data.windows(ids, CALIBRATION_SEQLEN, FISHER_WINDOWS)
-            importance = fisher_importance(model, targets, calib_windows, progress=progress)
+    importance = weighting_importance(model, model_name, targets, weighting, tokenizer, progress)
     weights = {name: lin.weight.detach() for name, lin in target_modules_of(model, list(targets)).items()}
     table = error_table(weights, importance, progress=progress)
     if cache:
         save_safetensors_atomic({"errors": table}, path, metadata={"model": model_name, "weighting": weighting})
     return table
+
+
+model_error_table = cached_error_table
+"""Alias of :func:`cached_error_table` for the callers listed in issue 17 (train/, cli/, explorer, scripts/, bench/)."""
 
 
 def _tiny_corpus() -> str:

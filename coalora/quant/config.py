@@ -35,16 +35,22 @@ if TYPE_CHECKING:
 
     from coalora.models import Target
 
-B0_VALUES: tuple[int, ...] = (2, 3, 4, 8)
-B1_BITS_VALUES: tuple[int, ...] = (2, 3, 4, 8)
-B2_VALUES: tuple[str, ...] = ("bf16", "fp16", "fp32")
-BLOCK0_VALUES: tuple[int, ...] = (16, 32, 64)
-BLOCK1_VALUES: tuple[int, ...] = (16, 64, 256)
-B2_BITS: dict[str, int] = {"bf16": 16, "fp16": 16, "fp32": 32}
+CODE_BITS: tuple[int, ...] = (2, 3, 4, 8)
+"""Values of b0: bits per weight code (the NF-b0 codebook)."""
+SCALE_BITS: tuple[int, ...] = (2, 3, 4, 8)
+"""Values of b1: bits per first-level scale code."""
+SCALE2_FORMATS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+"""Values of b2: float format of the second-level scales."""
+BLOCK_SIZES: tuple[int, ...] = (16, 32, 64)
+"""Values of B0: weights per block (one first-level scale each)."""
+GROUP_SIZES: tuple[int, ...] = (16, 64, 256)
+"""Values of B1: blocks per group (one second-level scale each)."""
+SCALE2_FORMAT_BITS: dict[str, int] = {"bf16": 16, "fp16": 16, "fp32": 32}
+"""Storage bits of each b2 format."""
 
 #: Value lists in field order (b0, b1, b2, B0, B1); index vectors point into these.
 FIELD_NAMES: tuple[str, ...] = ("b0", "b1", "b2", "B0", "B1")
-FIELD_VALUES: tuple[tuple[Any, ...], ...] = (B0_VALUES, B1_BITS_VALUES, B2_VALUES, BLOCK0_VALUES, BLOCK1_VALUES)
+FIELD_VALUES: tuple[tuple[Any, ...], ...] = (CODE_BITS, SCALE_BITS, SCALE2_FORMATS, BLOCK_SIZES, GROUP_SIZES)
 FIELD_SIZES: tuple[int, ...] = tuple(len(v) for v in FIELD_VALUES)  # (4, 4, 3, 3, 3)
 
 
@@ -80,7 +86,7 @@ class QuantConfig:
     @property
     def bits(self) -> float:
         """Storage bits per parameter, ``b0 + b1/B0 + b2_bits/(B0*B1)``."""
-        return self.b0 + self.b1 / self.B0 + B2_BITS[self.b2] / (self.B0 * self.B1)
+        return self.b0 + self.b1 / self.B0 + SCALE2_FORMAT_BITS[self.b2] / (self.B0 * self.B1)
 
     @property
     def index(self) -> tuple[int, int, int, int, int]:

@@ -29,17 +29,17 @@ from torch import Tensor
 
 from coalora.errors import CoaloraError
 from coalora.quant.codebook import NF_DELTA, nearest_code_index, nearest_code_value, nf_codebook, zero_code
-from coalora.quant.config import B2_VALUES, QuantConfig
+from coalora.quant.config import SCALE2_FORMATS, QuantConfig
 
 __all__ = [
-    "B2_DTYPES", "NF_DELTA", "PACK_KEYS", "DoubleQuantizedScales", "QuantizedTensor", "block_absmax",
+    "SCALE2_DTYPES", "NF_DELTA", "PACK_KEYS", "DoubleQuantizedScales", "QuantizedTensor", "block_absmax",
     "check_weight", "dequantize_scales", "double_quantize", "fake_quantize", "nearest_code_index",
     "nearest_code_value", "nf_codebook", "normalized_blocks", "pack", "pack_bits", "packed_layout",
     "packed_lengths", "packed_nbytes", "quantize", "unpack", "unpack_bits", "zero_code",
 ]
 
 #: torch dtype of each b2 (second-level scale) format.
-B2_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SCALE2_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 _CHUNK = 1 << 18  # weights per fake_quantize pass; a multiple of every B0
 
@@ -106,7 +106,7 @@ def double_quantize(absmax: Tensor, b1: int, b2: str, B1: int, n_real_blocks: in
     levels = 2**b1 - 1
     offset = absmax[:n_real_blocks].min()
     shifted = (absmax - offset).clamp_(min=0.0).view(-1, B1)
-    scales2 = shifted.amax(dim=1).to(B2_DTYPES[b2])
+    scales2 = shifted.amax(dim=1).to(SCALE2_DTYPES[b2])
     t = scales2.float()  # the stored (rounded) value is the one the decoder will see
     if not bool(torch.isfinite(t).all()):
         raise CoaloraError(f"block scales up to {float(t.max())} overflow the {b2} second-level scale format")
@@ -244,7 +244,7 @@ def pack(qt: QuantizedTensor) -> dict[str, Tensor]:
 
     Keys: ``codes`` and ``scale_codes`` (uint8, densely bit-packed, padding dropped), ``scales2``
     (b2 dtype, groups holding real weights), ``offset`` (float32 ``[1]``), ``shape`` (int64) and
-    ``config`` (int64 ``[5]``: b0, b1, index of b2 in ``B2_VALUES``, B0, B1).
+    ``config`` (int64 ``[5]``: b0, b1, index of b2 in ``SCALE2_FORMATS``, B0, B1).
     """
     c = qt.config
     n, blocks, groups, _, _ = packed_lengths(qt.shape, c)
@@ -261,7 +261,7 @@ def pack(qt: QuantizedTensor) -> dict[str, Tensor]:
         "scales2": qt.scales2[:groups].contiguous().cpu(),
         "offset": qt.offset.reshape(1).float().cpu(),
         "shape": torch.tensor(qt.shape, dtype=torch.int64),
-        "config": torch.tensor([c.b0, c.b1, B2_VALUES.index(c.b2), c.B0, c.B1], dtype=torch.int64),
+        "config": torch.tensor([c.b0, c.b1, SCALE2_FORMATS.index(c.b2), c.B0, c.B1], dtype=torch.int64),
     }
 
 
@@ -269,7 +269,7 @@ def packed_nbytes(qt: QuantizedTensor) -> int:
     """Bytes of all tensors in ``pack(qt)`` (data and the small metadata), without packing."""
     _, _, groups, code_bytes, scale_bytes = packed_lengths(qt.shape, qt.config)
     metadata = 4 + 8 * len(qt.shape) + 8 * 5  # offset, shape, config
-    return code_bytes + scale_bytes + groups * B2_DTYPES[qt.config.b2].itemsize + metadata
+    return code_bytes + scale_bytes + groups * SCALE2_DTYPES[qt.config.b2].itemsize + metadata
 
 
 def packed_layout(d: dict[str, Tensor]) -> tuple[tuple[int, ...], QuantConfig]:
@@ -292,10 +292,10 @@ def packed_layout(d: dict[str, Tensor]) -> tuple[tuple[int, ...], QuantConfig]:
     if cfg.dtype != torch.int64 or cfg.shape != (5,):
         raise CoaloraError(f"packed quantized tensor: config must be int64 [5], got {cfg.dtype} {list(cfg.shape)}")
     b0, b1, i_b2, B0, B1 = (int(v) for v in cfg)  # noqa: N806
-    if not 0 <= i_b2 < len(B2_VALUES):
-        raise CoaloraError(f"packed quantized tensor: config b2 index {i_b2} is outside 0..{len(B2_VALUES) - 1}")
+    if not 0 <= i_b2 < len(SCALE2_FORMATS):
+        raise CoaloraError(f"packed quantized tensor: config b2 index {i_b2} is outside 0..{len(SCALE2_FORMATS) - 1}")
     try:
-        config = QuantConfig(b0, b1, B2_VALUES[i_b2], B0, B1)
+        config = QuantConfig(b0, b1, SCALE2_FORMATS[i_b2], B0, B1)
     except CoaloraError as e:
         raise CoaloraError(f"packed quantized tensor: {e}") from None
     if shape_t.dtype != torch.int64 or shape_t.dim() != 1 or bool((shape_t <= 0).any()):
@@ -305,7 +305,7 @@ def packed_layout(d: dict[str, Tensor]) -> tuple[tuple[int, ...], QuantConfig]:
     expected = {
         "codes": (torch.uint8, (code_bytes,)),
         "scale_codes": (torch.uint8, (scale_bytes,)),
-        "scales2": (B2_DTYPES[config.b2], (groups,)),
+        "scales2": (SCALE2_DTYPES[config.b2], (groups,)),
         "offset": (torch.float32, (1,)),
     }
     for key, (dtype, size) in expected.items():
@@ -327,6 +327,6 @@ def unpack(d: dict[str, Tensor]) -> QuantizedTensor:
     codes[:n] = unpack_bits(d["codes"], b0, n)
     scale_codes = torch.zeros(n_padded // B0, dtype=torch.uint8)
     scale_codes[:blocks] = unpack_bits(d["scale_codes"], b1, blocks)
-    scales2 = torch.zeros(n_padded // (B0 * B1), dtype=B2_DTYPES[config.b2])
+    scales2 = torch.zeros(n_padded // (B0 * B1), dtype=SCALE2_DTYPES[config.b2])
     scales2[:groups] = d["scales2"]
     return QuantizedTensor(codes, scale_codes, scales2, d["offset"].reshape(()).clone(), shape, config)

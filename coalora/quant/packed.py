@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from coalora.errors import CoaloraError
 from coalora.quant.config import ModelQuantConfig, QuantConfig
-from coalora.quant.nf import B2_DTYPES, dequantize_scales, nf_codebook, pack, packed_layout, quantize
+from coalora.quant.nf import SCALE2_DTYPES, dequantize_scales, nf_codebook, pack, packed_layout, quantize
 
 # Integer views of the float scale state, so that ``model.to(dtype)`` (which casts floating buffers)
 # cannot round the stored scales: the bits stay what pack() wrote.
@@ -139,7 +139,7 @@ class PackedLinear(nn.Linear):
         groups = self.scales2.numel()
         padded = torch.zeros(groups * c.B1, dtype=torch.int32, device=q.device)
         padded[:blocks] = q
-        s2 = self.scales2.view(B2_DTYPES[c.b2])
+        s2 = self.scales2.view(SCALE2_DTYPES[c.b2])
         return dequantize_scales(padded, s2, self.offset.view(torch.float32).reshape(()), c.b1)[:blocks]
 
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
@@ -304,7 +304,7 @@ def packed_target_bytes(config: ModelQuantConfig) -> int:
     total = 0
     for t, c in zip(config.targets, config.configs):
         _, _, groups, code_bytes, scale_bytes = packed_lengths(tuple(t.shape), c)
-        total += code_bytes + scale_bytes + groups * B2_DTYPES[c.b2].itemsize + 4
+        total += code_bytes + scale_bytes + groups * SCALE2_DTYPES[c.b2].itemsize + 4
     return total
 
 

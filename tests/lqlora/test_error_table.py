@@ -7,7 +7,7 @@ import torch
 
 from coalora.errors import CoaloraError
 from coalora.lqlora.error_table import config_bits, error_table, matrix_errors
-from coalora.quant.config import ALL_CONFIGS, B1_BITS_VALUES, B2_VALUES, BLOCK0_VALUES, BLOCK1_VALUES, QuantConfig
+from coalora.quant.config import ALL_CONFIGS, BLOCK_SIZES, GROUP_SIZES, SCALE2_FORMATS, SCALE_BITS, QuantConfig
 from coalora.quant.nf import fake_quantize
 
 
@@ -129,9 +129,9 @@ def test_non_finite_weight_rejected():
 def test_matrix_errors_matches_table_layout():
     w = randw(16, 64, seed=5, outliers=False)
     row = matrix_errors(w)
-    for b1 in B1_BITS_VALUES[::3]:
-        for b2 in B2_VALUES[::2]:
-            for B0 in BLOCK0_VALUES:  # noqa: N806
-                for B1 in BLOCK1_VALUES[::2]:  # noqa: N806
+    for b1 in SCALE_BITS[::3]:
+        for b2 in SCALE2_FORMATS[::2]:
+            for B0 in BLOCK_SIZES:  # noqa: N806
+                for B1 in GROUP_SIZES[::2]:  # noqa: N806
                     c = QuantConfig(4, b1, b2, B0, B1)
                     assert row[c.id].item() == pytest.approx(direct(w, c), rel=1e-5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coalora.errors import CoaloraError
-from coalora.lqlora.sensitivity import activation_importance, fisher_importance, model_error_table
+from coalora.lqlora.sensitivity import activation_importance, cached_error_table, fisher_importance
 from coalora.models import ByteTokenizer, find_targets
 
 
@@ -30,19 +30,19 @@ def test_activation_importance_is_mean_squared_input(tiny_model):
 @pytest.mark.parametrize("weighting", ["none", "activation", "fisher"])
 def test_error_table_is_cached(tiny_model, tmp_home, weighting):
     targets = find_targets(tiny_model)
-    table = model_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False)
+    table = cached_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False)
     assert table.shape == (14, 432) and table.dtype == torch.float64 and bool((table >= 0).all())
     files = list((tmp_home / "error_tables").glob(f"tiny-llama-{weighting}*-*.safetensors"))
     assert len(files) == 1
-    again = model_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False)
+    again = cached_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False)
     assert torch.equal(table, again)
     files[0].write_bytes(b"corrupt")  # recomputed, not trusted
-    assert torch.equal(model_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False), table)
+    assert torch.equal(cached_error_table(tiny_model, "tiny-llama", targets, weighting, tokenizer=ByteTokenizer(), progress=False), table)
 
 
 def test_unknown_weighting(tiny_model):
     with pytest.raises(CoaloraError, match="unknown weighting"):
-        model_error_table(tiny_model, "tiny-llama", find_targets(tiny_model), "hessian")
+        cached_error_table(tiny_model, "tiny-llama", find_targets(tiny_model), "hessian")
 
 
 def test_cli_allocate_writes_a_valid_config_within_budget(tmp_home, tmp_path, capsys):

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coalora.errors import CoaloraError
-from coalora.quant.config import ALL_CONFIGS, B2_BITS, PRESETS, QuantConfig
+from coalora.quant.config import ALL_CONFIGS, PRESETS, SCALE2_FORMAT_BITS, QuantConfig
 from coalora.quant.nf import (
-    B2_DTYPES,
     NF_DELTA,
+    SCALE2_DTYPES,
     QuantizedTensor,
     fake_quantize,
     nearest_code_index,
@@ -114,7 +114,7 @@ def reference_fake_quantize(w: torch.Tensor, c: QuantConfig) -> torch.Tensor:
     out = []
     for g0 in range(0, len(blocks), c.B1):
         sp = s[g0 : g0 + c.B1] - o
-        t = sp.max().to(B2_DTYPES[c.b2]).float()
+        t = sp.max().to(SCALE2_DTYPES[c.b2]).float()
         q = torch.zeros_like(sp) if t == 0 else (sp * (levels / t)).round().clamp(0, levels)
         s_hat = q * (t / levels) + o
         for b, sh in zip(blocks[g0 : g0 + c.B1], s_hat):
@@ -156,7 +156,7 @@ def test_fake_quantize_is_dequantize_of_quantize(config):
     w = randw(37, 29, seed=config.id)  # 1073 weights: padded under every config
     qt = quantize(w, config)
     assert qt.codes.dtype == torch.uint8 and qt.scale_codes.dtype == torch.uint8
-    assert qt.scales2.dtype == B2_DTYPES[config.b2] and qt.offset.dtype == torch.float32 and qt.offset.dim() == 0
+    assert qt.scales2.dtype == SCALE2_DTYPES[config.b2] and qt.offset.dtype == torch.float32 and qt.offset.dim() == 0
     n_padded = qt.codes.numel()
     assert n_padded % (config.B0 * config.B1) == 0
     assert qt.scale_codes.numel() == n_padded // config.B0 and qt.scales2.numel() == n_padded // (
@@ -379,6 +379,6 @@ def test_pack_rejects_non_canonical_padding():
 
 def test_b2_formats_store_second_level_scales():
     w = randw(64, 256)
-    for b2, dtype in B2_DTYPES.items():
+    for b2, dtype in SCALE2_DTYPES.items():
         qt = quantize(w, QuantConfig(4, 8, b2, 64, 16))
-        assert qt.scales2.dtype == dtype and qt.scales2.element_size() * 8 == B2_BITS[b2]
+        assert qt.scales2.dtype == dtype and qt.scales2.element_size() * 8 == SCALE2_FORMAT_BITS[b2]
