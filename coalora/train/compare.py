@@ -253,7 +253,7 @@ def _score_coalora_and_none(cfg: CompareConfig, coa, groups: list[tuple], score:
     if "none" in cfg.methods:
         with torch.no_grad(), coa.disabled():
             for kind, b, qc in groups:
-                coa.applier.apply(qc)
+                coa.set_config(qc, theta=False)
                 score("none", kind, b, qc, coa.model)
 
 
@@ -276,7 +276,7 @@ def _score_baselines(cfg: CompareConfig, out: Path, unseen: dict[float, ModelQua
             (own,) = tr.training_configs()
             tr.coa.eval()
             with torch.no_grad():
-                tr.coa.applier.apply(own)
+                tr.coa.set_config(own, theta=False)
             score(method, "own", b, own, tr.coa.model)
             del tr
         res.train_seconds[method] = total
@@ -286,7 +286,7 @@ def _score_baselines(cfg: CompareConfig, out: Path, unseen: dict[float, ModelQua
         tr.coa.eval()
         for kind, b, qc in groups:
             with torch.no_grad():
-                tr.coa.applier.apply(qc)
+                tr.coa.set_config(qc, theta=False)
             score("shared", kind, b, qc, tr.coa.model)
         del tr
 

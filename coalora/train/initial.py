@@ -55,13 +55,10 @@ def lq_start(coa: CoALoRAModel, targets: Sequence[Target], qc: ModelQuantConfig,
     """
     from coalora.lqlora.split import cached_split
 
-    s = coa.adapter_config.scaling
     splits, seconds = cached_split(coa.applier.originals, targets, qc, rank, progress=progress)
     for t in targets:
         w = coa.applier.originals[t.name]
         l1, l2 = splits[t.name]
         coa.applier.set_original(t.name, (w.float() - l1 @ l2).to(w.dtype))
-        layer = coa.layers[t.name]
-        layer.lora_A.copy_(l2 / s**0.5)
-        layer.lora_B.copy_(l1 / s**0.5)
+        coa.layers[t.name].load_split_(l1, l2)
     return seconds

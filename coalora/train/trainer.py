@@ -301,9 +301,7 @@ class Trainer:
         with self._autocast():
             if self.cfg.use_theta:
                 return self.model(input_ids=x, labels=x, config=qc).loss
-            self.coa.applier.apply(qc)
-            for layer in self.coa.layers.values():
-                layer.U = None
+            self.coa.set_config(qc, theta=False)
             return self.model(input_ids=x, labels=x).loss
 
     def _autocast(self):

@@ -28,6 +28,11 @@ training plays (``TrainConfig.validation_windows``), never on the held-out plays
 Work is split into **units** (one training run and its scoring, minutes each); a finished unit is a
 small JSON file under ``<out>/units/``, so the protocol resumes unit by unit across sessions, and
 an interrupted unit resumes from its checkpoint under ``$COALORA_HOME/protocol``.
+
+Modules: :mod:`.config` (``ProtocolConfig``), :mod:`.units` (``Unit`` and each unit's
+``TrainConfig``), :mod:`.grid` (the rate grids), :mod:`.arms` (ablation arms), :mod:`.schedule`
+(the order of units), :mod:`.prepare` (what units share), :mod:`.scoring`, :mod:`.run`. This
+package re-exports their public names, so ``from coalora.train import protocol`` reaches them all.
 """
 
 from coalora.train.protocol.arms import FIXED_BY_PROTOCOL, Arm, add_arm, check_arm, load_arms

@@ -33,12 +33,7 @@ def bind(coa: CoALoRAModel, qc: ModelQuantConfig, theta: bool) -> None:
     coa.eval()
     coa.set_merge(True)
     with torch.no_grad():
-        if theta:
-            coa.set_config(qc)
-        else:
-            coa.applier.apply(qc)
-            for layer in coa.layers.values():
-                layer.U = None
+        coa.set_config(qc, theta=theta)
 
 
 def kind_of(entry: dict[str, Any], trained: set[str], per_config: bool = False) -> str:
