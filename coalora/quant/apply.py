@@ -47,7 +47,7 @@ def auto_cache_bytes(device: torch.device | str = "cpu", fraction: float = CACHE
                      cap: int = DEFAULT_CACHE_BYTES) -> int:
     """A cache size of ``fraction`` of the free memory on ``device``, at most ``cap`` bytes.
 
-    The cap keeps a default cache where it always was (2 GiB); the fraction shrinks it when a large
+    The cap is the default cache size (2 GiB); the fraction shrinks it when a large
     model leaves little room, so the cache never pushes a run out of memory.
     """
     return max(0, min(cap, int(fraction * free_memory_bytes(device))))

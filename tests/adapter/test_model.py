@@ -195,7 +195,7 @@ def test_merged_inference_matches_the_lora_path_and_follows_changes():
 
 def test_one_default_per_concept():
     """The trainer's adapter fields take their defaults from AdapterConfig."""
-    from coalora.train.trainer import TrainConfig
+    from coalora.train.config import TrainConfig
 
     assert TrainConfig().adapter == AdapterConfig()
 
