@@ -15,7 +15,9 @@ A bundle directory holds
   shares one config per module type); ``torchao_config.json``: torchao's ``FqnToConfig``
   (:mod:`coalora.export.torchao`); ``llama_tensor_types.txt``: llama.cpp's per-tensor types
   (:mod:`coalora.export.gguf`). :func:`map_bits` gives each map's stored bits per weight;
-* ``README.md``: how to load it.
+* ``model.gguf`` (with ``gguf=``): the model for llama.cpp, adapter merged, and its llama.cpp
+  perplexity on the bundle's windows (:mod:`coalora.export.bundle_gguf`);
+* ``README.md``: how to load it (:mod:`coalora.export.bundle_readme`).
 
 :func:`load_bundle` rebuilds the quantized model with its adapter from the bundle alone (plus the
 registry's base model), after checking every file against its recorded hash.
@@ -33,20 +35,24 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from coalora import __version__
 from coalora.errors import CoaloraError
+from coalora.export.bundle_readme import PPL_CONVENTION
+from coalora.export.bundle_readme import readme as _readme
 from coalora.files import atomic_dir, atomic_file, sha256_file
 from coalora.quant.config import ModelQuantConfig
+
+if TYPE_CHECKING:
+    from coalora.export.bundle_gguf import GgufSource
 
 FORMAT = "coalora.bundle/1"
 CONFIG_FILE = "coalora_config.json"
 WEIGHTS_FILE = "quantized_weights.safetensors"
 ADAPTER_DIR = "adapter"
-PPL_CONVENTION = "token-level perplexity exp(mean NLL) over non-overlapping windows of seqlen tokens"
 _BLOCK_PREFIX = re.compile(r"^.*?\blayers\.\d+\.")
 
 
@@ -102,61 +108,34 @@ def map_bits(config: ModelQuantConfig) -> dict[str, float]:
             "llama.cpp": gguf_bits(config)}
 
 
-def _readme(meta: dict[str, Any]) -> str:
-    m = meta["measured"]
-    ppl = "not measured"
-    if m:
-        spec = f", eval spec {m['eval_spec']}" if m.get("eval_spec") else ""
-        kl = f"; KL to the unquantized model {m['kld']:.4f} nats/token" if m.get("kld") is not None else ""
-        ppl = f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens{spec}){kl}"
-    return f"""# coalora bundle: {meta['model']} at {meta['avg_bits']:.3f} average bits
-
-Configuration `{meta['config_hash']}` ({meta['config']['format']}), adapter: {meta['adapter']['method'] if meta['adapter'] else 'none'}.
-Measured perplexity: {ppl}. Convention: {PPL_CONVENTION}.
-
-## Load it
-
-```python
-from coalora.export.bundle import load_bundle
-
-b = load_bundle("{'.'}")          # checks every file's sha256, rebuilds weights + adapter
-b.model                         # a PeftModel over the quantized {meta['model']}
-```
-
-or from the command line: `coalora load .` (add `--eval` to re-measure the perplexity).
-
-With plain `peft`: load the base model, replace each target weight by the dequantized
-`quantized_weights.safetensors` entry (`coalora.quant.nf.unpack(...).dequantize()`), then
-`PeftModel.from_pretrained(model, "adapter")`.
-
-`gptq_dynamic.json` is the per-module (bits, group size) map in GPTQModel's `dynamic` form
-(GPTQ re-quantizes with its own integer grid; NF-k codes and double-quantized scales do not carry
-over). See `coalora_config.json` for notes on each conversion.
-
-`torchao_config.json` is torchao's `FqnToConfig` (`torchao.core.config.config_from_dict`, then
-`torchao.quantization.quantize_(model, cfg, filter_fn=None)`): per module int-b0 weight-only, group B0.
-
-## Maps and what they keep
-
-Every map keeps each matrix's bits b0 and group size B0 exactly; none keeps the NF-b0 codebook (they
-use a uniform integer grid) or the double-quantized scales, so each stores more bits per weight:
-
-| runtime | file | exact | avg bits per target weight |
-|---|---|---|---|
-{_map_rows(meta)}
-"""
+def _check_inputs(model_name: str, config: ModelQuantConfig, originals: dict[str, torch.Tensor],
+                  lora: dict[str, Any] | None, adapter: dict[str, Any] | None) -> None:
+    if config.model != model_name:
+        raise CoaloraError(f"configuration is for model {config.model!r}, not {model_name!r}")
+    missing = [t.name for t in config.targets if t.name not in originals]
+    if missing:
+        raise CoaloraError(f"no weight for module {missing[0]!r} of {model_name}")
+    if lora is not None and (adapter is None or "rank" not in adapter or "alpha" not in adapter):
+        raise CoaloraError("an adapter needs its description: {'id', 'method', 'rank', 'alpha'}")
 
 
-def _map_rows(meta: dict[str, Any]) -> str:
-    b = meta["map_bits"]
-    rows = [("coalora (this bundle)", "quantized_weights.safetensors", "yes (what was measured)", b["coalora"]),
-            ("GPTQModel `dynamic`", "gptq_dynamic.json", "b0, B0; integer grid, fp16 scales", b["gptqmodel"]),
-            ("torchao", "torchao_config.json", "b0, B0; integer grid, fp32 scales", b["torchao"]),
-            ("llama.cpp (`llama-quantize --tensor-type`)", "llama_tensor_types.txt",
-             "nearest ggml type per matrix (coalora/export/gguf.py's table)", b["llama.cpp"])]
-    if "hqq_quant_config.json" in meta.get("written", ()):
-        rows.insert(2, ("HQQ", "hqq_quant_config.json", "b0, B0 per module type; fp16 scales", b["hqq"]))
-    return "\n".join(f"| {r} | `{f}` | {e} | {v:.3f} |" for r, f, e, v in rows)
+def _write_maps(tmp: Path, config: ModelQuantConfig) -> list[str]:
+    """The runtimes' map files (GPTQModel, torchao, llama.cpp types, HQQ when lossless); their notes."""
+    from coalora.export.gguf import TENSOR_TYPES_FILE, tensor_type_lines
+    from coalora.export.torchao import TORCHAO_FILE, torchao_json
+
+    (tmp / "gptq_dynamic.json").write_text(json.dumps(gptq_dynamic(config), indent=2) + "\n")
+    (tmp / TORCHAO_FILE).write_text(json.dumps(torchao_json(config), indent=2) + "\n")
+    (tmp / TENSOR_TYPES_FILE).write_text(tensor_type_lines(config))
+    notes = ["GPTQModel dynamic: bits and group_size per module carry over exactly; GPTQ's integer grid "
+             "replaces the NF-k codebook and its scales are not double-quantized (b1, b2, B1 are dropped)"]
+    hqq, why = hqq_tag_map(config)
+    if hqq is not None:
+        (tmp / "hqq_quant_config.json").write_text(json.dumps(hqq, indent=2) + "\n")
+        notes.append("HQQ per-tag map: lossless for (nbits, group_size); HQQ's own zero/scale quantization differs")
+    else:
+        notes.append(why)
+    return notes
 
 
 def export_bundle(
@@ -172,13 +151,16 @@ def export_bundle(
     measured: dict[str, Any] | None = None,
     make_zip: bool = False,
     force: bool = False,
+    gguf: GgufSource | None = None,
 ) -> Path:
     """Write a bundle directory (atomically: built in a temp dir, then renamed) and optionally a zip.
 
     ``originals``: the unquantized target weights ``{module: [d_out, d_in]}``; ``lora``: the
     generated adapter ``{module: (A [r, d_in], B [d_out, r])}`` with ``adapter`` = ``{"id", "method",
     "rank", "alpha"}``; ``measured``: ``{"ppl", "nll", "eval_set", "seqlen", "windows", "tokens"}`` and,
-    since eval specs, ``"eval_spec"`` and ``"kld"`` (None when not measured).
+    since eval specs, ``"eval_spec"`` and ``"kld"`` (None when not measured). ``gguf``: also write
+    ``model.gguf`` for llama.cpp (adapter merged, ggml-quantized) and, with its windows, record and
+    report llama.cpp's perplexity on them (:mod:`coalora.export.bundle_gguf`).
     Returns the directory (or the zip file with ``make_zip``).
     """
     from coalora.export.peft import save_peft_adapter
@@ -189,13 +171,7 @@ def export_bundle(
     final = out.with_name(out.name + ".zip") if make_zip else out
     if final.exists() and not force:
         raise CoaloraError(f"{final} already exists; choose another --out or pass --force to replace it")
-    if config.model != model_name:
-        raise CoaloraError(f"configuration is for model {config.model!r}, not {model_name!r}")
-    missing = [t.name for t in config.targets if t.name not in originals]
-    if missing:
-        raise CoaloraError(f"no weight for module {missing[0]!r} of {model_name}")
-    if lora is not None and (adapter is None or "rank" not in adapter or "alpha" not in adapter):
-        raise CoaloraError("an adapter needs its description: {'id', 'method', 'rank', 'alpha'}")
+    _check_inputs(model_name, config, originals, lora, adapter)
 
     def build(tmp: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
@@ -206,40 +182,25 @@ def export_bundle(
         if lora is not None:
             save_peft_adapter(lora, tmp / ADAPTER_DIR, rank=int(adapter["rank"]), alpha=float(adapter["alpha"]),
                               base_model=model_name)
-        (tmp / "gptq_dynamic.json").write_text(json.dumps(gptq_dynamic(config), indent=2) + "\n")
-        from coalora.export.torchao import TORCHAO_FILE, torchao_json
+        notes = _write_maps(tmp, config)
+        gguf_record = None
+        if gguf is not None:
+            from coalora.export.bundle_gguf import write_bundle_gguf
+            from coalora.export.gguf_file import GGUF_FILE
 
-        (tmp / TORCHAO_FILE).write_text(json.dumps(torchao_json(config), indent=2) + "\n")
-        from coalora.export.gguf import TENSOR_TYPES_FILE, tensor_type_lines
-
-        (tmp / TENSOR_TYPES_FILE).write_text(tensor_type_lines(config))
-        notes = ["GPTQModel dynamic: bits and group_size per module carry over exactly; GPTQ's integer grid "
-                 "replaces the NF-k codebook and its scales are not double-quantized (b1, b2, B1 are dropped)"]
-        hqq, why = hqq_tag_map(config)
-        if hqq is not None:
-            (tmp / "hqq_quant_config.json").write_text(json.dumps(hqq, indent=2) + "\n")
-            notes.append("HQQ per-tag map: lossless for (nbits, group_size); HQQ's own zero/scale quantization differs")
-        else:
-            notes.append(why)
+            gguf_record = write_bundle_gguf(tmp / GGUF_FILE, gguf, config, originals, lora, adapter, measured)
         params = sum(t.numel for t in config.targets)
-        packed = (tmp / WEIGHTS_FILE).stat().st_size
         meta = {
-            "format": FORMAT,
-            "model": model_name,
-            "weights_hash": weights_hash,
-            "coalora_version": __version__,
-            "config": config.to_json(),
-            "config_hash": config.hash,
-            "avg_bits": config.avg_bits,
-            "packed_bytes": packed,
-            "bits_bytes": params * config.avg_bits / 8,
-            "adapter": adapter if lora is not None else None,
-            "predicted": predicted,
+            "format": FORMAT, "model": model_name, "weights_hash": weights_hash, "coalora_version": __version__,
+            "config": config.to_json(), "config_hash": config.hash, "avg_bits": config.avg_bits,
+            "packed_bytes": (tmp / WEIGHTS_FILE).stat().st_size, "bits_bytes": params * config.avg_bits / 8,
+            "adapter": adapter if lora is not None else None, "predicted": predicted,
             "measured": ({**measured, "convention": PPL_CONVENTION} if measured else None),
-            "conversion_notes": notes,
-            "map_bits": map_bits(config),
+            "conversion_notes": notes, "map_bits": map_bits(config),
             "written": sorted(p.name for p in tmp.iterdir()),
         }
+        if gguf_record is not None:
+            meta["gguf"] = gguf_record
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -248,6 +209,11 @@ def export_bundle(
         with atomic_dir(out) as tmp:
             build(tmp)
         return out
+    return _zip_bundle(final, build)
+
+
+def _zip_bundle(final: Path, build) -> Path:
+    """Build the bundle in a temporary directory and zip it (one top-level folder) into ``final``."""
     # the zip and the directory it is made from are temporaries of the final name (pid-tagged), so
     # what a killed export leaves is removed by the next export to the same path
     with atomic_file(final) as ztmp, \
