@@ -79,7 +79,7 @@ def _entry(ex: Any, cfg: Any, stem: str, cv: Convention, inputs: dict) -> tuple[
 
 
 @user_errors
-def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: int):
+def export(config_hash: str, model: str, eval_set: str, seqlen: int, windows: int) -> tuple[list[str], str]:
     """Outputs: ([bundle zip, config JSON] for download, note md)."""
     cv = check_eval(eval_set, seqlen, windows)
     h = check_hash(config_hash)

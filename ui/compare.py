@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -38,7 +39,7 @@ class Pins:
 PINS = Pins()
 
 
-def session_of(request) -> str:
+def session_of(request: Any) -> str:
     """The browser session's id (``"api"`` for calls without one)."""
     return getattr(request, "session_hash", None) or "api"
 
@@ -52,7 +53,7 @@ def _grid(cfg) -> tuple[list[str], int, dict[tuple[int, int], float]]:
     return types, max(t.block for t in cfg.targets) + 1, cells
 
 
-def diff_figure(a, b) -> go.Figure:
+def diff_figure(a: Any, b: Any) -> go.Figure:
     """Bits per layer of ``a`` and ``b`` and their difference ``b - a`` (blocks x module types),
     three heatmaps side by side; the difference on a diverging scale centred on 0."""
     from plotly.subplots import make_subplots

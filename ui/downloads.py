@@ -28,7 +28,7 @@ LAYER_COLUMNS = ["module", "block", "type", "shape", "b0", "b1", "b2", "B0", "B1
 """The per-layer table's columns (the page's sortable table and the downloads)."""
 
 
-def layer_table(ex, cfg) -> pd.DataFrame:
+def layer_table(ex: Any, cfg: Any) -> pd.DataFrame:
     """One row per target matrix of ``cfg`` (:data:`LAYER_COLUMNS`); ``error`` is the error table's
     entry ``table[i, c_i]`` (:mod:`coalora.lqlora.sensitivity`, the allocator's objective term)."""
     table = ex.front_service().table
@@ -40,7 +40,7 @@ def layer_table(ex, cfg) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
-def evaluations_table(ex) -> pd.DataFrame:
+def evaluations_table(ex: Any) -> pd.DataFrame:
     """The model's stored evaluations, one row each (window lists dropped)."""
     from dataclasses import asdict
 
@@ -49,7 +49,7 @@ def evaluations_table(ex) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def front_table(ex, methods: list[str], cv, sizes, fronts: dict) -> pd.DataFrame:
+def front_table(ex: Any, methods: list[str], cv: Any, sizes: Any, fronts: dict) -> pd.DataFrame:
     """Every scored candidate per method (module docstring); ``fronts``: method -> the shown
     :class:`coalora.search.front.FrontResult` (which candidates are on the predicted front)."""
     import numpy as np

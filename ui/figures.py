@@ -11,7 +11,7 @@ front over a measured marker) and hands its hash to the ``select`` event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ Prior = tuple[float, float, float, str]
 """A prediction kept next to a measurement: (mean, -2 sigma, +2 sigma, how it was made)."""
 
 
-def tooltip(p, kind: str, method: str, metric: str, sizes: Sizes, prior: Prior | None = None) -> str:
+def tooltip(p: Any, kind: str, method: str, metric: str, sizes: Sizes, prior: Prior | None = None) -> str:
     """The hover text of one marker: hash, what it is, bits and MB, predicted and measured values.
 
     For a measured point ``prior`` is the prediction made without its measurement (before it, or
@@ -187,7 +187,7 @@ def front_figure(fronts: dict[str, Any], budget: float | None = None, best: Any 
     return fig
 
 
-def heatmap_figure(config) -> go.Figure:
+def heatmap_figure(config: Any) -> go.Figure:
     """Bits per weight of every target matrix, blocks (rows) x module types (columns)."""
     types: list[str] = []
     for t in config.targets:
@@ -209,7 +209,8 @@ def heatmap_figure(config) -> go.Figure:
     return fig
 
 
-def hv_history_figure(rounds: Iterable[dict], definition: str = "", normalise=None) -> go.Figure:
+def hv_history_figure(rounds: Iterable[dict], definition: str = "",
+                      normalise: Callable[[float], float] | None = None) -> go.Figure:
     """Hypervolume of the front after each search round, one line per run; ``normalise`` maps a
     stored area to the app's one definition (:func:`coalora.search.pareto.normalised_hv`), stated in
     ``definition``."""

@@ -149,7 +149,7 @@ def figure(model: str, fr: dict, budget: float, methods: list[str], cv: Conventi
 
 @user_errors
 def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                  metric: str = "ppl", selected: str = "", request: gr.Request = None):
+                  metric: str = "ppl", selected: str = "", request: gr.Request = None) -> tuple[Any, list, str]:
     """Outputs: (front figure, table rows, front summary markdown); the selection and the
     session's pinned configuration ringed."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
@@ -164,7 +164,7 @@ def refresh_front(model: str, eval_set: str, budget: float, methods: list[str], 
 
 @user_errors
 def refresh_budget(model: str, eval_set: str, budget: Any, methods: list[str], seqlen: int, windows: int,
-                   metric: str = "ppl", selected: str = "", request: gr.Request = None):
+                   metric: str = "ppl", selected: str = "", request: gr.Request = None) -> tuple[Any, ...]:
     """The budget box's event: outputs (budget, front figure, table rows, front summary). ``budget``
     None is a keystroke superseded by a later one (the page's debounce, :func:`ui.bridge.debounce_js`):
     nothing changes. A budget outside the feasible range is clamped with a warning and the box is set

@@ -35,7 +35,7 @@ def _reply(status: int, message: str):
 class RequestGuard:
     """ASGI middleware: refuses uploads and over-large or unsized request bodies (module docstring)."""
 
-    def __init__(self, app, max_body: int = limits.MAX_REQUEST_BYTES) -> None:
+    def __init__(self, app: Any, max_body: int = limits.MAX_REQUEST_BYTES) -> None:
         self.app = app
         self.max_body = max_body
 

@@ -26,7 +26,8 @@ METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items() if
 METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld")]
 """The front's y axis: (label, :data:`coalora.search.front.METRICS` key)."""
 BUDGET_RANGE = (2.0, MAX_BITS)
-"""The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it (:func:`ui.inputs.check_budget`)."""
+"""The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it
+(:func:`ui.inputs.check_budget`)."""
 HEADER = ("Pick a model and a bit budget, click a configuration on the predicted Pareto front to generate its "
           "adapter on the fly, evaluate it, export it. ([CoA-LoRA, arXiv 2509.25214]"
           "(https://arxiv.org/abs/2509.25214); conventions in the *About* tab.)")

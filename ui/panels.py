@@ -6,6 +6,8 @@ errors are one escaped toast (:func:`ui.messages.user_errors`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from coalora.errors import CoaloraError
@@ -19,7 +21,7 @@ from ui.selection import NO_PIN, SELECT_OUTPUTS, select
 
 @user_errors
 def pin(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-        metric: str = "ppl", request: gr.Request = None):
+        metric: str = "ppl", request: gr.Request = None) -> tuple[Any, ...]:
     """Pin the selection as comparison A; outputs those of :func:`ui.selection.select` (the pinned
     configuration stays selected until another is picked)."""
     ch = check_hash(config_hash)
@@ -31,7 +33,7 @@ def pin(config_hash: str, model: str, eval_set: str, budget: float, methods: lis
 
 @user_errors
 def unpin(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-          metric: str = "ppl", request: gr.Request = None):
+          metric: str = "ppl", request: gr.Request = None) -> tuple[Any, ...]:
     """Drop the pinned configuration; outputs those of :func:`ui.selection.select` (or unchanged
     when nothing is selected)."""
     compare.PINS.set(compare.session_of(request), "")

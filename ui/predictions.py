@@ -51,12 +51,12 @@ class _Store:
 STORE = _Store()
 
 
-def predict(ex, cfg, method: str, cv, metric: str) -> Any:
+def predict(ex: Any, cfg: Any, method: str, cv: Any, metric: str) -> Any:
     """The GP's :class:`~coalora.search.front.FrontPoint` for ``cfg`` (its measured value when stored), or None."""
     return ex.front_service().predict(ex.query(method, cv.seqlen, cv.windows, cv.corpus, metric), cfg)
 
 
-def record(ex, cfg, method: str, cv, metrics: tuple[str, ...] = ("ppl", "kld")) -> dict[str, Prior]:
+def record(ex: Any, cfg: Any, method: str, cv: Any, metrics: tuple[str, ...] = ("ppl", "kld")) -> dict[str, Prior]:
     """Record the GP's predictions of ``cfg`` on each of ``metrics`` before it is measured (an
     already measured ``cfg`` records nothing); returns metric -> the prediction kept."""
     out: dict[str, Prior] = {}
@@ -78,7 +78,7 @@ def record(ex, cfg, method: str, cv, metrics: tuple[str, ...] = ("ppl", "kld")) 
     return out
 
 
-def heldout(ex, method: str, cv, metric: str) -> dict[str, Prior]:
+def heldout(ex: Any, method: str, cv: Any, metric: str) -> dict[str, Prior]:
     """hash -> the held-out prediction of every measured configuration of the query (module
     docstring); empty without a GP (fewer than 4 evaluations: 3 left to condition on)."""
     import torch
@@ -110,7 +110,7 @@ def heldout(ex, method: str, cv, metric: str) -> dict[str, Prior]:
     return out
 
 
-def priors(ex, method: str, cv, metric: str) -> dict[str, Prior]:
+def priors(ex: Any, method: str, cv: Any, metric: str) -> dict[str, Prior]:
     """hash -> the prediction kept for each measured configuration: the one recorded before
     measuring where there is one, else the held-out one."""
     out = dict(heldout(ex, method, cv, metric))
@@ -122,7 +122,7 @@ def priors(ex, method: str, cv, metric: str) -> dict[str, Prior]:
     return out
 
 
-def prior_of(ex, cfg, method: str, cv, metric: str) -> Prior | None:
+def prior_of(ex: Any, cfg: Any, method: str, cv: Any, metric: str) -> Prior | None:
     """The prediction kept for a measured ``cfg`` (:func:`priors`), or None."""
     key = (*_qkey(ex, method, cv, metric), cfg.hash)
     with STORE.lock:

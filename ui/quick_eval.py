@@ -46,7 +46,8 @@ def _residuals(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, kept
 @user_errors
 def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
                windows: int, metric: str = "ppl", request: gr.Request = None,
-               progress=gr.Progress()):  # noqa: B008 (Gradio injects it by this default)
+               progress: gr.Progress = gr.Progress()  # noqa: B008 (Gradio injects it by this default)
+               ) -> tuple[Any, ...]:
     """Outputs: (result md, front figure, table, front md, summary md, details JSON, residual figure)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)

@@ -15,7 +15,7 @@ from ui.messages import user_errors
 
 
 @user_errors
-def sample(config_hash: str, model: str, methods: list[str], prompt: str, max_new_tokens: int):
+def sample(config_hash: str, model: str, methods: list[str], prompt: str, max_new_tokens: int) -> tuple[str, str, str]:
     """Outputs: (continuation under the configuration, continuation of the unquantized model, timing md)."""
     h, ms = check_hash(config_hash), check_methods(methods)
     text = check_prompt(prompt)

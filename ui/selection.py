@@ -112,7 +112,7 @@ def comparison_of(model: str, pin: str, cfg: Any, methods: list[str], cv: Conven
 
 @user_errors
 def select(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-           metric: str = "ppl", request: gr.Request = None):
+           metric: str = "ppl", request: gr.Request = None) -> tuple[Any, ...]:
     """Outputs: (selected hash, summary md, adapter-time md, heatmap, details JSON, front figure, share
     link, per-layer table rows, comparison md, comparison figure). The comparison is against the
     session's pinned configuration (:mod:`ui.compare`), when there is one."""
@@ -135,7 +135,7 @@ def select(config_hash: str, model: str, eval_set: str, budget: float, methods: 
 
 @user_errors
 def select_best(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-                metric: str = "ppl", request: gr.Request = None):
+                metric: str = "ppl", request: gr.Request = None) -> tuple[Any, ...]:
     """Select the best predicted configuration within the budget on the shown metric (same outputs
     as :func:`select`); without a GP yet, the allocator's configuration for the budget."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
@@ -151,7 +151,7 @@ def select_best(model: str, eval_set: str, budget: float, methods: list[str], se
 
 @user_errors
 def select_row(model: str, eval_set: str, budget: float, methods: list[str], seqlen: int, windows: int,
-               metric: str = "ppl", evt: gr.SelectData = None, request: gr.Request = None):
+               metric: str = "ppl", evt: gr.SelectData = None, request: gr.Request = None) -> tuple[Any, ...]:
     """A click on a table row selects its configuration (the path without JavaScript)."""
     row = evt.row_value if evt is not None else None
     if not isinstance(row, (list, tuple)) or not row:
@@ -161,7 +161,7 @@ def select_row(model: str, eval_set: str, budget: float, methods: list[str], seq
 
 @user_errors
 def restore_selection(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-                      windows: int, metric: str = "ppl", request: gr.Request = None):
+                      windows: int, metric: str = "ppl", request: gr.Request = None) -> tuple[Any, ...]:
     """After a shared link's front is drawn: select its configuration (nothing when there is none)."""
     if not config_hash:
         return tuple(gr.skip() for _ in range(SELECT_OUTPUTS))

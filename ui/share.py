@@ -107,7 +107,7 @@ def link_view(qp: dict) -> tuple[list[str], int, int]:
 
 
 @user_errors
-def on_load(default_model: str, request: gr.Request = None):
+def on_load(default_model: str, request: gr.Request = None) -> tuple[str, str, float, str, list[str], int, int]:
     """Restore a shared link's state: outputs (model, eval set, budget, selected hash, methods, window
     length, windows); the link's pin becomes the session's pinned comparison."""
     qp = dict(request.query_params) if request is not None else {}

@@ -8,6 +8,8 @@ any handler runs (the handlers then check each argument's value, :mod:`ui.inputs
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 
@@ -16,7 +18,7 @@ class StrictBlocks(gr.Blocks):
     sentence (Gradio drops extra arguments silently and answers too few with no message), so a
     malformed API call is an error, not a guess."""
 
-    def validate_inputs(self, block_fn, inputs: list) -> None:
+    def validate_inputs(self, block_fn: Any, inputs: list) -> None:
         want, got = len(block_fn.inputs), len(inputs)
         name = f"/{block_fn.api_name}" if isinstance(block_fn.api_name, str) else "this event"
         if got != want:
