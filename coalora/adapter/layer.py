@@ -94,10 +94,17 @@ class CoALoRALinear(nn.Module):
         """Use ``W_C + s B (U A)`` for forwards without autograd (peft's ``merge``; A, B stay trainable)."""
         self._merge_on = True
 
-    def unmerge(self) -> None:
-        """Back to the LoRA path for every forward; drops the merged copy (peft's ``unmerge``)."""
+    def unmerge(self, *, keep_weight: bool = False) -> None:
+        """Back to the LoRA path for every forward (peft's ``unmerge``). The merged copy is dropped
+        unless ``keep_weight`` (then a later :meth:`merge` reuses it while U, W_C, A and B are unchanged)."""
         self._merge_on = False
-        self._merged, self._merged_key = None, None
+        if not keep_weight:
+            self._merged, self._merged_key = None, None
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "merge":  # an assignment would hide the method and change nothing
+            raise CoaloraError("CoALoRALinear.merge is a method: call layer.merge() or layer.unmerge()")
+        super().__setattr__(name, value)
 
     def merged_weight(self) -> torch.Tensor:
         """``W_C + s B (U A)`` ``[d_out, d_in]``, cached until U, W_C, A or B change."""

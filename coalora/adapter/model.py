@@ -142,10 +142,11 @@ class CoALoRAModel(nn.Module):
         for layer in self.layers.values():
             layer.merge()
 
-    def unmerge(self) -> None:
-        """Take the LoRA path for every forward again and drop the merged copies (one weight per layer)."""
+    def unmerge(self, *, keep_weights: bool = False) -> None:
+        """Take the LoRA path for every forward again and drop the merged copies (one weight per layer);
+        ``keep_weights`` keeps them for a later :meth:`merge` (benchmarks that switch back and forth)."""
         for layer in self.layers.values():
-            layer.unmerge()
+            layer.unmerge(keep_weight=keep_weights)
 
     def set_merge(self, on: bool = True) -> None:
         """:meth:`merge` (``on``) or :meth:`unmerge`."""

@@ -228,3 +228,19 @@ def test_load_lora_and_load_split():
     assert torch.equal(layer.lora_A, l2) and torch.equal(layer.lora_B, l1)
     with pytest.raises(CoaloraError, match="LoRA A must have shape"):
         layer.load_lora_(l1, l1)
+
+
+def test_unmerge_keeps_or_drops_the_merged_weight():
+    coa, targets = _coa(init="lq", rank=4)
+    layer = coa.layers[targets[0].name]
+    coa.set_config(_random_config(targets, 8))
+    coa.merge()
+    built = layer.merged_weight()
+    coa.unmerge(keep_weights=True)
+    assert not layer.merged
+    coa.merge()
+    assert layer.merged_weight() is built  # nothing changed: the kept copy is reused
+    coa.unmerge()
+    assert layer._merged is None
+    with pytest.raises(CoaloraError, match="merge is a method"):
+        layer.merge = True
