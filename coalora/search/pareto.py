@@ -4,7 +4,8 @@
 * :func:`segment_pareto_filter`: CoA-LoRA's segment-wise filter (U equal segments of the bit range,
   the non-dominated set of each), which keeps good training configurations across the whole range
   instead of only the global front;
-* :func:`hypervolume_2d`: the area dominated by a point set up to a reference point.
+* :func:`hypervolume_2d`: the area dominated by a point set up to a reference point;
+* :func:`normalised_hv`: that area over the box :data:`HV_DEFINITION` states (the one the app reports).
 """
 
 from __future__ import annotations
@@ -32,12 +33,21 @@ def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """Boolean mask ``[n]`` of the points no other point dominates (both coordinates minimised).
 
     q dominates p when q <= p in both coordinates and q < p in at least one. Exact duplicates do
-    not dominate each other, so both are kept.
+    not dominate each other, so both are kept. By a sort, O(n log n): a point survives when its loss
+    is the lowest among equal bits and below every loss at fewer bits.
     """
     p = _points(points)
-    le = (p[None, :, :] <= p[:, None, :]).all(-1)  # [i, j]: j <= i everywhere
-    lt = (p[None, :, :] < p[:, None, :]).any(-1)
-    return ~(le & lt).any(1)
+    mask = np.zeros(len(p), dtype=bool)
+    if len(p) == 0:
+        return mask
+    order = np.lexsort((p[:, 1], p[:, 0]))  # bits ascending, then loss ascending
+    b, loss = p[order, 0], p[order, 1]
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    group = np.cumsum(np.r_[True, b[1:] != b[:-1]]) - 1
+    group_min = loss[starts]
+    before = np.r_[np.inf, np.minimum.accumulate(group_min)[:-1]]  # lowest loss at fewer bits
+    mask[order] = (loss == group_min[group]) & (loss < before[group])
+    return mask
 
 
 def segment_pareto_filter(

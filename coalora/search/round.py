@@ -1,28 +1,34 @@
-"""Pareto-based configuration search (method.md section 5, spec S5), with the official code's bugs fixed.
+"""Pareto-based configuration search during training (method.md section 5, spec S5), on the front's surrogate.
 
-One round, given a pool of configurations with measured (average bits, loss):
+One round, given a pool of configurations with measured (average bits, probe loss):
 
-1. **Surrogate.** A botorch ``SingleTaskGP`` models the loss f1 on a compact encoding of the
-   configuration; average bits f2 is exact (a deterministic model), not GP-modelled. Two
-   encodings are compared by leave-one-out prediction error and the better one is used:
-   ``index`` (the 5N value indices scaled to [0, 1] by their static ranges) and ``bits``
-   (each matrix's bits per parameter scaled to [0, 1]).
-2. **Acquisition.** qLogEHVI on the maximisation targets (-bits, -loss) with the reference point
-   *worse* than every pool point (the official code uses [0, 0], which lies beyond every point
-   and makes the acquisition degenerate).
-3. **Candidates.** Finite-difference coordinate ascent over the discrete indices from M random
-   pool members: evaluate the acquisition at x +- e_j for every index coordinate (one batched
+1. **Surrogate.** The section-5 GP (:func:`coalora.search.gp.fit_gp`: floored-log outcome, signed
+   linear mean) models the loss on :mod:`coalora.search.encoding`'s two numbers, the same model the
+   app's front fits to stored evaluations; average bits are exact, not modelled. The round reports the
+   GP's closed-form leave-one-out RMSE of the loss.
+2. **Acquisition.** Exact 2-D EHVI (:mod:`coalora.search.acquisition`) over the pool's front, in log
+   form so the search still climbs where the improvement is vanishingly small. The reference point is
+   (``HV_BITS_REF`` bits, 10% of the loss range worse than the worst pool point): every pool point
+   dominates part of the box (the official code's [0, 0] lies beyond every point and makes the
+   acquisition degenerate).
+3. **Candidates.** Finite-difference coordinate ascent over the discrete value indices ``[N, 5]`` from
+   M random pool members: evaluate the acquisition at x +- e_j for every index coordinate (one batched
    call), move the coordinate with the largest |central difference| by one step in the ascent
-   direction, up to T steps; keep the best configuration visited that is not already pooled.
-   We use this rather than botorch's discrete optimisers because the space (432^N) cannot be
-   enumerated, and ``optimize_acqf_mixed`` over 5N integer dims is far slower (stack.md).
+   direction, up to T steps; keep the best configuration visited that is not already pooled. The space
+   (432^N) cannot be enumerated, and botorch's ``optimize_acqf_mixed`` over 5N integer dims is far
+   slower (stack.md). After each start the GP is conditioned on its pick at the predicted loss (a
+   Kriging believer, as the front's batch), so later starts do not return near-copies.
 4. The caller scores the candidates *with the current adapter* and applies the segment-wise
    Pareto filter (:func:`coalora.search.pareto.segment_pareto_filter`).
+
+The encoding's second number needs the model's error table (``table``); without one,
+:func:`coalora.search.encoding.weight_free_table` stands in.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,9 +36,20 @@ import numpy as np
 import torch
 
 from coalora.errors import CoaloraError
-from coalora.quant.config import B2_BITS, FIELD_SIZES, FIELD_VALUES, MAX_BITS, MIN_BITS
-
-ENCODINGS = ("index", "bits")
+from coalora.quant.config import FIELD_SIZES
+from coalora.search.acquisition import log_expected_hvi
+from coalora.search.encoding import (
+    BITS,
+    ENCODING,
+    ENCODING_SIGNS,
+    check_table,
+    config_ids,
+    encode,
+    weight_free_table,
+)
+from coalora.search.front_query import HV_BITS_REF
+from coalora.search.gp import fit_gp, loo, posterior, untransform_mean
+from coalora.search.pareto import pareto_mask
 
 
 @dataclass(frozen=True)
@@ -41,16 +58,11 @@ class SearchSettings:
     """New configurations per round (M random starts; the official code uses 5)."""
     steps: int = 20
     """Coordinate-ascent steps per start (T)."""
-    mc_samples: int = 64
-    encoding: str = "auto"
-    """``auto`` (pick by leave-one-out error), ``index`` or ``bits``."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.candidates < 1 or self.steps < 1 or self.mc_samples < 1:
-            raise CoaloraError("search candidates, steps and mc_samples must be positive")
-        if self.encoding not in (*ENCODINGS, "auto"):
-            raise CoaloraError(f"unknown encoding {self.encoding!r}; use auto, index or bits")
+        if self.candidates < 1 or self.steps < 1:
+            raise CoaloraError(f"search candidates and steps must be positive, got {self.candidates} and {self.steps}")
 
 
 @dataclass
@@ -60,134 +72,32 @@ class SearchRound:
     candidates: list[np.ndarray]
     """Index matrices ``[N, 5]`` of the new configurations."""
     encoding: str
+    """The surrogate's input encoding (:data:`coalora.search.encoding.ENCODING`)."""
     loo_rmse: dict[str, float]
-    """Leave-one-out RMSE of the loss GP per encoding (lower is better)."""
+    """Leave-one-out RMSE of the loss GP, keyed by the encoding."""
     acquisition: list[float]
-    """log-EHVI of each candidate."""
+    """log-EHVI of each candidate when it was picked."""
     ref_point: list[float]
+    """The EHVI reference (bits, loss), both minimised."""
     seconds: float = 0.0
 
 
-# ---- encodings
-
-_SIZES = torch.tensor(FIELD_SIZES, dtype=torch.float64)
-
-
-def _bits_lookup() -> torch.Tensor:
-    """bits of every (b0, b1, b2, B0, B1) index combination, ``[4, 4, 3, 3, 3]``."""
-    t = torch.empty(FIELD_SIZES, dtype=torch.float64)
-    for i0, b0 in enumerate(FIELD_VALUES[0]):
-        for i1, b1 in enumerate(FIELD_VALUES[1]):
-            for i2, b2 in enumerate(FIELD_VALUES[2]):
-                for i3, bs0 in enumerate(FIELD_VALUES[3]):
-                    for i4, bs1 in enumerate(FIELD_VALUES[4]):
-                        t[i0, i1, i2, i3, i4] = b0 + b1 / bs0 + B2_BITS[b2] / (bs0 * bs1)
-    return t
-
-
-BITS_LOOKUP = _bits_lookup()
-
-
-def matrix_bits(idx: torch.Tensor) -> torch.Tensor:
+def matrix_bits(idx: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Bits per parameter of each matrix from index tensors ``[..., N, 5]`` -> ``[..., N]``."""
-    i = idx.long()
-    return BITS_LOOKUP[i[..., 0], i[..., 1], i[..., 2], i[..., 3], i[..., 4]]
+    return torch.from_numpy(BITS[config_ids(idx)])
 
 
-def encode(idx: torch.Tensor, encoding: str) -> torch.Tensor:
-    """GP inputs in [0, 1]: ``[..., N, 5]`` indices -> ``[..., 5N]`` (index) or ``[..., N]`` (bits)."""
-    if encoding == "index":
-        return (idx.double() / (_SIZES - 1)).flatten(-2)
-    if encoding == "bits":
-        return (matrix_bits(idx) - MIN_BITS) / (MAX_BITS - MIN_BITS)
-    raise CoaloraError(f"unknown encoding {encoding!r}")
-
-
-def avg_bits(idx: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+def avg_bits(idx: torch.Tensor | np.ndarray, numels: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """Parameter-weighted average bits ``[...]`` of index tensors ``[..., N, 5]``."""
-    return (matrix_bits(idx) * numels).sum(-1) / numels.sum()
+    n = torch.as_tensor(numels, dtype=torch.float64)
+    return (matrix_bits(idx) * n).sum(-1) / n.sum()
 
 
-# ---- the surrogate
-
-def fit_loss_gp(x: torch.Tensor, y: torch.Tensor):
-    """A ``SingleTaskGP`` on inputs ``[n, d]`` in [0, 1] and losses ``[n]`` (standardised outcome)."""
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms.outcome import Standardize
-    from gpytorch.mlls import ExactMarginalLogLikelihood
-
-    gp = SingleTaskGP(x, y[:, None], outcome_transform=Standardize(m=1))
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-    return gp
-
-
-def loo_rmse(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Leave-one-out RMSE of the GP's posterior mean, with hyperparameters fitted on all points.
-
-    Uses the closed form for GP LOO residuals, ``(K^-1 y)_i / (K^-1)_ii`` (Rasmussen & Williams 5.12),
-    on the standardised outcome, then scales back.
-    """
-    gp = fit_loss_gp(x, y)
-    gp.eval()
-    with torch.no_grad():
-        k = gp.covar_module(x).to_dense() + gp.likelihood.noise * torch.eye(len(x), dtype=x.dtype)
-        ys = (y - y.mean()) / y.std().clamp_min(1e-12)
-        mean_const = gp.mean_module(x)
-        kinv = torch.linalg.inv(k)
-        resid = (kinv @ (ys - mean_const)) / torch.diagonal(kinv)
-    return float(resid.pow(2).mean().sqrt() * y.std())
-
-
-def choose_encoding(idx: torch.Tensor, y: torch.Tensor, requested: str = "auto") -> tuple[str, dict[str, float]]:
-    """Compare both encodings by LOO RMSE; return the chosen one and both scores."""
-    scores = {e: loo_rmse(encode(idx, e), y) for e in ENCODINGS}
-    if requested != "auto":
-        return requested, scores
-    return min(scores, key=scores.get), scores  # type: ignore[arg-type]
-
-
-# ---- the acquisition
-
-def decode_bits(x: torch.Tensor, encoding: str, n: int) -> torch.Tensor:
-    """Per-matrix bits ``[..., N]`` back from encoded inputs ``[..., d]`` (exact on lattice points)."""
-    if encoding == "index":
-        return matrix_bits((x.reshape(*x.shape[:-1], n, 5) * (_SIZES - 1)).round())
-    return x * (MAX_BITS - MIN_BITS) + MIN_BITS
-
-
-def make_acquisition(gp, encoding: str, numels: torch.Tensor, pool_y: torch.Tensor, mc_samples: int, seed: int):
-    """qLogEHVI over (-avg bits, -loss) on encoded inputs ``[b, 1, d]``.
-
-    ``pool_y`` ``[n, 2]`` are the pool's (bits, loss). Bits are exact (a deterministic model of
-    the same inputs); the reference point is 10% of each objective's range worse than the worst
-    pool point, so every pool point dominates part of the box.
-    Bits enter through the MC objective (computed from the inputs), so only the loss is modelled.
-    Returns the acquisition module and the reference point in the (-bits, -loss) frame.
-    """
-    from botorch.acquisition.multi_objective.logei import qLogExpectedHypervolumeImprovement
-    from botorch.acquisition.multi_objective.objective import MCMultiOutputObjective
-    from botorch.sampling import SobolQMCNormalSampler
-    from botorch.utils.multi_objective.box_decompositions import FastNondominatedPartitioning
-
-    n = numels.numel()
-
-    class BitsAndLoss(MCMultiOutputObjective):
-        """(-avg bits, -loss) from the loss GP's samples ``[s, b, q, 1]`` and the inputs ``[b, q, d]``."""
-
-        def forward(self, samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
-            bits = (decode_bits(X, encoding, n) * numels).sum(-1) / numels.sum()  # [b, q]
-            return torch.stack([-bits.expand(samples.shape[:-1]), -samples[..., 0]], dim=-1)
-
-    y_max = -pool_y  # maximisation frame
-    span = (y_max.max(0).values - y_max.min(0).values).clamp_min(1e-6)
-    ref = y_max.min(0).values - 0.1 * span
-    part = FastNondominatedPartitioning(ref_point=ref, Y=y_max)
-    acq = qLogExpectedHypervolumeImprovement(
-        gp, ref_point=ref, partitioning=part, objective=BitsAndLoss(),
-        sampler=SobolQMCNormalSampler(torch.Size([mc_samples]), seed=seed),
-    )
-    return acq, ref.tolist()
+def loo_rmse(gp, y: torch.Tensor) -> float:
+    """RMSE ``[]`` of the GP's closed-form leave-one-out means of its training losses ``y [n]``
+    (hyperparameters fitted on all points; the mean mapped back as the log-normal's median)."""
+    mean, _ = loo(gp)
+    return float((untransform_mean(gp, mean) - y).pow(2).mean().sqrt())
 
 
 def coordinate_ascent(
@@ -200,7 +110,7 @@ def coordinate_ascent(
     """Finite-difference coordinate ascent on the index lattice (method.md 5.2, spec S5 step 4).
 
     Args:
-        acq: maps index inputs ``[b, 1, 5N]`` (float) to acquisition values ``[b]``.
+        acq: maps index matrices ``[b, N, 5]`` (long) to acquisition values ``[b]``.
         start: index matrix ``[N, 5]``.
         exclude: ``bytes`` of index matrices already in the pool.
     Returns:
@@ -208,7 +118,7 @@ def coordinate_ascent(
     """
     x = start.clone().long()
     n = x.shape[0]
-    upper = (_SIZES.long() - 1).repeat(n)  # [5N]
+    upper = (torch.tensor(FIELD_SIZES) - 1).repeat(n)  # [5N]
     best, best_val = None, -math.inf
     seen = {x.numpy().tobytes()}
     for _ in range(steps):
@@ -218,9 +128,9 @@ def coordinate_ascent(
         minus = flat.repeat(d, 1) - torch.eye(d, dtype=torch.long)
         ok_p = plus.diagonal() <= upper
         ok_m = minus.diagonal() >= 0
-        batch = torch.cat([flat[None], plus[ok_p], minus[ok_m]]).double()
+        batch = torch.cat([flat[None], plus[ok_p], minus[ok_m]]).reshape(-1, n, 5)
         with torch.no_grad():
-            vals = torch.cat([acq(b[:, None, :]) for b in batch.split(chunk)])
+            vals = torch.cat([torch.as_tensor(acq(b), dtype=torch.float64) for b in batch.split(chunk)])
         center = vals[0]
         vp = torch.full((d,), float("nan"), dtype=vals.dtype)
         vm = torch.full((d,), float("nan"), dtype=vals.dtype)
@@ -248,37 +158,67 @@ def coordinate_ascent(
     return best, best_val
 
 
+def _acquisition(gp, table: np.ndarray, numels: np.ndarray, front: tuple[np.ndarray, np.ndarray],
+                 ref: tuple[float, float], extra: tuple[torch.Tensor, torch.Tensor] | None) -> Callable:
+    """log-EHVI of index matrices ``[b, N, 5]`` -> ``[b]`` over ``front`` (bits, loss), GP conditioned on ``extra``."""
+
+    def acq(idx: torch.Tensor) -> torch.Tensor:
+        ids = config_ids(idx)
+        mean, sd = posterior(gp, encode(ids, numels, table), extra=extra)
+        bits = BITS[ids] @ numels / numels.sum()
+        return torch.from_numpy(log_expected_hvi(bits, mean, sd, front[0], front[1], ref))
+    return acq
+
+
 def propose(
     pool_idx: Sequence[np.ndarray] | torch.Tensor,
     pool_bits: Sequence[float],
     pool_loss: Sequence[float],
     numels: Sequence[int],
     settings: SearchSettings = SearchSettings(),
+    table: np.ndarray | None = None,
 ) -> SearchRound:
-    """One search round: fit, compare encodings, maximise qLogEHVI from random pool members."""
-    import time
+    """One search round (module docstring): fit the GP to the pool, then one candidate per random start.
 
+    ``pool_idx``: index matrices ``[n, N, 5]`` (n >= 3) with their average bits and losses ``[n]``;
+    ``numels [N]``: matrix sizes; ``table``: the model's error table ``[N, 432]`` (None: a weight-free
+    stand-in).
+    """
     t0 = time.perf_counter()
     idx = torch.as_tensor(np.asarray(pool_idx), dtype=torch.long)  # [n, N, 5]
     if idx.dim() != 3 or idx.shape[-1] != 5 or len(idx) < 3:
         raise CoaloraError(f"the search needs a pool of at least 3 configurations as [n, N, 5] indices, got {tuple(idx.shape)}")
-    y_loss = torch.as_tensor(pool_loss, dtype=torch.float64)
-    y = torch.stack([torch.as_tensor(pool_bits, dtype=torch.float64), y_loss], dim=1)
-    enc, scores = choose_encoding(idx, y_loss, settings.encoding)
-    gp = fit_loss_gp(encode(idx, enc), y_loss)
-    acq_enc, ref = make_acquisition(gp, enc, torch.as_tensor(numels, dtype=torch.float64), y, settings.mc_samples, settings.seed)
-    n = idx.shape[1]
-
-    def acq(x: torch.Tensor) -> torch.Tensor:  # index inputs [b, 1, 5N] -> [b]
-        return acq_enc(encode(x.reshape(*x.shape[:-1], n, 5), enc))
+    sizes = np.asarray(numels, dtype=np.float64)
+    table = weight_free_table(sizes) if table is None else check_table(table, idx.shape[1])
+    y = torch.as_tensor(pool_loss, dtype=torch.float64)
+    bits = np.asarray(pool_bits, dtype=np.float64)
+    gp = fit_gp(encode(config_ids(idx), sizes, table), y, signs=ENCODING_SIGNS)
+    span = max(float(y.max() - y.min()), 1e-6)
+    ref = (HV_BITS_REF, float(y.max()) + 0.1 * span)
+    keep = pareto_mask(np.stack([bits, y.numpy()], 1))
+    fb, fl = bits[keep], y.numpy()[keep]
     rng = np.random.default_rng(settings.seed)
     starts = rng.choice(len(idx), size=min(settings.candidates, len(idx)), replace=False)
     exclude = {m.numpy().tobytes() for m in idx}
-    cands, vals = [], []
+    cands: list[np.ndarray] = []
+    vals: list[float] = []
+    believed: list[torch.Tensor] = []
+    believed_y: list[float] = []
     for s in starts:
-        best, val = coordinate_ascent(acq, idx[s], settings.steps, exclude)
-        if best is not None:
-            exclude.add(best.numpy().tobytes())
-            cands.append(best.numpy())
-            vals.append(val)
-    return SearchRound(cands, enc, scores, vals, ref, time.perf_counter() - t0)
+        extra = (torch.cat(believed), torch.tensor(believed_y, dtype=torch.float64)) if believed else None
+        best, val = coordinate_ascent(_acquisition(gp, table, sizes, (fb, fl), ref, extra), idx[s], settings.steps, exclude)
+        if best is None:
+            continue
+        exclude.add(best.numpy().tobytes())
+        cands.append(best.numpy())
+        vals.append(val)
+        # Kriging believer: the pick joins the front and the GP's data at its predicted loss.
+        x_new = encode(config_ids(best[None]), sizes, table)
+        m, _ = posterior(gp, x_new, extra=extra)
+        believed.append(x_new)
+        believed_y.append(float(m[0]))
+        b_new = float(BITS[config_ids(best)] @ sizes / sizes.sum())
+        fb, fl = np.append(fb, b_new), np.append(fl, m[0])
+        front = pareto_mask(np.stack([fb, fl], 1))
+        fb, fl = fb[front], fl[front]
+    return SearchRound(cands, ENCODING, {ENCODING: loo_rmse(gp, y)}, vals, list(ref), time.perf_counter() - t0)

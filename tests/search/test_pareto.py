@@ -67,3 +67,14 @@ def test_bad_points_rejected():
         pareto_mask([[1, float("nan")]])
     with pytest.raises(CoaloraError, match="segments"):
         segment_pareto_filter([3.0], [1.0], segments=0)
+
+
+def test_sorted_mask_equals_the_pairwise_definition():
+    """The O(n log n) mask against q-dominates-p checked for every pair, ties and duplicates included."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.integers(0, 6, (int(rng.integers(1, 30)), 2)).astype(float)
+        le = (p[None, :, :] <= p[:, None, :]).all(-1)
+        lt = (p[None, :, :] < p[:, None, :]).any(-1)
+        np.testing.assert_array_equal(pareto_mask(p), ~(le & lt).any(1))
+    assert pareto_mask(np.zeros((0, 2))).shape == (0,)
