@@ -37,6 +37,7 @@ low-bit tail is one "full range" click (or a zoom out) away."""
 
 
 def method_label(method: str) -> str:
+    """The method's name in the page (its key itself for a method the figures do not know)."""
     return METHODS.get(method, (method, ""))[0]
 
 

@@ -15,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of ``app.py`` / ``coalora serve`` (defaults from the environment where a Space sets them)."""
     p = argparse.ArgumentParser(description="Serve the coalora explorer.")
     # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0 (its proxy must reach the app); anywhere
     # else the default is this machine only.
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve the explorer until stopped; 2 with one ``error:`` line when the options or the model are bad."""
     args = parse_args(argv)
     from ui import scratch
 
