@@ -153,6 +153,7 @@ class Store:
                 seed(cur, Path(seed_dir))
 
     def schema_version(self) -> int:
+        """The store's ``meta.schema_version`` (0 for a file without one)."""
         cur = self._cursor()
         has_meta = cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
         if not has_meta:
@@ -161,6 +162,7 @@ class Store:
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        """Close the connection and remove a snapshot copy; closing twice is harmless."""
         con = getattr(self, "_con", None)
         if con is not None:
             con.close()
@@ -206,6 +208,7 @@ class Store:
     # ---- writes
 
     def add_model(self, model: str, weights_hash: str, n_targets: int, target_params: int) -> None:
+        """Record (or update) a model's weights hash and target counts."""
         self._check_writable()
         with self._transaction() as cur:
             cur.execute("INSERT INTO models (model, weights_hash, n_targets, target_params) VALUES (?, ?, ?, ?) "
@@ -222,6 +225,7 @@ class Store:
 
     def add_adapter(self, adapter_id: str, model: str, method: str, path: str = "", sha256: str = "",
                     meta: dict | None = None) -> None:
+        """Record an adapter (a stored id keeps its first row)."""
         self._check_writable()
         with self._transaction() as cur:
             cur.execute("INSERT INTO adapters (adapter_id, model, method, path, sha256, meta) VALUES (?, ?, ?, ?, ?, ?) "
@@ -248,6 +252,7 @@ class Store:
     def add_search_round(self, run: str, round: int, model: str, after_step: int, hypervolume: float,
                          encoding: str = "", loo: dict[str, float] | None = None, pool: int = 0, kept: int = 0,
                          seconds: float = 0.0) -> None:
+        """Record one search round of ``run`` (a stored (run, round) keeps its first row)."""
         self._check_writable()
         loo = loo or {}
         with self._transaction() as cur:
@@ -329,16 +334,19 @@ class Store:
         return {h: json.loads(ids) for h, ids in rows}
 
     def search_rounds(self, run: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """Stored search rounds matching the given filters, one dict per row, by run and round."""
         where, args = where_clause(run=run, model=model)
         cur = self._cursor().execute(f"SELECT * FROM search_rounds{where} ORDER BY run, round", args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def count(self, table: str) -> int:
+        """Rows in ``table``."""
         check_table(table)
         return int(self._cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def models(self) -> list[str]:
+        """Every model with a model row or an evaluation, sorted."""
         rows = self._cursor().execute(
             "SELECT model FROM models UNION SELECT DISTINCT model FROM evaluations ORDER BY 1").fetchall()
         return [r[0] for r in rows]

@@ -19,6 +19,8 @@ from coalora.quant.nf import fake_quantize
 
 @dataclass(frozen=True)
 class LQResult:
+    """LQ-LoRA's split of one matrix, W ~ Q + L1 L2 (method.md 2.1)."""
+
     q: torch.Tensor
     """Dequantized quantized part ``[d_out, d_in]`` (= fake_quantize(w - l1 @ l2, config))."""
     l1: torch.Tensor

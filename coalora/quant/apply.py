@@ -55,11 +55,14 @@ def auto_cache_bytes(device: torch.device | str = "cpu", fraction: float = CACHE
 
 @dataclass(frozen=True)
 class ApplyStats:
+    """What one :meth:`ConfigApplier.apply` did."""
+
     changed: int
     """Matrices whose configuration changed."""
     quantized: int
     """Of those, how many had to be quantized (cache misses)."""
     seconds: float
+    """Wall time of the switch."""
 
 
 class WeightCache:
@@ -75,6 +78,7 @@ class WeightCache:
         self.misses = 0
 
     def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+        """The cached weight of (matrix name, config id), marked most recently used; None on a miss."""
         t = self._items.get(key)
         if t is None:
             self.misses += 1
@@ -84,6 +88,8 @@ class WeightCache:
         return t
 
     def put(self, key: tuple[str, int], t: torch.Tensor) -> None:
+        """Cache ``t``, evicting least recently used weights to stay within ``max_bytes`` (a weight
+        larger than the whole cache is not kept)."""
         size = t.numel() * t.element_size()
         if size > self.max_bytes:
             return  # would evict everything for one entry
@@ -174,6 +180,7 @@ class ConfigApplier:
         self.cache = WeightCache(cache_bytes)
 
     def uniform(self, config: QuantConfig) -> ModelQuantConfig:
+        """The model's configuration with ``config`` on every target."""
         return ModelQuantConfig.uniform(self.model_name, self.targets, config)
 
     @property

@@ -121,6 +121,7 @@ class QuantConfig:
         return ALL_CONFIGS[config_id]
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"b0": ..., "b1": ..., "b2": ..., "B0": ..., "B1": ...}`` (inverse of :meth:`from_dict`)."""
         return {name: getattr(self, name) for name in FIELD_NAMES}
 
     @classmethod
@@ -213,6 +214,7 @@ class ModelQuantConfig:
 
     @property
     def numels(self) -> tuple[int, ...]:
+        """Parameters of each target matrix, in target order."""
         return tuple(t.numel for t in self.targets)
 
     @property
@@ -223,6 +225,7 @@ class ModelQuantConfig:
 
     @property
     def ids(self) -> tuple[int, ...]:
+        """Config id (0..431) of each target matrix, in target order."""
         return tuple(c.id for c in self.configs)
 
     @property
@@ -261,6 +264,7 @@ class ModelQuantConfig:
         return torch.tensor([c.bits for c in self.configs], dtype=torch.float64)
 
     def with_changes(self, changes: dict[str, QuantConfig]) -> ModelQuantConfig:
+        """This configuration with the matrices named in ``changes`` set to their new configs."""
         names = {t.name for t in self.targets}
         unknown = [n for n in changes if n not in names]
         if unknown:
@@ -331,6 +335,7 @@ class ModelQuantConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike, targets: list[Target] | tuple[Target, ...], model: str | None = None) -> ModelQuantConfig:
+        """Read a configuration file written by :meth:`save` for ``targets`` (``model``: the expected model name)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

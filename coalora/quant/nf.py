@@ -147,6 +147,7 @@ class QuantizedTensor:
 
     @property
     def numel(self) -> int:
+        """Weights in the original tensor (padding excluded)."""
         return math.prod(self.shape)
 
     @property

@@ -129,6 +129,7 @@ class PackedLinear(nn.Linear):
 
     @property
     def n(self) -> int:
+        """Weights in the layer, ``d_out * d_in``."""
         return self.out_features * self.in_features
 
     def scales(self) -> Tensor:
@@ -159,6 +160,7 @@ class PackedLinear(nn.Linear):
         return self.dequantize()
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [..., d_in]`` -> ``[..., d_out]`` with the weight dequantized on the fly."""
         w = self.dequantize(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
@@ -186,6 +188,7 @@ class ResidentBytes:
 
     @property
     def total(self) -> int:
+        """All resident bytes."""
         return self.packed + self.full_precision
 
 
