@@ -19,8 +19,8 @@
   ``convert_hf_to_gguf.py`` does for Llama;
 * the Llama hyper-parameters and the tokenizer (:mod:`coalora.export.gguf_vocab`).
 
-With ``config=None`` the targets stay in F32: a float GGUF of the same model, which checks the
-layout (its llama.cpp perplexity equals the Hugging Face model's).
+With ``config=None`` every tensor is F32: a float GGUF of the same model, which checks the layout
+(llama.cpp's logits of it equal the Hugging Face model's).
 """
 
 from __future__ import annotations
@@ -171,12 +171,12 @@ def _plan(state: dict[str, torch.Tensor], config: ModelQuantConfig | None,
             raise CoaloraError(f"tensor {key} of the model has no llama.cpp name; only Llama models export to GGUF")
         if g in targets:
             ty = targets[g]
-        elif v.dim() == 1:
+        elif v.dim() == 1 or config is None:
             ty = "F32"
         elif g in ("token_embd.weight", "output.weight"):
             ty = "Q8_0" if v.shape[-1] % QK_K else "Q6_K"
         else:
-            ty = "F32" if config is None or g.endswith(".bias") else "Q8_0"
+            ty = "Q8_0"
         out.append((key, g, ty))
     return out
 
