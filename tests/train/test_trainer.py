@@ -105,7 +105,9 @@ def test_search_rounds_keep_a_valid_training_set(corpus, tmp_home, tmp_path):
     assert state.searches == 1  # after step 2 (none after the last step)
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     search = [r for r in log if r.get("event") == "search"][0]
-    assert search["encoding"] in ("index", "bits") and set(search["loo_rmse"]) == {"index", "bits"}
+    from coalora.search.encoding import ENCODING
+
+    assert search["encoding"] == ENCODING and set(search["loo_rmse"]) == {ENCODING}
     assert search["hypervolume"] > 0
     for ids in state.train_set:
         c = trainer.config(ids)
