@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.coalora-installed
+LLAMA_STAMP := $(VENV)/.coalora-llama-installed
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
@@ -17,6 +18,20 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# llama-cpp-python (requirements-llama.txt) for the tests and benchmarks only, so `make run` never waits
+# for it. It has no binary wheel on PyPI: a wheel in $(COALORA_HOME)/wheels is reused (pip wheel finds it
+# there and builds nothing), else one is built there once (~20 min on 2 cores), for every clone.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+$(LLAMA_STAMP): $(STAMP) requirements-llama.txt
+	mkdir -p $(COALORA_HOME)/wheels
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel -q \
+	  --disable-pip-version-check --no-deps --find-links $(COALORA_HOME)/wheels -w $(COALORA_HOME)/wheels \
+	  -r requirements-llama.txt
+	$(PY) -m pip install -q --disable-pip-version-check --only-binary llama-cpp-python \
+	  --find-links $(COALORA_HOME)/wheels -r requirements-llama.txt
+	touch $(LLAMA_STAMP)
+
 # Offline model + corpus into $$COALORA_HOME (default ~/.cache/coalora); fast when already there.
 assets: $(STAMP)
 	$(PY) -m coalora prepare
@@ -24,13 +39,13 @@ assets: $(STAMP)
 run: setup
 	$(PY) app.py
 
-test: setup
+test: setup $(LLAMA_STAMP)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(LLAMA_STAMP)
 	$(PY) -m pytest -m "not integration and not slow"
 
-bench: setup
+bench: setup $(LLAMA_STAMP)
 	$(PY) -m bench
 
 # The shipped default adapter (data/default/): CoA-LoRA on SmolLM2-135M, CPU recipe (TrainConfig
