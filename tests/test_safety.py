@@ -40,11 +40,11 @@ def test_no_unsafe_deserialisation(pattern, why):
 
 
 def test_launch_serves_files_only_from_the_export_dir():
-    from ui import guard, handlers
+    from ui import guard, state
     from ui.layout import launch_kwargs
 
     kw = launch_kwargs()
-    assert kw["allowed_paths"] == [str(handlers.EXPORT_DIR)]
+    assert kw["allowed_paths"] == [str(state.EXPORT_DIR)]
     assert "share" not in kw and kw["show_error"] is False
     assert [m.cls for m in kw["app_kwargs"]["middleware"]] == [guard.RequestGuard]
 
@@ -57,32 +57,32 @@ def test_launch_serves_files_only_from_the_export_dir():
     (None, None, "::1", 7999, "http://[::1]:7999/"),
 ])
 def test_share_links_come_from_the_configured_or_served_address(monkeypatch, configured, space, host, port, want):
-    from ui import handlers
+    from ui import share
 
     if space:
         monkeypatch.setenv("SPACE_HOST", space)
     else:
         monkeypatch.delenv("SPACE_HOST", raising=False)
-    assert handlers.public_url(configured, host, port) == want
+    assert share.public_url(configured, host, port) == want
 
 
 def test_a_wildcard_bind_links_to_this_machines_name(monkeypatch):
     import socket
 
-    from ui import handlers
+    from ui import share
 
     monkeypatch.delenv("SPACE_HOST", raising=False)
-    assert handlers.public_url(None, "0.0.0.0", 7860) == f"http://{socket.gethostname()}:7860/"
+    assert share.public_url(None, "0.0.0.0", 7860) == f"http://{socket.gethostname()}:7860/"
 
 
 @pytest.mark.parametrize("configured", ["javascript:alert(1)", "ftp://example.org/", "https://example.org/?x=1",
                                         "https://example.org/#f", "https:///nohost", 'https://<a href="x">/'])
 def test_bad_public_urls_are_refused(configured):
     from coalora.errors import CoaloraError
-    from ui import handlers
+    from ui import share
 
     with pytest.raises(CoaloraError, match="--public-url"):
-        handlers.public_url(configured, "127.0.0.1", 7860)
+        share.public_url(configured, "127.0.0.1", 7860)
 
 
 def test_public_url_option_and_environment(monkeypatch):
