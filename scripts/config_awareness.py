@@ -55,9 +55,7 @@ def main() -> int:
     def ppl(base: ModelQuantConfig, ucfg: ModelQuantConfig) -> float:
         with torch.no_grad():
             coa.applier.apply(base)
-            us = coa.u_matrices(ucfg)
-            for i, t in enumerate(coa.targets):
-                coa.layers[t.name].U = us[i]
+            coa.set_u(coa.u_matrices(ucfg))
             return perplexity(coa.model, windows, batch_size=4, progress=False).ppl
 
     grid = {f"{b:g}": {f"{u:g}": ppl(configs[b], configs[u]) for u in args.budgets} for b in args.budgets}

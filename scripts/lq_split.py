@@ -49,11 +49,10 @@ def main() -> int:
         tr.setup()  # the model, its targets and the adapter wrappers; nothing is trained
     configs = allocator_configs(tr, args.budgets)
     windows = cc.eval_windows_of(tr.tok)
-    coa, r, s = tr.coa, cfg.rank, cfg.adapter.scaling
+    coa, r = tr.coa, cfg.rank
     coa.eval()
     originals = {t.name: coa.applier.originals[t.name].clone() for t in tr.targets}
-    for layer in coa.layers.values():
-        layer.U = torch.eye(r)
+    coa.set_u(torch.eye(r).expand(len(tr.targets), r, r))
 
     @torch.no_grad()
     def score(split: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, qc) -> float:
@@ -62,13 +61,11 @@ def main() -> int:
             w, layer = originals[t.name], coa.layers[t.name]
             if split is None:
                 coa.applier.set_original(t.name, w)
-                layer.lora_A.zero_()
-                layer.lora_B.zero_()
+                layer.load_lora_(torch.zeros_like(layer.lora_A), torch.zeros_like(layer.lora_B))
             else:
                 l1, l2 = split[t.name]
                 coa.applier.set_original(t.name, (w.float() - l1 @ l2).to(w.dtype))
-                layer.lora_A.copy_(l2 / s**0.5)
-                layer.lora_B.copy_(l1 / s**0.5)
+                layer.load_split_(l1, l2)  # s B A = L1 L2
         coa.applier.apply(qc)
         return perplexity(coa.model, windows, batch_size=4, progress=False).ppl
 
