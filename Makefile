@@ -25,6 +25,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DGGML_OP
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
 $(LLAMA_STAMP): $(STAMP) requirements-llama.txt
 	mkdir -p $(COALORA_HOME)/wheels
+	@echo "llama-cpp-python: the wheel in $(COALORA_HOME)/wheels, or building one there (once, ~20 min on 2 cores)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel -q \
 	  --disable-pip-version-check --no-deps --find-links $(COALORA_HOME)/wheels -w $(COALORA_HOME)/wheels \
 	  -r requirements-llama.txt

@@ -20,6 +20,8 @@ tensors (embeddings, norms, output) are left to llama.cpp's defaults for the fil
 :func:`tensor_type_lines` writes the map as ``<gguf tensor name>=<type>`` lines (names from gguf-py's
 ``TensorNameMap``, e.g. ``blk.3.attn_q.weight=q4_k``), the form of ``llama-quantize``'s
 ``--tensor-type`` option, for users who quantize the model themselves.
+:func:`coalora.export.gguf_file.write_gguf` writes the GGUF itself under this map (ggml's own
+quantizers, the adapter merged first), and :mod:`coalora.export.gguf_ppl` scores it in llama.cpp.
 """
 
 from __future__ import annotations
