@@ -188,7 +188,8 @@ def export_bundle(
             from coalora.export.bundle_gguf import write_bundle_gguf
             from coalora.export.gguf_file import GGUF_FILE
 
-            gguf_record = write_bundle_gguf(tmp / GGUF_FILE, gguf, config, originals, lora, adapter, measured)
+            gguf_record = write_bundle_gguf(tmp / GGUF_FILE, gguf, config, originals, lora, adapter, measured,
+                                            name=model_name)
         params = sum(t.numel for t in config.targets)
         meta = {
             "format": FORMAT, "model": model_name, "weights_hash": weights_hash, "coalora_version": __version__,

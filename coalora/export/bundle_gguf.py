@@ -59,9 +59,10 @@ def _check_windows(windows: EvalWindows, measured: dict[str, Any] | None) -> Non
 
 def write_bundle_gguf(out: Path, source: GgufSource, config: ModelQuantConfig, originals: dict[str, torch.Tensor],
                       lora: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, adapter: dict[str, Any] | None,
-                      measured: dict[str, Any] | None) -> dict[str, Any]:
-    """Write ``out`` (the bundle's ``model.gguf``) and return its record for ``coalora_config.json``:
-    file, bits per target weight, bytes, types, seconds and, with windows, llama.cpp's perplexity."""
+                      measured: dict[str, Any] | None, name: str | None = None) -> dict[str, Any]:
+    """Write ``out`` (the bundle's ``model.gguf``, ``general.name`` = ``name``) and return its record for
+    ``coalora_config.json``: file, bits per target weight, bytes, types, seconds and, with windows,
+    llama.cpp's perplexity."""
     from collections import Counter
 
     from coalora.export.gguf_file import merged_weights, write_gguf
@@ -71,7 +72,8 @@ def write_bundle_gguf(out: Path, source: GgufSource, config: ModelQuantConfig, o
         _check_windows(source.windows, measured)
     alpha, rank = (float(adapter["alpha"]), int(adapter["rank"])) if lora is not None and adapter else (None, None)
     weights = merged_weights(originals, config, lora, alpha, rank)
-    info = write_gguf(source.model, source.tokenizer, config, out, weights=weights, threads=source.threads)
+    info = write_gguf(source.model, source.tokenizer, config, out, weights=weights, name=name,
+                      threads=source.threads)
     del weights
     record: dict[str, Any] = {
         "file": out.name, "bits_per_weight": info.bits_per_weight, "file_bytes": info.file_bytes,

@@ -197,6 +197,7 @@ def test_bundle_with_gguf_records_and_reports_llama_cpp_perplexity(tiny, tmp_pat
     _, meta = read_bundle_meta(out)  # model.gguf is hashed and verified like every other file
     g = meta["gguf"]
     assert "model.gguf" in meta["files"] and g["bits_per_weight"] == pytest.approx(gguf_bits(cfg))
+    assert gguf.GGUFReader(out / "model.gguf").fields["general.name"].contents() == "tiny-llama-256"
     ours = g["llama_cpp"]
     assert ours["ppl"] == pytest.approx(llama_cpp_perplexity(out / "model.gguf", ids, n_threads=2).ppl, rel=1e-6)
     readme = (out / "README.md").read_text()
