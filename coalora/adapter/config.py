@@ -1,7 +1,8 @@
 """The adapter's shape and initialisation, :class:`AdapterConfig` (method.md section 3).
 
-These are the one set of defaults for the adapter: rank, alpha, init and the base it sits on.
-:class:`coalora.train.trainer.TrainConfig` takes its adapter fields' defaults from here.
+These are the one set of defaults for the adapter: rank, alpha, init and theta's size; the base's
+(``base``, ``lq_rank``, ``lq_iters``) are :class:`~coalora.quant.apply.BaseSpec`'s. The training
+recipe (:class:`coalora.train.config.TrainConfig`) takes its adapter fields' defaults from here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from coalora.errors import CoaloraError
+from coalora.quant.apply import BaseSpec
 from coalora.quant.config import resolve_preset
 
 INITS = ("lq", "peft")
@@ -34,12 +36,12 @@ class AdapterConfig:
     """Width of each of theta's 7 feature embeddings."""
     hidden: int = 128
     """Width of theta's hidden layer."""
-    base: str = "quant"
+    base: str = BaseSpec.kind
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.quant.apply.BaseSpec)."""
-    lq_rank: int = 8
+    lq_rank: int = BaseSpec.lq_rank
     """Rank of the ``lq`` base's full-precision low-rank term."""
-    lq_iters: int = 1
+    lq_iters: int = BaseSpec.lq_iters
     """Alternations of the ``lq`` base's split (randomized SVD, then quantize)."""
 
     def __post_init__(self) -> None:
@@ -57,10 +59,8 @@ class AdapterConfig:
                 raise CoaloraError(f"adapter {name} must be a positive integer, got {v!r}")
 
     @property
-    def base_spec(self):
+    def base_spec(self) -> BaseSpec:
         """The :class:`~coalora.quant.apply.BaseSpec` the model computes each configuration's weights with."""
-        from coalora.quant.apply import BaseSpec
-
         return BaseSpec(self.base, self.lq_rank, self.lq_iters)
 
     @property

@@ -18,7 +18,9 @@ from coalora.quant.config import FIELD_SIZES
 class ConfigNet(nn.Module):
     """theta: layer configuration features ``[N, 7]`` (int64) -> U ``[N, r, r]``, all layers in one call."""
 
-    def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int = 8, hidden: int = 128):
+    def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int, hidden: int):
+        """``rank`` r, the block and module-type counts (the sizes of the last two embeddings) and the
+        widths (defaults: :class:`~coalora.adapter.config.AdapterConfig`)."""
         super().__init__()
         self.rank = rank
         sizes = (*FIELD_SIZES, num_blocks, num_module_types)
