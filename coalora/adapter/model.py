@@ -43,7 +43,9 @@ class CoALoRAModel(nn.Module):
 
     Owns a :class:`~coalora.quant.apply.ConfigApplier` (which holds the original weights), theta and the
     shared LoRA pairs. ``forward(config=C, ...)`` quantizes the base under C (cached) and runs the
-    model with U computed for C.
+    model with U computed for C. ``cache_bytes`` bounds the applier's weight cache (None: sized from
+    the free memory, :func:`~coalora.quant.apply.auto_cache_bytes`); ``initialize=False`` skips
+    :meth:`init_lora` when trained weights are loaded right after.
 
     Example:
         >>> m = CoALoRAModel(model, "smollm2-135m", targets, AdapterConfig(rank=8))
@@ -53,7 +55,7 @@ class CoALoRAModel(nn.Module):
     def __init__(self, model: nn.Module, model_name: str, targets: Sequence[Target], adapter: AdapterConfig,
                  cache_bytes: int | None = None, seed: int = 0, initialize: bool = True):
         super().__init__()
-        from coalora.quant.apply import DEFAULT_CACHE_BYTES, ConfigApplier
+        from coalora.quant.apply import ConfigApplier
 
         self.model = model
         self.model_name = model_name
@@ -62,8 +64,7 @@ class CoALoRAModel(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         # The applier keeps the nn.Linear objects; they stay alive as each wrapper's base_layer.
-        self.applier = ConfigApplier(model, model_name, list(self.targets),
-                                     DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes, adapter.base_spec)
+        self.applier = ConfigApplier(model, model_name, list(self.targets), cache_bytes, adapter.base_spec)
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
         self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden)

@@ -244,3 +244,10 @@ def test_unmerge_keeps_or_drops_the_merged_weight():
     assert layer._merged is None
     with pytest.raises(CoaloraError, match="merge is a method"):
         layer.merge = True
+
+
+def test_default_weight_cache_is_the_appliers(monkeypatch):
+    """cache_bytes None means what it means for ConfigApplier: sized from the free memory."""
+    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
+    coa, _ = _coa(init="peft", rank=4)
+    assert coa.applier.cache.max_bytes == (1 << 30) // 4
