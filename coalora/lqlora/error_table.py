@@ -76,11 +76,6 @@ MIN_SAMPLED_SEGMENTS = 256  # smaller samples (under 16 Ki weights) are computed
 CERTAIN_FRACTION = 0.02  # per config, the most-clipping segments evaluated exactly when sampling
 
 
-def config_bits() -> Tensor:
-    """Bits per parameter of every configuration, float64 ``[432]`` in id order."""
-    return torch.tensor([c.bits for c in ALL_CONFIGS], dtype=torch.float64)
-
-
 def _sample_segments(n_segments: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Stratified sample: segment indices ``[S]`` and their inverse inclusion probabilities ``[S]``."""
     stride = max(1, round(1.0 / fraction))

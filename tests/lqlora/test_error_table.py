@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from coalora.errors import CoaloraError
-from coalora.lqlora.error_table import config_bits, error_table, matrix_errors
-from coalora.quant.config import ALL_CONFIGS, BLOCK_SIZES, GROUP_SIZES, SCALE2_FORMATS, SCALE_BITS, QuantConfig
+from coalora.lqlora.error_table import error_table, matrix_errors
+from coalora.quant.config import (
+    ALL_CONFIGS,
+    BLOCK_SIZES,
+    CONFIG_BITS,
+    GROUP_SIZES,
+    SCALE2_FORMATS,
+    SCALE_BITS,
+    QuantConfig,
+)
 from coalora.quant.nf import fake_quantize
 
 
@@ -39,9 +47,7 @@ def exact(mats) -> torch.Tensor:
 def test_shape_dtype_and_bits(exact, mats):
     assert exact.shape == (len(mats), 432) and exact.dtype == torch.float64
     assert bool((exact > 0).all())
-    bits = config_bits()
-    assert bits.shape == (432,) and bits.dtype == torch.float64
-    assert all(bits[c.id].item() == c.bits for c in ALL_CONFIGS)
+    assert len(CONFIG_BITS) == 432 and all(CONFIG_BITS[c.id] == c.bits for c in ALL_CONFIGS)
 
 
 def test_exact_row_equals_direct_error(mats, exact):
