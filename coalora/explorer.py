@@ -374,16 +374,22 @@ class Explorer:
 
     def export(self, config: ModelQuantConfig, out: str | os.PathLike, *, make_zip: bool = False, force: bool = False,
                measure: bool = True, seqlen: int = 256, windows: int = 8, corpus: str | None = None,
-               inputs: dict[str, Any] | None = None) -> Path:
+               inputs: dict[str, Any] | None = None, gguf: bool = False) -> Path:
         """Write the bundle of ``config`` (with the generated adapter when there is one); ``inputs``:
-        what :meth:`export_inputs` gave (computed now when None)."""
+        what :meth:`export_inputs` gave (computed now when None); ``gguf``: also a llama.cpp GGUF of the
+        configured model with the adapter merged, scored by llama.cpp on the measured perplexity's windows."""
         from coalora.export.bundle import export_bundle
+        from coalora.export.bundle_gguf import GgufSource
 
         if inputs is None:
             inputs = self.export_inputs(config, measure=measure, seqlen=seqlen, windows=windows, corpus=corpus)
         lora = self.generate(config)[0] if self.coa is not None else None
+        source = None
+        if gguf:
+            ew = self.eval_windows(seqlen, windows, corpus) if inputs["measured"] else None
+            source = GgufSource(self.model, self.tokenizer, ew)
         with self.lock:
             return export_bundle(self.model_name, config, dict(self.applier.originals), out,
                                  weights_hash=self.weights_hash, lora=lora, adapter=inputs["adapter"],
                                  predicted=inputs["predicted"], measured=inputs["measured"], make_zip=make_zip,
-                                 force=force)
+                                 force=force, gguf=source)

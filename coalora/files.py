@@ -163,6 +163,7 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
     p = Path(path)
     with atomic_file(p) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # safetensors creates its files private (0600); these are ordinary files to share
     return p
 
 

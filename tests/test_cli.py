@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -221,3 +222,21 @@ def test_tuple_options_parse_to_their_element_type():
     assert args.budgets == [3.0, 2.5]  # an empty default does not make them strings
     args = parser.parse_args(["compare", "--out", "x", "--seeds", "0", "1"])
     assert args.seeds == [0, 1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_export_gguf_bundle_carries_the_llama_cpp_perplexity(tmp_home_store, capsys):
+    """``coalora export --gguf``: the bundle holds model.gguf, scored by llama.cpp on the very windows of
+    the bundle's measured perplexity, and its README puts the two numbers side by side."""
+    out = tmp_home_store / "b4"
+    assert main(["export", "--budget", "4.0", "--out", str(out), "--gguf", "--seqlen", "64", "--windows", "2",
+                 "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    meta = json.loads((out / "coalora_config.json").read_text())
+    g = meta["gguf"]
+    assert (out / g["file"]).stat().st_size == g["file_bytes"]
+    ll, measured = g["llama_cpp"], body["measured"]
+    assert (ll["seqlen"], ll["windows"], ll["eval_spec"]) == (64, 2, measured["eval_spec"])
+    assert 1 / 1.5 < ll["ppl"] / measured["ppl"] < 1.5  # same windows, ggml types vs NF-k: close, not equal
+    assert f"{ll['ppl']:.3f}" in (out / "README.md").read_text()

@@ -125,6 +125,9 @@ def args_export(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--zip", action="store_true", help="write one zip file instead of a directory")
     sp.add_argument("--force", action="store_true", help="replace an existing bundle")
     sp.add_argument("--no-eval", action="store_true", help="do not measure the perplexity when none is stored")
+    sp.add_argument("--gguf", action="store_true",
+                    help="also write model.gguf (llama.cpp: the adapter merged, each matrix in the nearest ggml type) "
+                         "and measure its perplexity in llama.cpp on the same windows (needs llama-cpp-python)")
     convention_args(sp)
     output_args(sp, progress=False)
 
@@ -139,7 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
     check_convention(args, ex)
     cfg = pick_config(args, ex)
     path = ex.export(cfg, args.out, make_zip=args.zip, force=args.force, measure=not args.no_eval,
-                     seqlen=args.seqlen, windows=args.windows)
+                     seqlen=args.seqlen, windows=args.windows, gguf=args.gguf)
     _, meta = read_bundle_meta(path)
     out = {"out": str(path), "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "packed_bytes": meta["packed_bytes"],
            "size_vs_bits": meta["packed_bytes"] / meta["bits_bytes"], "measured": meta["measured"],
