@@ -273,7 +273,7 @@ class FrontService:
     def validate(self, query: FrontQuery, folds: int = 5, seed: int = 0) -> dict[str, Any]:
         """K-fold held-out accuracy on stored evaluations (:func:`coalora.search.validation.kfold`):
         Spearman, RMSE and median absolute error of the log metric, and the share of held-out
-        evaluations inside the calibrated predictive band (``coverage``, aimed at ``band_target``)."""
+        evaluations inside the calibrated predictive band (``coverage_2sigma``, aimed at ``band_target``)."""
         q = self._resolve(query)
         hashes, ids, y = self.measured(q)
         if len(hashes) < max(folds, 6):

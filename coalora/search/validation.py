@@ -3,7 +3,7 @@
 Each fold is a full fit on the rest (encoding inputs are fixed; outcome transform, hyperparameters and
 the band's calibration see no held-out point), so the figures are what a new evaluation would meet.
 The RMSE is set by the worst extrapolation (the lowest-bit point held out); the median error shows the
-bulk; ``coverage`` is the share of held-out values inside :func:`coalora.search.gp.predictive_band`,
+bulk; ``coverage_2sigma`` is the share of held-out values inside :func:`coalora.search.gp.predictive_band`,
 which is calibrated to hold :data:`coalora.search.gp.BAND_COVERAGE` of them.
 """
 
@@ -18,7 +18,9 @@ from coalora.search.gp import BAND_COVERAGE, BAND_Z, fit_gp, predict
 
 def kfold(x: torch.Tensor, y: np.ndarray, folds: int, seed: int = 0) -> dict[str, float | str]:
     """K-fold figures of the GP on inputs ``[n, d]`` and outcomes ``[n]`` (log metric); ``folds = n`` is
-    leave-one-out. Folds are every ``folds``-th point of a ``seed`` permutation."""
+    leave-one-out. Folds are every ``folds``-th point of a ``seed`` permutation. Keys: ``spearman``,
+    ``rmse_log_ppl`` and ``median_abs_err_log`` (of the log metric, whichever it is), ``coverage_2sigma``,
+    ``band_target`` and ``band`` (what the band is, in words)."""
     from scipy.stats import spearmanr
 
     perm = np.random.default_rng(seed).permutation(len(y))
@@ -30,6 +32,6 @@ def kfold(x: torch.Tensor, y: np.ndarray, folds: int, seed: int = 0) -> dict[str
         pred[test], _, lo[test], hi[test] = predict(gp, x[test])
     err = pred - y
     return {"spearman": float(spearmanr(pred, y).statistic), "rmse_log_ppl": float(np.sqrt(np.mean(err ** 2))),
-            "median_abs_err_log_ppl": float(np.median(np.abs(err))),
-            "coverage": float(np.mean((y >= lo) & (y <= hi))), "band_target": BAND_COVERAGE,
+            "median_abs_err_log": float(np.median(np.abs(err))),
+            "coverage_2sigma": float(np.mean((y >= lo) & (y <= hi))), "band_target": BAND_COVERAGE,
             "band": f"+-{BAND_Z:g} sigma predictive band (GP noise included, leave-one-out calibrated)"}
