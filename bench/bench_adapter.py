@@ -1,6 +1,6 @@
 """Adapter generation for all 210 layers of SmolLM2-135M vs one dense 256-token forward.
 
-``CoALoRAModel.generate(config)``: one batched theta call and 210 folds A' = U A, at the default
+``CoALoRAModel.lora_for(config)``: one batched theta call and 210 folds A' = U A, at the default
 rank (``TrainConfig().rank``). Reference, in the same run: one forward of the plain model on a
 256-token sequence (no grad). Both best of 7 after a warm-up. Target: generation under 20 ms.
 Prints one JSON object.
@@ -34,7 +34,7 @@ def main() -> dict:
     coa = CoALoRAModel(model, "smollm2-135m", targets, cfg.adapter)
     rng = random.Random(0)
     qc = ModelQuantConfig.from_ids("smollm2-135m", targets, [rng.randrange(len(ALL_CONFIGS)) for _ in targets])
-    gen_s = best_of(lambda: coa.generate(qc), repeats=7)
+    gen_s = best_of(lambda: coa.lora_for(qc), repeats=7)
     return {
         "model": "smollm2-135m",
         "layers": len(targets),

@@ -30,13 +30,13 @@ def real_instance() -> tuple:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import find_targets, load_model
     from coalora.quant.config import ALL_CONFIGS
 
     model, tok = load_model("smollm2-135m")
     targets = find_targets(model)
-    table = model_error_table(model, "smollm2-135m", targets, "fisher", tokenizer=tok, progress=False)
+    table = cached_error_table(model, "smollm2-135m", targets, "fisher", tokenizer=tok, progress=False)
     return table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS]
 
 

@@ -4,7 +4,7 @@ memory of apply + eval.
 SmolLM2-135M with the shipped CoA-LoRA adapter under uniform nf4-dq (4.13 bits) vs the same
 model unquantized without adapter: forward tokens/s on batch 4 x 256 tokens (no grad), best of 3
 interleaved rounds after a warm-up, in one process. Quantization is simulated (dequantized fp32
-weights) and the explorer merges each layer's LoRA into its weight for inference (``CoALoRAModel.set_merge``), so the ratio measures what is left
+weights) and the explorer merges each layer's LoRA into its weight for inference (``CoALoRAModel.merge``), so the ratio measures what is left
 of the adapter's cost; ``unmerged_ratio`` is the training-time path (LoRA computed per token).
 Target: ratio >= 0.95. Memory: peak RSS after loading, and after apply + eval.
 Prints one JSON object.
@@ -41,7 +41,7 @@ def main() -> dict:
     loaded_mib = _peak_mib()
     coa = load_trained(default_adapter("smollm2-135m"), model, "smollm2-135m", targets)
     coa.eval()
-    coa.set_merge(True)  # what the explorer does: LoRA merged into each weight for inference
+    coa.merge()  # what the explorer does: LoRA merged into each weight for inference
     cfg = ModelQuantConfig.uniform("smollm2-135m", targets, resolve_preset("nf4-dq"))
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -55,8 +55,8 @@ def main() -> dict:
 
     def quantized(merge: bool):
         def run() -> None:
-            for layer in coa.layers.values():  # the flag only: the merged copies stay built
-                layer.merge = merge
+            # the flag only: the merged copies stay built
+            coa.merge() if merge else coa.unmerge(keep_weights=True)
             coa.applier.apply(cfg)  # cached: a pointer swap per matrix
             model(input_ids=ids)
         return run

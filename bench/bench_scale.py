@@ -71,20 +71,20 @@ def _load(d: Path):
 
 
 def _stage_error_table(d: Path) -> dict:
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
 
     model, _, targets = _load(d)
-    table = model_error_table(model, str(d / "model"), targets, "none", progress=False)
+    table = cached_error_table(model, str(d / "model"), targets, "none", progress=False)
     return {"matrices": len(targets), "configs": int(table.shape[1]), "sampled": True}
 
 
 def _stage_allocate(d: Path) -> dict:
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 
     model, _, targets = _load(d)
-    table = model_error_table(model, str(d / "model"), targets, "none", progress=False)  # cached by stage 2
+    table = cached_error_table(model, str(d / "model"), targets, "none", progress=False)  # cached by stage 2
     allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], list(BUDGETS),
                            method="fast")
     configs = [ModelQuantConfig.from_ids(str(d / "model"), targets, list(a.choice)) for a in allocs]
@@ -149,7 +149,7 @@ def _stage_export_load(d: Path) -> dict:
     coa = _adapter(d, model, targets)
     config = _configs(d, targets)[1]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        lora = coa.generate(config)
+        lora = coa.lora_for(config)
     a = coa.adapter_config
     originals = {n: lin.weight.detach() for n, lin in target_modules_of(model, targets).items()}
     fp = weights_fingerprint(model, targets)

@@ -52,7 +52,7 @@ def one_size(hidden: int) -> dict:
     with torch.no_grad():
         apply_s = best_of(apply_full)
         switch_s = best_of(switch) / 2
-        gen_s = best_of(lambda: coa.generate(nf4))
+        gen_s = best_of(lambda: coa.lora_for(nf4))
         coa.set_config(nf4)
     with torch.inference_mode():
         quant_s = best_of(lambda: model(input_ids=ids))

@@ -80,7 +80,7 @@ class Explorer:
 
             self.coa = load_trained(self.adapter_path, self.model, model_name, self.targets)
             self.coa.eval()
-            self.coa.set_merge(True)  # evaluation and sampling at the dense model's speed
+            self.coa.merge()  # evaluation and sampling at the dense model's speed
             self.adapter_id = file_id(self.adapter_path)
             applier = self.coa.applier
         else:
@@ -121,11 +121,11 @@ class Explorer:
         return METHODS if self.coa is not None else ("none",)
 
     def error_table(self) -> np.ndarray:
-        from coalora.lqlora.sensitivity import model_error_table
+        from coalora.lqlora.sensitivity import cached_error_table
 
         with self.lock:
             self.applier.restore()  # the table is of the original weights
-            return model_error_table(self.model, self.model_name, self.targets, "fisher", tokenizer=self.tokenizer,
+            return cached_error_table(self.model, self.model_name, self.targets, "fisher", tokenizer=self.tokenizer,
                                      progress=False).numpy()
 
     def front_service(self):
@@ -171,7 +171,7 @@ class Explorer:
             why = "" if self.coa is not None else f" ({self.model_name} has no trained CoA-LoRA adapter here)"
             raise CoaloraError(f"method {short(method)} cannot be evaluated here; use one of {', '.join(self.methods)}{why}")
 
-    def generate(self, config: ModelQuantConfig) -> tuple[dict, float]:
+    def adapter_for(self, config: ModelQuantConfig) -> tuple[dict, float]:
         """The plain LoRA for ``config`` and the milliseconds theta took (no weights touched)."""
         if self.coa is None:
             raise CoaloraError(f"{self.model_name} has no trained CoA-LoRA adapter, so there is no adapter to generate")
@@ -179,7 +179,7 @@ class Explorer:
 
         t0 = time.perf_counter()
         with torch.no_grad():
-            lora = self.coa.generate(config)
+            lora = self.coa.lora_for(config)
         return lora, (time.perf_counter() - t0) * 1000
 
     def eval_windows(self, seqlen: int, windows: int, corpus: str | None = None) -> EvalWindows:
@@ -383,7 +383,7 @@ class Explorer:
 
         if inputs is None:
             inputs = self.export_inputs(config, measure=measure, seqlen=seqlen, windows=windows, corpus=corpus)
-        lora = self.generate(config)[0] if self.coa is not None else None
+        lora = self.adapter_for(config)[0] if self.coa is not None else None
         source = None
         if gguf:
             ew = self.eval_windows(seqlen, windows, corpus) if inputs["measured"] else None

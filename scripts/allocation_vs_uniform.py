@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from coalora.evaluation.perplexity import evaluate_corpus
     from coalora.files import write_json_atomic
     from coalora.lqlora.allocate import allocate
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import find_targets, load_model
     from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = find_targets(model)
     numels = torch.tensor([t.numel for t in targets], dtype=torch.float64)
     t0 = time.perf_counter()
-    table = model_error_table(model, args.model, targets, args.weighting, tokenizer=tok)
+    table = cached_error_table(model, args.model, targets, args.weighting, tokenizer=tok)
     table_s = time.perf_counter() - t0
     applier = ConfigApplier(model, args.model, targets)
     bits = [c.bits for c in ALL_CONFIGS]

@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.files import write_json_atomic
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import model_error_table, weights_fingerprint
+    from coalora.lqlora.sensitivity import cached_error_table, weights_fingerprint
     from coalora.models import find_targets, load_model
     from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
 
     model, tok = load_model(args.model)
     targets = find_targets(model)
-    table = model_error_table(model, args.model, targets, "fisher", tokenizer=tok, progress=False)
+    table = cached_error_table(model, args.model, targets, "fisher", tokenizer=tok, progress=False)
     ew = eval_windows(tok, seqlen=args.seqlen, windows=args.windows, spec=args.spec)
     # the unquantized model's log-probs, before any configuration or adapter touches the weights
     ref = reference.build(model, ew.windows, reference.key(args.model, weights_fingerprint(model, targets), ew.key))

@@ -46,7 +46,7 @@ def describe_selection(model: str, cfg: Any, methods: list[str], cv: Convention,
     m = primary_method(ex, methods)
     ms = None
     if ex.coa is not None and m == "coalora":
-        _, ms = ex.generate(cfg)
+        _, ms = ex.adapter_for(cfg)
     ev, p = measured(ex, cfg, m, cv)
     pp = kept_prediction(ex, cfg, m, cv, "ppl", ev, p)
     kk = kept_prediction(ex, cfg, m, cv, "kld", ev, measured(ex, cfg, m, cv, "kld")[1]) if metric == "kld" else None

@@ -53,11 +53,6 @@ class CoALoRALinear(nn.Module):
         """The bound U ``[r, r]``, or ``None`` for the identity."""
         return self._u
 
-    @U.setter
-    def U(self, value: torch.Tensor | None) -> None:
-        """Assignment is :meth:`set_u` (kept for scripts that assign; new code calls the method)."""
-        self.set_u(value)
-
     def set_u(self, u: torch.Tensor | None) -> None:
         """Bind U ``[r, r]`` (kept in the autograd graph if it has one); ``None`` clears it (U = I)."""
         r = self.lora_A.shape[0]

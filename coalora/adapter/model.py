@@ -133,9 +133,6 @@ class CoALoRAModel(nn.Module):
         return {t.name: (us[i] @ self.layers[t.name].lora_A, self.layers[t.name].lora_B)
                 for i, t in enumerate(self.targets)}
 
-    generate = lora_for
-    """Alias of :meth:`lora_for` for the callers listed in issue 17 (the CLI, the explorer, bench/)."""
-
     # ---- inference modes
 
     def merge(self) -> None:
@@ -148,13 +145,6 @@ class CoALoRAModel(nn.Module):
         ``keep_weights`` keeps them for a later :meth:`merge` (benchmarks that switch back and forth)."""
         for layer in self.layers.values():
             layer.unmerge(keep_weight=keep_weights)
-
-    def set_merge(self, on: bool = True) -> None:
-        """:meth:`merge` (``on``) or :meth:`unmerge`."""
-        if on:
-            self.merge()
-        else:
-            self.unmerge()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:

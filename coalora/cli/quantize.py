@@ -60,14 +60,14 @@ def args_allocate(sp: argparse.ArgumentParser) -> None:
 
 def run_allocate(args: argparse.Namespace) -> int:
     from coalora.lqlora.allocate import allocate
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import find_targets, load_model
     from coalora.quant.config import CONFIG_BITS, ModelQuantConfig, check_budget
 
     check_budget(args.budget)  # before loading the model and its error table, not after
     model, tok = load_model(args.model)
     targets = find_targets(model)
-    table = model_error_table(model, args.model, targets, args.weighting, tokenizer=tok, progress=not args.no_progress)
+    table = cached_error_table(model, args.model, targets, args.weighting, tokenizer=tok, progress=not args.no_progress)
     alloc = allocate(table, [t.numel for t in targets], CONFIG_BITS, args.budget, method=args.method)
     cfg = ModelQuantConfig.from_ids(args.model, targets, alloc.choice)
     if args.out:

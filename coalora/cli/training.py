@@ -64,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
     qcfg = load_quant_config(args, model)
     coa = load_trained(args.adapter, model, args.model, cache_bytes=0)
     t0 = time.perf_counter()
-    lora = coa.generate(qcfg)
+    lora = coa.lora_for(qcfg)
     gen_ms = (time.perf_counter() - t0) * 1000
     path = save_peft_adapter(lora, args.out, rank=coa.adapter_config.rank, alpha=coa.adapter_config.alpha,
                              base_model=args.model)

@@ -174,9 +174,6 @@ def cached_error_table(
     return table
 
 
-model_error_table = cached_error_table
-"""Alias of :func:`cached_error_table` for the callers listed in issue 17 (train/, cli/, explorer, scripts/, bench/)."""
-
 
 def _tiny_corpus() -> str:
     """Calibration text for the tiny test model, written once to the cache (it needs no download)."""

@@ -166,10 +166,10 @@ def allocator_configs(trainer, budgets) -> dict[float, ModelQuantConfig]:
     """The fast allocator's configuration at each budget for ``trainer``'s model (the comparison's
     evaluation configurations), from the error table of the original weights (restore them first)."""
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
 
     t = trainer
-    table = model_error_table(t.model_raw, t.cfg.model, t.targets, t.cfg.weighting, tokenizer=t.tok, progress=False)
+    table = cached_error_table(t.model_raw, t.cfg.model, t.targets, t.cfg.weighting, tokenizer=t.tok, progress=False)
     numels, bits = [x.numel for x in t.targets], [c.bits for c in ALL_CONFIGS]
     return {b: ModelQuantConfig.from_ids(t.cfg.model, t.targets,
                                          list(allocate_many(table.numpy(), numels, bits, [b], method="fast")[0].choice))

@@ -36,21 +36,21 @@ class TrainConfig:
     """``coalora`` (theta + search); baselines: ``qlora`` (one config, Q = quant(W), plain LoRA),
     ``lqlora`` (one config, LQ-LoRA's decomposition W ~ Q + L1 L2 as base and init), ``shared`` (one
     plain LoRA over a fixed set of configs, one per step)."""
-    rank: int = 8
+    rank: int = AdapterConfig.rank
     """LoRA rank: 8 is SmolLM2's hidden size (576) over 64, the paper's r/d for LLaMA-2-7B (64/4096)."""
-    alpha: float = 16.0
+    alpha: float = AdapterConfig.alpha
     """LoRA scaling numerator: the LoRA term is scaled by alpha / rank."""
-    init: str = "peft"
+    init: str = AdapterConfig.init
     """A, B initialisation: ``peft`` (Kaiming A, zero B) or ``lq`` (SVD of the residual at ``ref_preset``).
     peft did better in every 100-step comparison run (data/results/archive/ablations)."""
-    ref_preset: str = "nf3-dq"
+    ref_preset: str = AdapterConfig.ref_preset
     """Reference configuration of the ``lq`` init (a preset or ``uniform:b0,b1,b2,B0,B1``)."""
-    base: str = "quant"
+    base: str = AdapterConfig.base
     """What the adapter sits on: ``quant`` (Q_c(W)) or ``lq`` (LQ-LoRA's split Q_c(W - L1 L2) + L1 L2,
     computed per configuration when it is applied; coalora.quant.apply.BaseSpec)."""
-    lq_rank: int = 8
+    lq_rank: int = AdapterConfig.lq_rank
     """Rank of the ``lq`` base's low-rank term."""
-    lq_iters: int = 1
+    lq_iters: int = AdapterConfig.lq_iters
     """Alternations of the ``lq`` base's split."""
     corpus: str = "shakespeare"
     """Training corpus (its train split): ``shakespeare``, a .txt/.jsonl file or directory, or ``hf:...``."""

@@ -26,11 +26,11 @@ def initial_train_set(cfg: TrainConfig, model: torch.nn.Module, targets: Sequenc
     ``model``) at each of ``cfg.budgets``, or at ``cfg.initial_budgets`` budgets evenly spaced over
     ``[budget_lo, budget_hi]``; a configuration that two neighbouring budgets share is kept once."""
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.quant.config import ALL_CONFIGS
 
     budgets = list(cfg.budgets) or np.linspace(cfg.budget_lo, cfg.budget_hi, cfg.initial_budgets).tolist()
-    table = model_error_table(model, cfg.model, targets, cfg.weighting, tokenizer=tokenizer, progress=progress)
+    table = cached_error_table(model, cfg.model, targets, cfg.weighting, tokenizer=tokenizer, progress=progress)
     allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS],
                            budgets, method="fast")
     configs, seen = [], set()

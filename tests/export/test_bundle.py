@@ -173,7 +173,7 @@ def test_smollm2_bundle_reproduces_logits_and_size(tmp_path, monkeypatch):
     with torch.no_grad():
         ex.coa.set_config(cfg)
     merged = _logits(ex.model, ids)  # the explorer's inference path: LoRA merged into each weight
-    ex.coa.set_merge(False)
+    ex.coa.unmerge()
     ref = _logits(ex.model, ids)  # the configuration-aware forward the spec compares with
     b = load_bundle(out)
     loaded = _logits(b.model, ids)

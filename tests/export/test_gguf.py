@@ -217,12 +217,12 @@ def smollm2_coalora():
     from coalora.adapter.trained import load_trained
     from coalora.evaluation.perplexity import eval_windows
     from coalora.explorer import default_adapter
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import load_model
 
     model, tok = load_model("smollm2-135m")
     targets = find_targets(model)
-    table = model_error_table(model, "smollm2-135m", targets, "fisher", tokenizer=tok, progress=False)
+    table = cached_error_table(model, "smollm2-135m", targets, "fisher", tokenizer=tok, progress=False)
     coa = load_trained(default_adapter("smollm2-135m"), model, "smollm2-135m", targets)
     coa.eval()
     return model, tok, targets, table.numpy(), coa, eval_windows(tok, seqlen=128, windows=4)
@@ -251,7 +251,7 @@ def test_smollm2_gguf_in_llama_cpp_lands_next_to_coaloras_simulated_perplexity(s
     with torch.no_grad():
         coa.set_config(cfg)
         sim = perplexity(model, ew.windows, progress=False)
-        lora = coa.generate(cfg)
+        lora = coa.lora_for(cfg)
     a = coa.adapter_config
     measured = {"ppl": sim.ppl, "nll": sim.nll, "eval_set": ew.dataset, "seqlen": ew.seqlen, "windows": ew.n,
                 "tokens": sim.tokens, "eval_spec": ew.spec, "kld": None}

@@ -126,13 +126,13 @@ def fix_eval_configs(cfg: ProtocolConfig, model, tok, targets, progress: bool) -
     per budget, its member nearest in bits that no earlier row took; ``ood`` draws with seed 0.
     """
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import model_error_table
+    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
     from coalora.train.compare import far_random_configs
     from coalora.train.config import TrainConfig
 
     tc = TrainConfig(model=cfg.model)
-    table = model_error_table(model, cfg.model, targets, tc.weighting, tokenizer=tok, progress=progress).numpy()
+    table = cached_error_table(model, cfg.model, targets, tc.weighting, tokenizer=tok, progress=progress).numpy()
     numels, bits = [t.numel for t in targets], [c.bits for c in ALL_CONFIGS]
     initial_budgets = np.linspace(tc.budget_lo, tc.budget_hi, tc.initial_budgets).tolist()
     initial = [ModelQuantConfig.from_ids(cfg.model, targets, list(a.choice))

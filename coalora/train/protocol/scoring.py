@@ -31,7 +31,7 @@ def bind(coa: CoALoRAModel, qc: ModelQuantConfig, theta: bool) -> None:
     import torch
 
     coa.eval()
-    coa.set_merge(True)
+    coa.merge()
     with torch.no_grad():
         coa.set_config(qc, theta=theta)
 
@@ -88,5 +88,5 @@ def validation_nll(coa: CoALoRAModel, windows: torch.Tensor, configs: list[Model
     for qc in configs:
         bind(coa, qc, theta)
         vals.append(perplexity(coa.model, windows, batch_size=SCORE_BATCH, progress=False).nll)
-    coa.set_merge(False)
+    coa.unmerge()
     return float(np.mean(vals))
