@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> dict:
+    from coalora.adapter.apply import ConfigApplier
     from coalora.models import load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ALL_CONFIGS, PRESETS
 
     model, _ = load_model("smollm2-135m")

@@ -89,8 +89,8 @@ def memory_child() -> dict:
 def throughput() -> dict:
     import torch
 
+    from coalora.adapter.apply import ConfigApplier
     from coalora.models import find_targets, load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ModelQuantConfig, resolve_preset
     from coalora.quant.packed import pack_model
 
@@ -114,9 +114,9 @@ def throughput() -> dict:
 
 
 def perplexities(windows: int = 4, seqlen: int = 256) -> dict:
+    from coalora.adapter.apply import ConfigApplier
     from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.models import find_targets, load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ModelQuantConfig, resolve_preset
     from coalora.quant.packed import pack_model
 

@@ -30,10 +30,10 @@ def main() -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from coalora.adapter.apply import ConfigApplier
     from coalora.adapter.model import CoALoRAModel
     from coalora.lqlora.allocate import allocate_many
     from coalora.models import find_targets, load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
     from coalora.train.trainer import TrainConfig
 

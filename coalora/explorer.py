@@ -2,7 +2,7 @@
 CLI's ``front``, ``search``, ``export`` commands work through.
 
 An :class:`Explorer` loads the model once and keeps it; every configuration is applied in place
-(only changed matrices are re-quantized: :class:`coalora.quant.apply.ConfigApplier`). Quick evaluations
+(only changed matrices are re-quantized: :class:`coalora.adapter.apply.ConfigApplier`). Quick evaluations
 are cached in the store by their full key, so asking twice costs nothing. Every evaluation reads
 the windows of the default eval spec (:data:`coalora.evaluation.spec.DEFAULT_SPEC`) and measures the KL
 divergence to the unquantized model next to the perplexity, against the unquantized model's
@@ -84,7 +84,7 @@ class Explorer:
             self.adapter_id = file_id(self.adapter_path)
             applier = self.coa.applier
         else:
-            from coalora.quant.apply import ConfigApplier
+            from coalora.adapter.apply import ConfigApplier
 
             applier = ConfigApplier(self.model, model_name, self.targets)
         self.applier = applier

@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from coalora.adapter.apply import ConfigApplier
     from coalora.evaluation.perplexity import evaluate_corpus
     from coalora.files import write_json_atomic
     from coalora.lqlora.allocate import allocate
     from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import find_targets, load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
 
     model, tok = load_model(args.model)

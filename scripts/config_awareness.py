@@ -26,10 +26,10 @@ def main() -> int:
     import torch
 
     from coalora import data
+    from coalora.checkpoint import load_checkpoint
     from coalora.evaluation.perplexity import perplexity
     from coalora.files import write_json_atomic
     from coalora.quant.config import ModelQuantConfig
-    from coalora.train.checkpoint import load_checkpoint
     from coalora.train.compare import allocator_configs
     from coalora.train.trainer import CHECKPOINT, TrainConfig, Trainer
 

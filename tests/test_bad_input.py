@@ -402,7 +402,7 @@ def _adapter_variant(src: Path, dst: Path, kind: str) -> Path:
 
         save_file({"weight": torch.zeros(2)}, str(dst))
     elif kind == "a checkpoint":
-        from coalora.train.checkpoint import save_checkpoint
+        from coalora.checkpoint import save_checkpoint
 
         save_checkpoint(dst, tensors, meta)
     elif kind == "meta not json":
@@ -490,8 +490,8 @@ def test_generate_with_bad_input_writes_nothing(env, adapter_file, tmp_path):
 ])
 def test_bad_checkpoints(env, adapter_file, tmp_path, kind, match):
     from coalora.adapter.trained import read_trained
+    from coalora.checkpoint import save_checkpoint
     from coalora.files import save_tagged
-    from coalora.train.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     ck = run / "checkpoint.safetensors"

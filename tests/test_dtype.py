@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from coalora.adapter.apply import DEFAULT_CACHE_BYTES, ConfigApplier, WeightCache, auto_cache_bytes, free_memory_bytes
 from coalora.errors import CoaloraError
 from coalora.models import find_targets, load_model, resolve_device, tiny_llama, torch_dtype
-from coalora.quant.apply import DEFAULT_CACHE_BYTES, ConfigApplier, WeightCache, auto_cache_bytes, free_memory_bytes
 from coalora.quant.config import ModelQuantConfig, resolve_preset
 from coalora.quant.packed import PackedLinear, pack_model
 
@@ -55,9 +55,9 @@ def test_bf16_changes_logits_only_by_rounding():
 
 
 def test_default_cache_is_a_fraction_of_free_memory_and_says_what_it_holds(monkeypatch):
-    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
+    monkeypatch.setattr("coalora.adapter.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
     assert auto_cache_bytes() == (1 << 30) // 4  # a quarter of 1 GiB free
-    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 64 << 30)
+    monkeypatch.setattr("coalora.adapter.apply.free_memory_bytes", lambda device="cpu": 64 << 30)
     assert auto_cache_bytes() == DEFAULT_CACHE_BYTES  # never above the old fixed size
     model = tiny_llama(seed=0)
     applier = ConfigApplier(model, "tiny-llama")

@@ -221,7 +221,7 @@ def test_store_killed_while_being_created_and_seeded(tmp_path):
 _CHECKPOINT_WRITER = """
     import sys
     import torch
-    from coalora.train.checkpoint import load_checkpoint, save_checkpoint
+    from coalora.checkpoint import load_checkpoint, save_checkpoint
 
     path = sys.argv[1]
     step = 0
@@ -242,7 +242,7 @@ _CHECKPOINT_WRITER = """
 
 
 def _check_checkpoint(path: Path, last_saved: int) -> int:
-    from coalora.train.checkpoint import load_checkpoint
+    from coalora.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(path)
     step = meta["step"]
@@ -280,7 +280,7 @@ def test_checkpoint_killed_between_writing_and_renaming(tmp_path):
         import os, sys, time
         import safetensors.torch as st
         import torch
-        from coalora.train.checkpoint import save_checkpoint
+        from coalora.checkpoint import save_checkpoint
 
         path = sys.argv[1]
         save_checkpoint(path, {"a": torch.full((1000,), 1.0)}, {"step": 1})
@@ -300,7 +300,7 @@ def test_checkpoint_killed_between_writing_and_renaming(tmp_path):
     child.wait_for("half")
     assert len(_temps(path)) == 1
     child.kill("checkpoint")
-    from coalora.train.checkpoint import load_checkpoint, save_checkpoint
+    from coalora.checkpoint import load_checkpoint, save_checkpoint
 
     tensors, meta = load_checkpoint(path)
     assert meta["step"] == 1 and bool((tensors["a"] == 1.0).all())

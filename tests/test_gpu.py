@@ -34,8 +34,8 @@ def test_packed_layers_live_and_decode_on_the_gpu():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_and_fake_quantized_models_agree_on_the_gpu(dtype):
+    from coalora.adapter.apply import ConfigApplier
     from coalora.models import tiny_llama
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.packed import pack_model
 
     fake, packed = tiny_llama().to("cuda", dtype), tiny_llama().to("cuda", dtype)

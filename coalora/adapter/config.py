@@ -1,7 +1,7 @@
 """The adapter's shape and initialisation, :class:`AdapterConfig` (method.md section 3).
 
 These are the one set of defaults for the adapter: rank, alpha, init and theta's size; the base's
-(``base``, ``lq_rank``, ``lq_iters``) are :class:`~coalora.quant.apply.BaseSpec`'s. The training
+(``base``, ``lq_rank``, ``lq_iters``) are :class:`~coalora.adapter.apply.BaseSpec`'s. The training
 recipe (:class:`coalora.train.config.TrainConfig`) takes its adapter fields' defaults from here.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from coalora.adapter.apply import BaseSpec
 from coalora.errors import CoaloraError
-from coalora.quant.apply import BaseSpec
 from coalora.quant.config import resolve_preset
 
 INITS = ("lq", "peft")
@@ -38,7 +38,7 @@ class AdapterConfig:
     """Width of theta's hidden layer."""
     base: str = BaseSpec.kind
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
-    Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.quant.apply.BaseSpec)."""
+    Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.adapter.apply.BaseSpec)."""
     lq_rank: int = BaseSpec.lq_rank
     """Rank of the ``lq`` base's full-precision low-rank term."""
     lq_iters: int = BaseSpec.lq_iters
@@ -60,7 +60,7 @@ class AdapterConfig:
 
     @property
     def base_spec(self) -> BaseSpec:
-        """The :class:`~coalora.quant.apply.BaseSpec` the model computes each configuration's weights with."""
+        """The :class:`~coalora.adapter.apply.BaseSpec` the model computes each configuration's weights with."""
         return BaseSpec(self.base, self.lq_rank, self.lq_iters)
 
     @property

@@ -1,6 +1,6 @@
 """One configuration-aware LoRA layer, :class:`CoALoRALinear` (method.md section 3, spec S3).
 
-A frozen target linear (whose weight the :class:`~coalora.quant.apply.ConfigApplier` swaps for
+A frozen target linear (whose weight the :class:`~coalora.adapter.apply.ConfigApplier` swaps for
 Q_C(W)) plus one LoRA pair shared by all configurations, A ``[r, d_in]`` (L2) and B
 ``[d_out, r]`` (L1), and the configuration's U ``[r, r]`` from theta:
 

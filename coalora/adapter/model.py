@@ -41,10 +41,10 @@ def _module_type_index(targets: Sequence[Target]) -> dict[str, int]:
 class CoALoRAModel(nn.Module):
     """A causal LM with configuration-aware LoRA on every target matrix.
 
-    Owns a :class:`~coalora.quant.apply.ConfigApplier` (which holds the original weights), theta and the
+    Owns a :class:`~coalora.adapter.apply.ConfigApplier` (which holds the original weights), theta and the
     shared LoRA pairs. ``forward(config=C, ...)`` quantizes the base under C (cached) and runs the
     model with U computed for C. ``cache_bytes`` bounds the applier's weight cache (None: sized from
-    the free memory, :func:`~coalora.quant.apply.auto_cache_bytes`); ``initialize=False`` skips
+    the free memory, :func:`~coalora.adapter.apply.auto_cache_bytes`); ``initialize=False`` skips
     :meth:`init_lora` when trained weights are loaded right after.
 
     Example:
@@ -55,7 +55,7 @@ class CoALoRAModel(nn.Module):
     def __init__(self, model: nn.Module, model_name: str, targets: Sequence[Target], adapter: AdapterConfig,
                  cache_bytes: int | None = None, seed: int = 0, initialize: bool = True):
         super().__init__()
-        from coalora.quant.apply import ConfigApplier
+        from coalora.adapter.apply import ConfigApplier
 
         self.model = model
         self.model_name = model_name

@@ -98,7 +98,7 @@ def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                       extra: dict[str, Any] | None = None) -> Path:
     """Write the adapter of a training checkpoint as a trained-adapter file (no model load needed)."""
-    from coalora.train.checkpoint import load_checkpoint
+    from coalora.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(checkpoint)
     try:

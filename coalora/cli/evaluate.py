@@ -77,7 +77,7 @@ def _configure(args: argparse.Namespace, model, qcfg, coa, runtime: str) -> dict
         log(f"packed {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) in {time.perf_counter() - t0:.1f} s: resident weights "
             f"{info['resident_weight_bytes'] / 2**20:.1f} MiB ({info['packed_bytes'] / 2**20:.1f} MiB packed targets)")
         return info
-    from coalora.quant.apply import ConfigApplier
+    from coalora.adapter.apply import ConfigApplier
 
     stats = ConfigApplier(model, args.model, list(qcfg.targets)).apply(qcfg)
     log(f"applied {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) to {stats.changed} matrices in {stats.seconds:.1f} s")

@@ -1,6 +1,6 @@
 """The packed runtime: linear layers that keep a configuration's bit-packed codes and dequantize on the fly.
 
-The fake-quantized path (:mod:`coalora.quant.apply`) keeps every original weight plus a dequantized copy
+The fake-quantized path (:mod:`coalora.adapter.apply`) keeps every original weight plus a dequantized copy
 (4 + 4 bytes per weight in fp32) so that configurations can be switched in place; that is what
 training and the explorer need. A *deployed* configuration needs neither: :class:`PackedLinear`
 stores exactly what :func:`coalora.quant.nf.pack` writes (b0-bit weight codes, b1-bit scale codes,

@@ -6,7 +6,7 @@ equal-compute comparison against per-configuration baselines.
   :mod:`~coalora.train.search_round` (the Pareto search between steps), :mod:`~coalora.train.trainer`
   (``Trainer``);
 * a run's files: :mod:`~coalora.train.state` (``TrainState`` and its checkpoint),
-  :mod:`~coalora.train.checkpoint` (the file format), :mod:`~coalora.train.step_log` (``log.jsonl``);
+  :mod:`~coalora.checkpoint` (the file format), :mod:`~coalora.train.step_log` (``log.jsonl``);
 * the comparisons: :mod:`~coalora.train.protocol` (``coalora compare``, unit by unit) with its report
   (:mod:`~coalora.train.protocol_report`, :mod:`~coalora.train.protocol_analysis`,
   :mod:`~coalora.train.protocol_intervals`), and the short harness :mod:`~coalora.train.compare`

@@ -47,7 +47,7 @@ class TrainConfig:
     """Reference configuration of the ``lq`` init (a preset or ``uniform:b0,b1,b2,B0,B1``)."""
     base: str = AdapterConfig.base
     """What the adapter sits on: ``quant`` (Q_c(W)) or ``lq`` (LQ-LoRA's split Q_c(W - L1 L2) + L1 L2,
-    computed per configuration when it is applied; coalora.quant.apply.BaseSpec)."""
+    computed per configuration when it is applied; coalora.adapter.apply.BaseSpec)."""
     lq_rank: int = AdapterConfig.lq_rank
     """Rank of the ``lq`` base's low-rank term."""
     lq_iters: int = AdapterConfig.lq_iters

@@ -1,7 +1,7 @@
 """What a run carries from step to step and across resumes (method.md section 4).
 
 :class:`TrainState` is everything that changes during training besides the tensors. One
-safetensors checkpoint (:mod:`coalora.train.checkpoint`) holds it with the adapter (theta, every
+safetensors checkpoint (:mod:`coalora.checkpoint`) holds it with the adapter (theta, every
 A and B), the AdamW state and the torch RNG, so a resumed run continues bit for bit.
 :func:`read_checkpoint` refuses a checkpoint whose recipe differs in anything that changes the
 result (``steps`` may change: train longer, or stop earlier).
@@ -56,7 +56,7 @@ def write_checkpoint(path: Path, cfg: TrainConfig, target_names: list[str], stat
                      adapter: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
     """Write the run's checkpoint atomically: ``adapter`` (``theta.*``, ``lora.*``), the AdamW state
     (``optim.*``), the torch RNG, and as metadata the recipe, targets, state and optimizer groups."""
-    from coalora.train.checkpoint import optimizer_to_tensors, save_checkpoint
+    from coalora.checkpoint import optimizer_to_tensors, save_checkpoint
 
     opt_t, opt_meta = optimizer_to_tensors(optimizer)
     tensors = {**adapter, **opt_t, "rng.torch": torch.get_rng_state()}
@@ -93,7 +93,7 @@ def read_checkpoint(path: Path, cfg: TrainConfig, target_names: list[str]) -> Sa
     option outside :data:`FREE_OPTIONS` (theta's rate is free where theta is not trained), and
     another model's targets.
     """
-    from coalora.train.checkpoint import load_checkpoint
+    from coalora.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(path)
     if not {"train_config", "targets", "state", "optimizer"} <= set(meta) or "rng.torch" not in tensors:

@@ -160,7 +160,7 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the checkpoint into the set-up run if there is one (adapter, optimizer, RNG, state)."""
-        from coalora.train.checkpoint import optimizer_from_tensors
+        from coalora.checkpoint import optimizer_from_tensors
 
         self.setup()
         path = self.checkpoint_path()

@@ -76,8 +76,8 @@ def test_lq_init_reduces_the_reference_residual():
 def test_generated_peft_adapter_matches_fused_forward(tmp_path, init):
     from peft import PeftModel
 
+    from coalora.adapter.apply import ConfigApplier
     from coalora.export.peft import save_peft_adapter
-    from coalora.quant.apply import ConfigApplier
 
     coa, targets = _coa(init=init)
     # Make theta and B non-trivial so the test can fail if U were dropped or misplaced.
@@ -150,7 +150,7 @@ def test_disabled_runs_the_bare_quantized_model():
         with coa.disabled():
             bare = coa.model(input_ids=ids).logits
         again = coa.model(input_ids=ids).logits
-    from coalora.quant.apply import ConfigApplier
+    from coalora.adapter.apply import ConfigApplier
 
     ref_model = tiny_llama(seed=0)
     ConfigApplier(ref_model, "tiny-llama", find_targets(ref_model)).apply(cfg)
@@ -248,6 +248,6 @@ def test_unmerge_keeps_or_drops_the_merged_weight():
 
 def test_default_weight_cache_is_the_appliers(monkeypatch):
     """cache_bytes None means what it means for ConfigApplier: sized from the free memory."""
-    monkeypatch.setattr("coalora.quant.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
+    monkeypatch.setattr("coalora.adapter.apply.free_memory_bytes", lambda device="cpu": 1 << 30)
     coa, _ = _coa(init="peft", rank=4)
     assert coa.applier.cache.max_bytes == (1 << 30) // 4

@@ -86,9 +86,9 @@ def test_generated_adapter_matches_fused_model_on_smollm2(tmp_path):
     """The PEFT adapter loaded on the quantized SmolLM2 reproduces the configuration-aware model."""
     from peft import PeftModel
 
+    from coalora.adapter.apply import ConfigApplier
     from coalora.export.peft import save_peft_adapter
     from coalora.models import load_model
-    from coalora.quant.apply import ConfigApplier
 
     model, _ = load_model("smollm2-135m")
     targets = find_targets(model)

@@ -110,8 +110,8 @@ def test_cli_eval_tasks_prints_accuracy_and_stderr_and_stores_them(tmp_path, mon
 @pytest.mark.integration
 @pytest.mark.slow
 def test_local_task_is_solved_above_chance_and_worse_when_badly_quantized(default_model):
+    from coalora.adapter.apply import ConfigApplier
     from coalora.models import find_targets, load_model
-    from coalora.quant.apply import ConfigApplier
     from coalora.quant.config import resolve_preset
 
     model, tok = load_model("smollm2-135m")  # a private copy: the shared fixture's weights stay intact

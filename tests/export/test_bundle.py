@@ -67,7 +67,7 @@ def test_plain_peft_loads_the_adapter_on_the_quantized_base(explorer, tmp_path):
     cfg = ex.allocate(4.0)
     out = ex.export(cfg, tmp_path / "b", measure=False)
     base = tiny_llama(seed=0)
-    from coalora.quant.apply import ConfigApplier
+    from coalora.adapter.apply import ConfigApplier
 
     ConfigApplier(base, "tiny-llama", find_targets(base)).apply(cfg)
     peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))

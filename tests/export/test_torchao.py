@@ -43,9 +43,9 @@ def test_torchao_applies_the_map_per_module_and_runs(tmp_path):
 
 @pytest.mark.integration
 def test_torchao_perplexity_of_smollm2_lands_next_to_coalora(default_model, capsys):
+    from coalora.adapter.apply import ConfigApplier
     from coalora.evaluation.perplexity import eval_windows, perplexity
     from coalora.models import load_model
-    from coalora.quant.apply import ConfigApplier
 
     model, tok = load_model("smollm2-135m")  # a private copy: torchao replaces its weights
     targets = find_targets(model)

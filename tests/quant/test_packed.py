@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from coalora.adapter.apply import ConfigApplier
 from coalora.errors import CoaloraError
 from coalora.models import find_targets, tiny_llama
-from coalora.quant.apply import ConfigApplier
 from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig, QuantConfig, resolve_preset
 from coalora.quant.nf import fake_quantize, nf_codebook, pack, quantize, unpack_bits
 from coalora.quant.packed import (

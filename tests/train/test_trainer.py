@@ -227,7 +227,7 @@ def test_lqlora_base_is_the_lq_quantized_part(corpus, tmp_home, tmp_path):
 
 
 def test_lq_base_trains_and_resumes_with_its_base(corpus, tmp_home, tmp_path):
-    from coalora.quant.apply import BaseSpec
+    from coalora.adapter.apply import BaseSpec
 
     cfg = _cfg(corpus, base="lq", lq_rank=2, steps=4)
     tr = Trainer(cfg, tmp_path / "run", progress=False)

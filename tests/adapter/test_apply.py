@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from coalora.adapter.apply import ConfigApplier, WeightCache
 from coalora.errors import CoaloraError
 from coalora.models import find_targets
-from coalora.quant.apply import ConfigApplier, WeightCache
 from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
 from coalora.quant.nf import fake_quantize
 
@@ -92,8 +92,8 @@ def test_zero_byte_cache_still_applies(tiny_model):
 
 
 def test_lq_base_is_closer_to_the_original_than_plain_quantization():
+    from coalora.adapter.apply import BaseSpec
     from coalora.lqlora.split import fast_split
-    from coalora.quant.apply import BaseSpec
     from coalora.quant.config import resolve_preset
     from coalora.quant.nf import fake_quantize
 
