@@ -81,11 +81,11 @@ def _stage_error_table(d: Path) -> dict:
 def _stage_allocate(d: Path) -> dict:
     from coalora.lqlora.allocate import allocate_many
     from coalora.lqlora.sensitivity import cached_error_table
-    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.quant.config import CONFIG_BITS, ModelQuantConfig
 
     model, _, targets = _load(d)
     table = cached_error_table(model, str(d / "model"), targets, "none", progress=False)  # cached by stage 2
-    allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], list(BUDGETS),
+    allocs = allocate_many(table.numpy(), [t.numel for t in targets], list(CONFIG_BITS), list(BUDGETS),
                            method="fast")
     configs = [ModelQuantConfig.from_ids(str(d / "model"), targets, list(a.choice)) for a in allocs]
     (d / "configs.json").write_text(json.dumps([c.to_json() for c in configs]))

@@ -34,7 +34,7 @@ def main() -> dict:
     from coalora.adapter.model import CoALoRAModel
     from coalora.lqlora.allocate import allocate_many
     from coalora.models import find_targets, load_model
-    from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
+    from coalora.quant.config import ALL_CONFIGS, CONFIG_BITS, PRESETS, ModelQuantConfig
     from coalora.train.trainer import TrainConfig
 
     cfg = TrainConfig()
@@ -61,8 +61,8 @@ def main() -> dict:
     model, _ = load_model("smollm2-135m")
     targets = find_targets(model)
     rng = np.random.default_rng(0)
-    costs = rng.gamma(1.0, 1.0, (len(targets), len(ALL_CONFIGS))) / np.array([c.bits for c in ALL_CONFIGS]) ** 3
-    allocs = allocate_many(costs, [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], np.linspace(2.25, 7.25, 8).tolist(), method="fast")
+    costs = rng.gamma(1.0, 1.0, (len(targets), len(ALL_CONFIGS))) / np.array(CONFIG_BITS) ** 3
+    allocs = allocate_many(costs, [t.numel for t in targets], list(CONFIG_BITS), np.linspace(2.25, 7.25, 8).tolist(), method="fast")
     pool = [ModelQuantConfig.from_ids("smollm2-135m", targets, list(a.choice)) for a in allocs]
     coa = CoALoRAModel(model, "smollm2-135m", targets, cfg.adapter)
     params = coa.trainable_parameters()

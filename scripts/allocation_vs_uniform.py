@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from coalora.lqlora.allocate import allocate
     from coalora.lqlora.sensitivity import cached_error_table
     from coalora.models import find_targets, load_model
-    from coalora.quant.config import ALL_CONFIGS, PRESETS, ModelQuantConfig
+    from coalora.quant.config import ALL_CONFIGS, CONFIG_BITS, PRESETS, ModelQuantConfig
 
     model, tok = load_model(args.model)
     targets = find_targets(model)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     table = cached_error_table(model, args.model, targets, args.weighting, tokenizer=tok)
     table_s = time.perf_counter() - t0
     applier = ConfigApplier(model, args.model, targets)
-    bits = [c.bits for c in ALL_CONFIGS]
+    bits = list(CONFIG_BITS)
     uniform_cost = table.sum(0)  # [432]: total error if every matrix used config c
 
     def ppl(cfg: ModelQuantConfig | None) -> float:

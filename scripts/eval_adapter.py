@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from coalora.lqlora.allocate import allocate_many
     from coalora.lqlora.sensitivity import cached_error_table, weights_fingerprint
     from coalora.models import find_targets, load_model
-    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.quant.config import CONFIG_BITS, ModelQuantConfig
 
     model, tok = load_model(args.model)
     targets = find_targets(model)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         fp = perplexity(model, ew.windows, progress=False, spec=ew.spec).ppl
     budgets = [float(b) for b in args.budgets.split(",")]
-    allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS], budgets, method="fast")
+    allocs = allocate_many(table.numpy(), [t.numel for t in targets], list(CONFIG_BITS), budgets, method="fast")
     configs = [ModelQuantConfig.from_ids(args.model, targets, list(a.choice)) for a in allocs]
     coa = load_trained(args.adapter, model, args.model)
     meta = coa.trained_meta  # type: ignore[attr-defined]

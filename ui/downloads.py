@@ -55,7 +55,7 @@ def front_table(ex: Any, methods: list[str], cv: Any, sizes: Any, fronts: dict) 
     import numpy as np
 
     from coalora.quant.config import ModelQuantConfig
-    from coalora.search.front import posterior
+    from coalora.search.gp import predict
 
     svc = ex.front_service()
     cids, cbits, csrc = svc.candidates()
@@ -68,7 +68,8 @@ def front_table(ex: Any, methods: list[str], cv: Any, sizes: Any, fronts: dict) 
         all_ids = np.concatenate([cids, ids]) if len(ids) else cids
         src = list(csrc) + ["measured"] * len(ids)
         bits = np.concatenate([cbits, svc.avg_bits(ids)]) if len(ids) else cbits
-        mean, sd = posterior(gp, svc.encode(all_ids)) if gp is not None else (np.full(len(all_ids), np.nan),) * 2
+        nan = np.full(len(all_ids), np.nan)
+        mean, sd, lo, hi = predict(gp, svc.encode(all_ids)) if gp is not None else (nan,) * 4
         kq = ex.query(method, cv.seqlen, cv.windows, cv.corpus, "kld")
         kld = {e.config_hash: e.kld for e in ex.store.evaluations(
             model=ex.model_name, method=method, eval_set=q.eval_set, seqlen=cv.seqlen, windows=cv.windows,
@@ -85,7 +86,7 @@ def front_table(ex: Any, methods: list[str], cv: Any, sizes: Any, fronts: dict) 
             mu, s = float(mean[i]), float(sd[i])
             parts.append({"config_hash": h, "method": method, "avg_bits": float(bits[i]),
                           "size_mb": sizes.mb(float(bits[i])), "source": "measured" if h in meas else src[i],
-                          "predicted_ppl": _exp(mu), "predicted_lo": _exp(mu - 2 * s), "predicted_hi": _exp(mu + 2 * s),
+                          "predicted_ppl": _exp(mu), "predicted_lo": _exp(float(lo[i])), "predicted_hi": _exp(float(hi[i])),
                           "log_sigma": s, "on_predicted_front": h in on_front,
                           "measured_ppl": _exp(meas[h]) if h in meas else None, "measured_kld": kld.get(h)})
     return pd.DataFrame(parts)

@@ -83,7 +83,8 @@ def heldout(ex: Any, method: str, cv: Any, metric: str) -> dict[str, Prior]:
     docstring); empty without a GP (fewer than 4 evaluations: 3 left to condition on)."""
     import torch
 
-    from coalora.search.front import ENCODING_SIGNS, fit_gp, posterior
+    from coalora.search.front import ENCODING_SIGNS, fit_gp
+    from coalora.search.gp import predict
 
     if method not in ex.methods:
         return {}
@@ -103,8 +104,8 @@ def heldout(ex: Any, method: str, cv: Any, metric: str) -> dict[str, Prior]:
             keep = torch.ones(len(hashes), dtype=torch.bool)
             keep[i] = False
             g = fit_gp(x[keep], yt[keep], warm=gp, optimize=False, signs=ENCODING_SIGNS)
-            mu, sd = posterior(g, x[i:i + 1])
-            out[h] = (_exp(mu[0]), _exp(mu[0] - 2 * sd[0]), _exp(mu[0] + 2 * sd[0]), HELD_OUT)
+            mu, _, lo, hi = predict(g, x[i:i + 1])  # the front's calibrated predictive band
+            out[h] = (_exp(mu[0]), _exp(lo[0]), _exp(hi[0]), HELD_OUT)
     with STORE.lock:
         STORE.heldout[key] = (tuple(hashes), out)
     return out

@@ -64,7 +64,7 @@ def allocate(
     Args:
         costs: ``N x K`` non-negative errors ``e[i, c]`` (tensor or array, used as float64).
         numels: ``N`` parameter counts of the matrices.
-        bits: ``K`` storage bits per parameter of each config (e.g. ``[c.bits for c in ALL_CONFIGS]``).
+        bits: ``K`` storage bits per parameter of each config (e.g. :data:`~coalora.quant.config.CONFIG_BITS`).
         budget: target average bits per parameter; must lie in ``[min(bits), max(bits)]`` (up to
             BUDGET_TOL, e.g. ``[MIN_BITS, MAX_BITS]`` for the full 432-config space).
         method: ``"exact"`` (MILP, HiGHS) or ``"fast"`` (Lagrangian + greedy, milliseconds).

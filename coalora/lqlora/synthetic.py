@@ -26,11 +26,11 @@ def synthetic_instance(seed: int = 0, blocks: int = 30) -> tuple[np.ndarray, np.
     barely depends on B1 and the second-level format; each matrix has a log-normal sensitivity and
     each entry 5% log-normal noise.
     """
-    from coalora.quant.config import ALL_CONFIGS
+    from coalora.quant.config import ALL_CONFIGS, CONFIG_BITS
 
     rng = np.random.default_rng(seed)
     numels = np.array([o * i for _ in range(blocks) for o, i in SMOLLM2_SHAPES.values()], dtype=np.int64)
-    bits = np.array([c.bits for c in ALL_CONFIGS])
+    bits = np.array(CONFIG_BITS)
     rel = np.array(
         [
             2.0 ** (-2 * c.b0)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from coalora.errors import CoaloraError
-from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+from coalora.quant.config import ALL_CONFIGS, CONFIG_BITS, ModelQuantConfig
 from coalora.train.compare_results import CompareResult, EvalPoint, seen_gap, write_results
 
 __all__ = ["CompareConfig", "CompareResult", "EvalPoint", "allocator_configs", "far_random_configs",
@@ -138,7 +138,7 @@ def far_random_configs(numels: list[int], train_ids: np.ndarray, n: int, seed: i
     """
     rng = np.random.default_rng(seed)
     b0_idx = np.array([c.index[0] for c in ALL_CONFIGS])
-    cbits = np.array([c.bits for c in ALL_CONFIGS])
+    cbits = np.array(CONFIG_BITS)
     w = np.asarray(numels, dtype=np.float64) / np.sum(numels)
     out: list[list[int]] = []
     for _ in range(200 * n):
@@ -170,7 +170,7 @@ def allocator_configs(trainer, budgets) -> dict[float, ModelQuantConfig]:
 
     t = trainer
     table = cached_error_table(t.model_raw, t.cfg.model, t.targets, t.cfg.weighting, tokenizer=t.tok, progress=False)
-    numels, bits = [x.numel for x in t.targets], [c.bits for c in ALL_CONFIGS]
+    numels, bits = [x.numel for x in t.targets], list(CONFIG_BITS)
     return {b: ModelQuantConfig.from_ids(t.cfg.model, t.targets,
                                          list(allocate_many(table.numpy(), numels, bits, [b], method="fast")[0].choice))
             for b in budgets}

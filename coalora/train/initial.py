@@ -27,11 +27,11 @@ def initial_train_set(cfg: TrainConfig, model: torch.nn.Module, targets: Sequenc
     ``[budget_lo, budget_hi]``; a configuration that two neighbouring budgets share is kept once."""
     from coalora.lqlora.allocate import allocate_many
     from coalora.lqlora.sensitivity import cached_error_table
-    from coalora.quant.config import ALL_CONFIGS
+    from coalora.quant.config import CONFIG_BITS
 
     budgets = list(cfg.budgets) or np.linspace(cfg.budget_lo, cfg.budget_hi, cfg.initial_budgets).tolist()
     table = cached_error_table(model, cfg.model, targets, cfg.weighting, tokenizer=tokenizer, progress=progress)
-    allocs = allocate_many(table.numpy(), [t.numel for t in targets], [c.bits for c in ALL_CONFIGS],
+    allocs = allocate_many(table.numpy(), [t.numel for t in targets], CONFIG_BITS,
                            budgets, method="fast")
     configs, seen = [], set()
     for a in allocs:

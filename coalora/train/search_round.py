@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from coalora.models import Target
 from coalora.quant.config import ModelQuantConfig, QuantConfig
 from coalora.train.config import TrainConfig
@@ -40,11 +42,14 @@ class RoundResult:
 
 
 def search_round(cfg: TrainConfig, targets: Sequence[Target], train_set: list[list[int]], step: int,
-                 hv_ref: list[float] | None, probe_loss: Callable[[ModelQuantConfig], float]) -> RoundResult:
+                 hv_ref: list[float] | None, probe_loss: Callable[[ModelQuantConfig], float],
+                 table: np.ndarray | None = None) -> RoundResult:
     """Run one round after ``step`` on the training set ``train_set`` (config ids ``[N]`` each).
 
     ``probe_loss`` scores a configuration with the current adapter; ``hv_ref`` is the reference
-    point of earlier rounds (None at the first: ``(budget_hi + 0.25, 1.1 * worst probe loss)``).
+    point of earlier rounds (None at the first: ``(budget_hi + 0.25, 1.1 * worst probe loss)``);
+    ``table``: the model's error table ``[N, 432]``, the surrogate's input besides the bits (the
+    front's encoding, :mod:`coalora.search.encoding`).
     """
     from coalora.search.pareto import hypervolume_2d, segment_pareto_filter
     from coalora.search.round import SearchSettings, propose
@@ -54,7 +59,7 @@ def search_round(cfg: TrainConfig, targets: Sequence[Target], train_set: list[li
     scores = [probe_loss(c) for c in pool]
     bits = [c.avg_bits for c in pool]
     rnd = propose([c.index_matrix().numpy() for c in pool], bits, scores, [t.numel for t in targets],
-                  SearchSettings(cfg.search_candidates, cfg.search_steps, seed=cfg.seed + step))
+                  SearchSettings(cfg.search_candidates, cfg.search_steps, seed=cfg.seed + step), table=table)
     new = [ModelQuantConfig(cfg.model, tuple(targets),
                             tuple(QuantConfig.from_index(tuple(int(v) for v in row)) for row in m))
            for m in rnd.candidates]

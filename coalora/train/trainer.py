@@ -91,6 +91,11 @@ class Trainer:
         self.targets = find_targets(self.model_raw)
         # The allocator's error table needs the plain model: build the initial set before wrapping.
         fresh = not self.checkpoint_path().exists()
+        from coalora.lqlora.sensitivity import cached_error_table
+
+        # [N, 432]: the allocator's costs, and the search surrogate's second input (cached on disk)
+        self.error_table = cached_error_table(self.model_raw, cfg.model, self.targets, cfg.weighting,
+                                              tokenizer=self.tok, progress=self.progress).numpy()
         if fresh or cfg.method == "lqlora":
             self.initial_configs = initial_train_set(cfg, self.model_raw, self.targets, self.tok, self.progress)
         self.coa = CoALoRAModel(self.model_raw, cfg.model, self.targets, cfg.adapter,
@@ -337,7 +342,7 @@ class Trainer:
         payload: list[Any] = [None]
         if self.acc.is_main_process:
             rnd = search_round(self.cfg, self.targets, self.state.train_set, self.state.step, self.state.hv_ref,
-                               self.probe_loss)
+                               self.probe_loss, table=self.error_table)
             self._append_log(rnd.record)
             self._log(rnd.message)
             payload = [(rnd.train_set, rnd.scores, rnd.hv_ref, rnd.seconds, rnd.probe_configs * self.probe.numel())]

@@ -127,13 +127,13 @@ def fix_eval_configs(cfg: ProtocolConfig, model, tok, targets, progress: bool) -
     """
     from coalora.lqlora.allocate import allocate_many
     from coalora.lqlora.sensitivity import cached_error_table
-    from coalora.quant.config import ALL_CONFIGS, ModelQuantConfig
+    from coalora.quant.config import CONFIG_BITS, ModelQuantConfig
     from coalora.train.compare import far_random_configs
     from coalora.train.config import TrainConfig
 
     tc = TrainConfig(model=cfg.model)
     table = cached_error_table(model, cfg.model, targets, tc.weighting, tokenizer=tok, progress=progress).numpy()
-    numels, bits = [t.numel for t in targets], [c.bits for c in ALL_CONFIGS]
+    numels, bits = [t.numel for t in targets], list(CONFIG_BITS)
     initial_budgets = np.linspace(tc.budget_lo, tc.budget_hi, tc.initial_budgets).tolist()
     initial = [ModelQuantConfig.from_ids(cfg.model, targets, list(a.choice))
                for a in allocate_many(table, numels, bits, initial_budgets, method="fast")]
