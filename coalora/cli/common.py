@@ -23,6 +23,15 @@ def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
+def emit(args: argparse.Namespace, obj: object, text: str) -> int:
+    """A command's result: ``obj`` as JSON with ``--json``, else the one-line summary ``text``; status 0."""
+    if getattr(args, "json", False):
+        print_json(obj)
+    else:
+        print(text)
+    return 0
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr)
 

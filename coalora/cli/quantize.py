@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coalora.cli.common import log, output_args, print_json
+from coalora.cli.common import emit, log, output_args, print_json
 
 
 def args_prepare(sp: argparse.ArgumentParser) -> None:
@@ -76,10 +76,6 @@ def run_allocate(args: argparse.Namespace) -> int:
            "method": alloc.method, "weighting": args.weighting, "cost": alloc.cost, "lower_bound": alloc.lower_bound,
            "optimal": alloc.optimal, "seconds": alloc.seconds, "out": args.out,
            "b0_histogram": {b: sum(c.b0 == b for c in cfg.configs) for b in (2, 3, 4, 8)}}
-    if args.json:
-        print_json(out)
-    else:
-        print(f"{args.model}: {cfg.avg_bits:.4f} avg bits (budget {args.budget}), error {alloc.cost:.4g}, "
-              f"{alloc.method} in {alloc.seconds * 1000:.0f} ms; matrices per b0: {out['b0_histogram']}"
-              + (f"; wrote {args.out}" if args.out else ""))
-    return 0
+    return emit(args, out, f"{args.model}: {cfg.avg_bits:.4f} avg bits (budget {args.budget}), error {alloc.cost:.4g}, "
+                f"{alloc.method} in {alloc.seconds * 1000:.0f} ms; matrices per b0: {out['b0_histogram']}"
+                + (f"; wrote {args.out}" if args.out else ""))

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import fields
 
-from coalora.cli.common import load_quant_config, log, output_args, print_json
+from coalora.cli.common import emit, load_quant_config, log, output_args
 from coalora.cli.options import add_options, values
 from coalora.errors import CoaloraError
 
@@ -36,12 +36,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     out = {"out": args.out, "step": state.step, "train_set": len(state.train_set), "seconds": round(state.seconds, 1),
            "search_seconds": round(state.search_seconds, 1), "tokens": state.tokens, "searches": state.searches}
-    if args.json:
-        print_json(out)
-    else:
-        print(f"trained {cfg.method} to step {state.step} in {state.seconds:.0f} s ({state.searches} search rounds, "
-              f"{state.search_seconds:.0f} s); training set {len(state.train_set)} configs; checkpoint in {args.out}")
-    return 0
+    return emit(args, out, f"trained {cfg.method} to step {state.step} in {state.seconds:.0f} s ({state.searches} search "
+                f"rounds, {state.search_seconds:.0f} s); training set {len(state.train_set)} configs; checkpoint in "
+                f"{args.out}")
 
 
 def args_generate(sp: argparse.ArgumentParser) -> None:
@@ -70,12 +67,8 @@ def run_generate(args: argparse.Namespace) -> int:
                              base_model=args.model)
     out = {"out": str(path), "config_hash": qcfg.hash, "avg_bits": qcfg.avg_bits, "generate_ms": gen_ms,
            "rank": coa.adapter_config.rank, "modules": len(lora)}
-    if args.json:
-        print_json(out)
-    else:
-        print(f"generated the LoRA for {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) in {gen_ms:.1f} ms; "
-              f"PEFT adapter in {path}")
-    return 0
+    return emit(args, out, f"generated the LoRA for {qcfg.hash} ({qcfg.avg_bits:.4f} avg bits) in {gen_ms:.1f} ms; "
+                f"PEFT adapter in {path}")
 
 
 def args_export_trained(sp: argparse.ArgumentParser) -> None:
