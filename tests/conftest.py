@@ -77,3 +77,15 @@ def ui_app(tmp_path, monkeypatch):
     monkeypatch.setattr(predictions, "RESIDUALS", predictions.Residuals())
     yield UiApp()
     models.store.close()
+
+
+def launch_local(model: str, export_dir) -> tuple:
+    """Build the app for ``model`` and serve it in this process on a free local port, allowing downloads
+    from ``export_dir`` as ``ui.serve`` does; returns (demo, url). The caller closes the demo."""
+    from ui.layout import build_app, launch_kwargs
+
+    demo = build_app(model)
+    kw = launch_kwargs()
+    kw["allowed_paths"] = [str(export_dir)]
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
+    return demo, url

@@ -328,12 +328,9 @@ def test_gradio_client_drives_the_named_endpoints(app, tmp_path):
     """In-process server + gradio_client: select, quick eval, export download, front JSON, an error."""
     from gradio_client import Client
 
-    from ui.layout import build_app, launch_kwargs
+    from tests.conftest import launch_local
 
-    demo = build_app(MODEL)
-    kw = launch_kwargs()
-    kw["allowed_paths"] = [str(app.EXPORT_DIR)]
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
+    demo, url = launch_local(MODEL, app.EXPORT_DIR)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
         view = [MODEL, *_view()]

@@ -103,8 +103,8 @@ def test_fifty_exports_stay_under_the_cap(tmp_path, monkeypatch):
 
     from coalora import limits
     from coalora.store import Store
+    from tests.conftest import launch_local
     from ui import bundle, selection, state
-    from ui.layout import build_app, launch_kwargs
 
     gradio_dir = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_dir))  # read when the app is built
@@ -113,10 +113,7 @@ def test_fifty_exports_stay_under_the_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(state, "MODELS", models)
     monkeypatch.setattr(state, "FRONTS", state.FrontCache())
     monkeypatch.setattr(state, "EXPORT_DIR", tmp_path / "exports")  # outside the cache: Gradio copies
-    demo = build_app(MODEL)
-    kw = launch_kwargs()
-    kw["allowed_paths"] = [str(state.EXPORT_DIR)]
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, **kw)
+    demo, url = launch_local(MODEL, state.EXPORT_DIR)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
         hashes = [selection.select_best(MODEL, "shakespeare", b, ["none"], 128, 2)[0] for b in (2.5, 3, 4, 5, 6)]
