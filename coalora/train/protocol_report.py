@@ -80,12 +80,14 @@ def _budget_tables(res: dict[str, Any]) -> list[str]:
     for b in budgets:
         row = [f"{b:g}"] + [interval(*res["kld"][(m, b)], digits=4) if res["kld"].get((m, b)) else "" for m in methods]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Perplexity ratio to QLoRA (paired); an interval that holds 1.00 is a tie", "",
-              "| budget | " + " | ".join(m for m in methods if m != "qlora") + " |",
-              "|---|" + "---|" * (len(methods) - 1)]
+    others = [m for m in methods if m != "qlora"]
+    lines += ["", "## Perplexity ratio to QLoRA (paired); an interval that holds 1.00 is a tie", ""]
+    if "qlora" not in methods:
+        return lines + ["No QLoRA unit has finished yet."]
+    lines += ["| budget | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for b in budgets:
         row = [f"{b:g}"] + [interval(*res["ratio"][(m, b)], digits=3) if (m, b) in res["ratio"] else ""
-                            for m in methods if m != "qlora"]
+                            for m in others]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
