@@ -20,19 +20,16 @@ from coalora.quant.config import ModelQuantConfig
 from coalora.train.config import TrainConfig
 
 
-def initial_train_set(cfg: TrainConfig, model: torch.nn.Module, targets: Sequence[Target], tokenizer,
-                      progress: bool = False) -> list[ModelQuantConfig]:
-    """The allocator's configuration (``fast`` method, ``cfg.weighting`` error table of the plain
-    ``model``) at each of ``cfg.budgets``, or at ``cfg.initial_budgets`` budgets evenly spaced over
-    ``[budget_lo, budget_hi]``; a configuration that two neighbouring budgets share is kept once."""
+def initial_train_set(cfg: TrainConfig, targets: Sequence[Target], table: np.ndarray) -> list[ModelQuantConfig]:
+    """The allocator's configuration (``fast`` method, on ``table``, the ``[N, 432]`` ``cfg.weighting``
+    error table of the plain model) at each of ``cfg.budgets``, or at ``cfg.initial_budgets`` budgets
+    evenly spaced over ``[budget_lo, budget_hi]``; a configuration that two neighbouring budgets share
+    is kept once."""
     from coalora.lqlora.allocate import allocate_many
-    from coalora.lqlora.sensitivity import cached_error_table
     from coalora.quant.config import CONFIG_BITS
 
     budgets = list(cfg.budgets) or np.linspace(cfg.budget_lo, cfg.budget_hi, cfg.initial_budgets).tolist()
-    table = cached_error_table(model, cfg.model, targets, cfg.weighting, tokenizer=tokenizer, progress=progress)
-    allocs = allocate_many(table.numpy(), [t.numel for t in targets], CONFIG_BITS,
-                           budgets, method="fast")
+    allocs = allocate_many(table, [t.numel for t in targets], CONFIG_BITS, budgets, method="fast")
     configs, seen = [], set()
     for a in allocs:
         c = ModelQuantConfig.from_ids(cfg.model, targets, list(a.choice))

@@ -97,7 +97,7 @@ class Trainer:
         self.error_table = cached_error_table(self.model_raw, cfg.model, self.targets, cfg.weighting,
                                               tokenizer=self.tok, progress=self.progress).numpy()
         if fresh or cfg.method == "lqlora":
-            self.initial_configs = initial_train_set(cfg, self.model_raw, self.targets, self.tok, self.progress)
+            self.initial_configs = initial_train_set(cfg, self.targets, self.error_table)
         self.coa = CoALoRAModel(self.model_raw, cfg.model, self.targets, cfg.adapter,
                                 cache_bytes=int(cfg.cache_gib * (1 << 30)), seed=cfg.seed)
         if not cfg.use_theta:
@@ -218,7 +218,7 @@ class Trainer:
             if configs is None:  # the checkpoint seen by setup() is gone: start fresh
                 from coalora.train.initial import initial_train_set
 
-                configs = initial_train_set(self.cfg, self.model_raw, self.targets, self.tok, self.progress)
+                configs = initial_train_set(self.cfg, self.targets, self.error_table)
             self.state.train_set = [list(c.ids) for c in configs]
             self._append_log({"event": "start", "train_config": self.cfg.to_dict(), "train_set": len(configs),
                               "bits": [round(c.avg_bits, 4) for c in configs], "processes": self.acc.num_processes})
