@@ -13,6 +13,9 @@ APP_MAX_WINDOWS = 32
 """The most evaluation windows the app's page and API take."""
 APP_SEQLENS: tuple[int, ...] = (128, 256, 512)
 """Tokens per window the app's page and API offer."""
+APP_MAX_TASK_DOCS = 400
+"""The most lm-eval documents one app Quick eval scores: every item of the local task
+``shakespeare_nextline`` (:mod:`coalora.evaluation.nextline`)."""
 MAX_PROMPT_CHARS = 2000
 """The longest prompt ``sample`` continues (page and API)."""
 MAX_NEW_TOKENS = 64

@@ -197,6 +197,11 @@ def view(config_hash: str | None = None, **kw) -> list:
     return v if config_hash is None else [config_hash, *v]
 
 
+def quick(config_hash: str, task_docs=0, **kw) -> list:
+    """The arguments of ``quick_eval``: a selection's view and the lm-eval task documents."""
+    return [*view(config_hash, **kw), task_docs]
+
+
 # ---- the cases
 
 
@@ -213,7 +218,7 @@ def test_markup_in_every_string_argument_comes_back_escaped(app, markup):
     refused(call(app, "select_best", view(eval_set=markup)), "unknown eval set")
     refused(call(app, "sample", [h, MODEL, [markup], "To be", 4]), "unknown method")
     refused(call(app, "export", [markup, MODEL, "shakespeare", 256, 8]), "not a configuration hash")
-    refused(call(app, "quick_eval", view(h, metric=markup)), "unknown front metric")
+    refused(call(app, "quick_eval", quick(h, metric=markup)), "unknown front metric")
 
 
 NUMBERS = [  # (raw JSON of the argument, what the message says)
@@ -229,8 +234,8 @@ NUMBERS = [  # (raw JSON of the argument, what the message says)
 def test_bad_numbers_are_one_clear_sentence(app, value, expect):
     raw = json.dumps({"data": front(windows="@")}).replace('"@"', value)
     refused(call(app, "front", raw=raw), expect)
-    quick = json.dumps({"data": view("0123456789abcdef", windows="@")}).replace('"@"', value)
-    refused(call(app, "quick_eval", raw=quick), expect)
+    quick_raw = json.dumps({"data": quick("0123456789abcdef", windows="@")}).replace('"@"', value)
+    refused(call(app, "quick_eval", raw=quick_raw), expect)
 
 
 def test_bad_budgets_tokens_and_prompts(app):
@@ -248,6 +253,11 @@ def test_bad_budgets_tokens_and_prompts(app):
     refused(call(app, "sample", [h, MODEL, ["coalora"], "x" * 2001, 4]), "2000")
     refused(call(app, "sample", [h, MODEL, ["coalora"], ["To be"], 4]), "prompt must be text")
     refused(call(app, "sample", [h, MODEL, ["qlora"], "To be", 4]), "protocol comparison")  # was AttributeError
+    for docs, expect in (("-1", "[0, 400]"), ("401", "[0, 400]"), ("NaN", "whole number"), ("true", "whole number"),
+                         ('"<b>8</b>"', "whole number"), ("[8]", "whole number")):
+        raw = json.dumps({"data": quick(h, "@")}).replace('"@"', docs)
+        refused(call(app, "quick_eval", raw=raw), "lm-eval task documents", expect)
+    refused(call(app, "quick_eval", quick(h, metric="task:hellaswag/acc")), "unknown front metric")
 
 
 def test_wrong_types_names_and_shapes(app):

@@ -14,6 +14,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ui import task_eval
+
 
 class Pins:
     """Session -> pinned configuration hash (the newest :attr:`max_sessions` sessions)."""
@@ -101,5 +103,8 @@ def compare_md(a: dict, b: dict) -> str:
             ("predicted KL (nats/token)", _pred(a, "kld", ".4f"), _pred(b, "kld", ".4f")),
             ("measured KL (nats/token)", _val(a["measured_kld"], ".4f"), _val(b["measured_kld"], ".4f")),
             ("adapter generated in (ms)", _val(a["adapter_ms"], ".1f"), _val(b["adapter_ms"], ".1f"))]
+    if a.get("tasks") or b.get("tasks"):
+        rows.append(("lm-eval accuracy", task_eval.accuracy_text(a.get("tasks") or []) or "-",
+                     task_eval.accuracy_text(b.get("tasks") or []) or "-"))
     lines = ["| | A (pinned) | B (selected) |", "|---|---|---|"] + [f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows]
     return "\n".join(lines) + f"\n\n{a['convention']}; method {a['method']}."

@@ -42,18 +42,33 @@ def method_label(method: str) -> str:
 
 
 METRIC_AXES = {"ppl": "perplexity", "kld": "KL to unquantized (nats/token)"}
-"""The front's y-axis title per metric (:data:`coalora.search.front.METRICS`); short, so it fits."""
+"""The front's y-axis title per metric (:data:`coalora.search.front.METRICS`); short, so it fits. A
+``task:<task>/<metric>`` front's title is :func:`metric_axis`'s."""
+
+
+def is_task(metric: str) -> bool:
+    """Whether ``metric`` is an lm-eval task's front metric (``task:<task>/<metric>``: its error rate)."""
+    return metric.startswith("task:")
+
+
+def metric_axis(metric: str) -> str:
+    """The y-axis title of a front of ``metric``."""
+    if is_task(metric):
+        task, _, name = metric[5:].partition("/")
+        return f"{task} error rate (1 - {name})"
+    return METRIC_AXES.get(metric, metric)
 X_TITLES = {"bits": "average bits per weight (incl. scales)", "mb": "model size (MB)"}
 
 
 def metric_name(metric: str) -> str:
-    """Short name of a front metric in text: ``ppl`` or ``KL``."""
-    return "ppl" if metric == "ppl" else "KL"
+    """Short name of a front metric in text: ``ppl``, ``KL`` or ``error rate`` (a task's 1 - accuracy)."""
+    return "error rate" if is_task(metric) else "ppl" if metric == "ppl" else "KL"
 
 
 def metric_format(metric: str) -> str:
-    """Format spec of a metric's values: perplexities to 2 decimals, KL (nats, often < 0.1) to 4."""
-    return ".2f" if metric == "ppl" else ".4f"
+    """Format spec of a metric's values: perplexities to 2 decimals, KL (nats, often < 0.1) to 4,
+    error rates to 3."""
+    return ".3f" if is_task(metric) else ".2f" if metric == "ppl" else ".4f"
 
 
 def _fmt(v: float | None, f: str = ".2f") -> str:
@@ -178,7 +193,7 @@ def front_figure(fronts: dict[str, Any], budget: float | None = None, best: Any 
     fig.update_layout(
         height=460, margin={"l": 64, "r": 16, "t": 34, "b": 44}, hovermode=False, clickmode="none", dragmode="zoom",
         title={"text": convention, "font": {"size": 11}, "x": 0.01, "y": 0.99},
-        xaxis_title=X_TITLES["bits"], yaxis_title=METRIC_AXES.get(metric, metric),
+        xaxis_title=X_TITLES["bits"], yaxis_title=metric_axis(metric),
         legend={"orientation": "h", "y": -0.16, "yanchor": "top", "font": {"size": 10}, "itemwidth": 30},
         template="plotly_white",
         meta={"coalora": 1, **r, "mb": [sizes.per_bit, sizes.offset], "x_titles": X_TITLES},

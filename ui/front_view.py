@@ -10,12 +10,13 @@ each measured point the prediction kept for it (:mod:`ui.predictions`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
 
 from coalora.errors import CoaloraError
-from coalora.search.pareto import HV_DEFINITION, normalised_hv
+from coalora.search.pareto import HV_DEFINITION, hv_kind, normalised_hv
 from ui import compare, figures, predictions, state
 from ui.convention import Convention, check_eval
 from ui.inputs import DEFAULT_METHODS, GP_METHODS, check_budget, check_hash, check_method, check_methods, check_metric
@@ -53,7 +54,7 @@ def hypervolume_text(r: Any) -> str:
     hv = r.hypervolume
     pred = normalised_hv(hv["predicted"], ref["bits"], r.metric) if "predicted" in hv else None
     return (f"hypervolume measured {normalised_hv(hv['measured'], ref['bits'], r.metric):.4f}"
-            + (f", predicted {pred:.4f}" if pred is not None else "") + f" ({HV_DEFINITION[r.metric]})")
+            + (f", predicted {pred:.4f}" if pred is not None else "") + f" ({HV_DEFINITION[hv_kind(r.metric)]})")
 
 
 def front_md(fr: dict, budget: float, metric: str = "ppl") -> str:
@@ -66,7 +67,7 @@ def front_md(fr: dict, budget: float, metric: str = "ppl") -> str:
     for m, r in fr.items():
         label = figures.method_label(m)
         if r.refit.startswith("none"):
-            what = "" if metric == "ppl" else " with a KL"
+            what = {"ppl": "", "kld": " with a KL"}.get(metric, " on this task (Quick eval with lm-eval task documents)")
             lines.append(f"**{label}**: {len(r.measured)} measured{what}; no GP yet "
                          f"({r.refit.removeprefix('none: ')}). Select configurations and run Quick eval to build one.")
             continue
@@ -107,10 +108,21 @@ def best_point(fr: dict, methods: list[str], ex: Any) -> Any:
 
 
 def metric_value(ev: Any, metric: str) -> float | None:
-    """An evaluation's value of ``metric`` (None: not stored, or no KL measured)."""
-    if ev is None:
+    """An evaluation's value of ``metric`` (None: not stored, no KL measured, or a task metric, which
+    an evaluation does not hold: :func:`measured_value`)."""
+    if ev is None or metric not in ("ppl", "kld"):
         return None
     return ev.ppl if metric == "ppl" else ev.kld
+
+
+def measured_value(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, ev: Any = None) -> float | None:
+    """``cfg``'s stored value of ``metric`` as the front shows it: perplexity or KL from its evaluation
+    ``ev``, a task's error rate from the stored rows the task front is fitted on (None: not stored)."""
+    if not figures.is_task(metric):
+        return metric_value(ev, metric)
+    hashes, _, y = ex.front_service().measured(ex.query(method, cv.seqlen, cv.windows, cv.corpus, metric))
+    values = dict(zip(hashes, y))
+    return math.exp(values[cfg.hash]) if cfg.hash in values else None
 
 
 def marker(cfg: Any, measured: float | None, predicted: float | None) -> Marker | None:
@@ -133,8 +145,9 @@ def selected_point(model: str, h: str, methods: list[str], cv: Convention, metri
         cfg = ex.config(h)
     except CoaloraError:
         return None
-    ev, p = measured(ex, cfg, primary_method(ex, methods), cv, metric)
-    return marker(cfg, metric_value(ev, metric), None if p is None else p.pred_ppl)
+    m = primary_method(ex, methods)
+    ev, p = measured(ex, cfg, m, cv, metric)
+    return marker(cfg, measured_value(ex, cfg, m, cv, metric, ev), None if p is None else p.pred_ppl)
 
 
 def figure(model: str, fr: dict, budget: float, methods: list[str], cv: Convention, selected: Marker | None = None,
@@ -194,7 +207,8 @@ def api_front(model: str, budget: float = 4.0, method: str = "coalora", seqlen: 
               eval_set: str = "shakespeare", metric: str = "ppl") -> dict:
     """The front as JSON (``coalora front --json``'s content): measured points, predicted front with its
     +-2 sigma band, hypervolumes, the best configuration within ``budget`` and EHVI proposals;
-    ``metric``: ``ppl`` or ``kld`` (KL divergence to the unquantized model)."""
+    ``metric``: ``ppl``, ``kld`` (KL divergence to the unquantized model) or a task's error rate
+    (:data:`ui.inputs.TASK_METRICS`)."""
     b, mt, m = check_budget(budget), check_metric(metric), check_method(method)
     cv = check_eval(eval_set, seqlen, windows)
     return state.MODELS.get(model).front(m, b, cv.seqlen, cv.windows, cv.corpus, mt).to_json()

@@ -15,9 +15,10 @@ from typing import Any
 
 from coalora import limits
 from coalora.errors import CoaloraError, short
+from coalora.evaluation.nextline import TASK_NAME
 from coalora.quant.config import MAX_BITS, MIN_BITS
 from coalora.quant.config import check_budget as check_feasible
-from coalora.search.front import check_metric as check_front_metric
+from coalora.search.front import METRICS
 from ui import figures
 from ui.messages import warn
 
@@ -26,6 +27,10 @@ GP_METHODS = ("coalora", "none")
 ``coalora compare``: the *Methods* tab shows that comparison). The only methods the app takes."""
 DEFAULT_METHODS = ["coalora", "none"]
 """The methods a fresh page shows (and a share link leaves out when they are the shown ones)."""
+APP_TASK = TASK_NAME
+"""The lm-eval task the app's Quick eval can score: the local one, which needs no download."""
+TASK_METRICS = (f"task:{APP_TASK}/acc_norm", f"task:{APP_TASK}/acc")
+"""The task front metrics the app offers besides :data:`coalora.search.front.METRICS` (error rate 1 - acc)."""
 _HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -115,11 +120,17 @@ def check_prompt(prompt: Any) -> str:
 
 
 def check_metric(metric: Any) -> str:
-    """The front's metric (``ppl`` or ``kld``; :func:`coalora.search.front.check_metric`), or one clear error."""
-    if not isinstance(metric, str):
-        raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity) or kld (KL divergence to "
-                           "the unquantized model)")
-    return check_front_metric(metric)
+    """The front's metric: ``ppl``, ``kld`` or one of :data:`TASK_METRICS`, or one clear error."""
+    offered = (*METRICS, *TASK_METRICS)
+    if isinstance(metric, str) and metric in offered:
+        return metric
+    raise CoaloraError(f"unknown front metric {short(metric)}; use ppl (perplexity), kld (KL divergence to the "
+                       f"unquantized model) or {' or '.join(TASK_METRICS)} (next-line accuracy)")
+
+
+def check_task_docs(docs: Any) -> int:
+    """How many documents of :data:`APP_TASK` Quick eval scores (0: none), or one clear error."""
+    return check_int(docs, "lm-eval task documents", 0, limits.APP_MAX_TASK_DOCS)
 
 
 def check_method(method: Any) -> str:

@@ -13,18 +13,19 @@ import gradio as gr
 
 from coalora import __version__, limits
 from coalora.quant.config import MAX_BITS
-from ui import bridge, convention, figures, front_view, guard, state, wiring
+from ui import bridge, convention, figures, front_view, guard, state, task_eval, wiring
 from ui.about import about
 from ui.downloads import LAYER_COLUMNS
 from ui.front_view import TABLE_HEADERS
-from ui.inputs import DEFAULT_METHODS, GP_METHODS
+from ui.inputs import APP_TASK, DEFAULT_METHODS, GP_METHODS, TASK_METRICS
 from ui.selection import NO_PIN
 from ui.strict import StrictBlocks
 
 METHOD_CHOICES = [(label, key) for key, (label, _) in figures.METHODS.items() if key in GP_METHODS]
 """The method filter: (label, key)."""
-METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld")]
-"""The front's y axis: (label, :data:`coalora.search.front.METRICS` key)."""
+METRIC_CHOICES = [("Perplexity", "ppl"), ("KL divergence to the unquantized model", "kld"),
+                  ("Next-line error rate (lm-eval, 1 - acc_norm)", TASK_METRICS[0])]
+"""The front's y axis: (label, :data:`coalora.search.front.METRICS` key or a :data:`ui.inputs.TASK_METRICS` one)."""
 BUDGET_RANGE = (2.0, MAX_BITS)
 """The budget slider; values below the cheapest configuration (2.032 bits) are clamped to it
 (:func:`ui.inputs.check_budget`)."""
@@ -50,6 +51,11 @@ def _controls(p: Page, model: str) -> None:
     with gr.Accordion("Evaluation settings", open=False):
         p.seqlen = gr.Dropdown(list(convention.SEQLENS), value=256, label="Tokens per window")
         p.windows = gr.Slider(1, convention.MAX_WINDOWS, value=8, step=1, label="Windows")
+        p.task_docs = gr.Slider(0, limits.APP_MAX_TASK_DOCS, value=0, step=10, label="lm-eval task documents",
+                                elem_id="task-docs",
+                                info=f"Quick eval also scores {APP_TASK} (pick a play's true next line among four) "
+                                     f"on this many documents; 0: not, unless the y axis shows it "
+                                     f"({task_eval.DEFAULT_DOCS} then)")
     p.best_btn = gr.Button("Select best within budget", elem_id="select-best")
     p.summary = gr.Markdown(elem_id="model-summary")
 

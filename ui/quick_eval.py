@@ -5,7 +5,8 @@ generated when the method is CoA-LoRA, and perplexity and KL to the unquantized 
 the convention's windows (:mod:`ui.convention`); the result goes into the store and the GP refits.
 The GP's prediction is recorded before measuring (:mod:`ui.predictions`), so the page's residual
 plot compares what was predicted with what was then measured for every Quick eval since the page
-was opened.
+was opened. As an option it also scores the lm-eval task :data:`ui.inputs.APP_TASK` (:mod:`ui.task_eval`),
+whose error rate is a front the y axis can show.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 
 import gradio as gr
 
-from ui import figures, predictions, state
-from ui.convention import Convention, check_eval
-from ui.front_view import figure, front_md, fronts, marker, metric_value, primary_method, table_rows
-from ui.inputs import check_budget, check_hash, check_methods, check_metric
+from ui import figures, predictions, state, task_eval
+from ui.convention import check_eval
+from ui.front_view import figure, front_md, fronts, marker, measured_value, primary_method, table_rows
+from ui.inputs import APP_TASK, check_budget, check_hash, check_methods, check_metric, check_task_docs
 from ui.messages import md_code, user_errors
-from ui.selection import describe_selection, selection_md
+from ui.selection import describe_selection, selection_md, shown
 
 
 def _result_md(method: str, h: str, cfg: Any, ev: Any, cached: bool) -> str:
@@ -30,12 +31,12 @@ def _result_md(method: str, h: str, cfg: Any, ev: Any, cached: bool) -> str:
             f"on {ev.windows} x {ev.seqlen} tokens of {md_code(ev.eval_set)} ({ev.eval_spec}), {how}.")
 
 
-def _residuals(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, kept: dict, ev: Any,
+def _residuals(ex: Any, cfg: Any, method: str, metric: str, kept: dict, value: float | None, prior: Any,
                request: gr.Request | None) -> list[dict]:
-    """The session's residual rows with this measurement added (when a prediction was kept for it)."""
-    prior = kept.get(metric) or predictions.prior_of(ex, cfg, method, cv, metric)
+    """The session's residual rows with this measurement (``value`` of ``metric``) added, when a
+    prediction was kept for it (``kept``, recorded before measuring, else ``prior``)."""
+    prior = kept.get(metric) or prior
     session = getattr(request, "session_hash", None) or "api"
-    value = metric_value(ev, metric)
     if prior is None or value is None:
         return predictions.RESIDUALS.get(session)
     return predictions.RESIDUALS.add(session, {"hash": cfg.hash, "bits": cfg.avg_bits, "method": method,
@@ -45,30 +46,43 @@ def _residuals(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, kept
 
 @user_errors
 def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, methods: list[str], seqlen: int,
-               windows: int, metric: str = "ppl", request: gr.Request = None,
+               windows: int, metric: str = "ppl", task_docs: int = 0, request: gr.Request = None,
                progress: gr.Progress = gr.Progress()  # noqa: B008 (Gradio injects it by this default)
                ) -> tuple[Any, ...]:
-    """Outputs: (result md, front figure, table, front md, summary md, details JSON, residual figure)."""
+    """Outputs: (result md, front figure, table, front md, summary md, details JSON, residual figure).
+
+    ``task_docs``: also score the lm-eval task :data:`ui.inputs.APP_TASK` on this many documents
+    (0: not, unless the front shows its error rate: :func:`ui.task_eval.docs_for`)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
+    docs = task_eval.docs_for(check_task_docs(task_docs), mt)
     h = check_hash(config_hash)
     ex = state.MODELS.get(model)
     cfg = ex.config(h)
     m = primary_method(ex, ms)
     progress(0, desc="GP prediction before measuring")
-    kept = predictions.record(ex, cfg, m, cv)  # before the measurement enters the GP
+    shown_task = (mt,) if figures.is_task(mt) else ()
+    kept = predictions.record(ex, cfg, m, cv, ("ppl", "kld", *shown_task))  # before the measurement enters the GP
 
     def step(fraction: float) -> None:  # after each window
         progress(fraction, desc=f"perplexity and KL over {cv.windows} windows")
 
     progress(0, desc=f"perplexity and KL over {cv.windows} windows")
-    ev, cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=step, corpus=cv.corpus)
-    if not cached:
+    ev, ppl_cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=step, corpus=cv.corpus)
+    task_md, task_cached = "", True
+    if docs:
+        progress(None, desc=f"lm-eval {APP_TASK} on {docs} documents")
+        got, task_cached = task_eval.measure(ex, cfg, m, docs)
+        task_md = "\n\n" + task_eval.result_md(got, task_cached)
+    fresh = not (ppl_cached and task_cached)
+    if fresh:
         state.FRONTS.drop(model)
-    fr = fronts(model, b, ms, cv, fresh=not cached, metric=mt)
+    fr = fronts(model, b, ms, cv, fresh=fresh, metric=mt)
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, _ = selection_md(d)
-    fig = figure(model, fr, b, ms, cv, marker(cfg, metric_value(ev, mt), d[f"predicted_{mt}"]), mt)
-    rows = _residuals(ex, cfg, m, cv, mt, kept, ev, request)
-    return (_result_md(m, h, cfg, ev, cached), fig, table_rows(fr), front_md(fr, b, mt), summary, d,
-            figures.residual_figure(rows, mt))
+    value = measured_value(ex, cfg, m, cv, mt, ev)
+    fig = figure(model, fr, b, ms, cv, marker(cfg, value, shown(d)[1]), mt)
+    prior = predictions.prior_of(ex, cfg, m, cv, mt) if value is not None else None
+    rows = _residuals(ex, cfg, m, mt, kept, value, prior, request)
+    return (_result_md(m, h, cfg, ev, ppl_cached) + task_md, fig, table_rows(fr), front_md(fr, b, mt),
+            summary, d, figures.residual_figure(rows, mt))

@@ -15,9 +15,19 @@ from typing import Any
 import gradio as gr
 
 from coalora.errors import CoaloraError
-from ui import compare, downloads, figures, predictions, state
+from ui import compare, downloads, figures, predictions, state, task_eval
 from ui.convention import Convention, check_eval
-from ui.front_view import best_point, figure, fronts, marker, measured, metric_value, primary_method, selected_point
+from ui.front_view import (
+    best_point,
+    figure,
+    fronts,
+    marker,
+    measured,
+    measured_value,
+    metric_value,
+    primary_method,
+    selected_point,
+)
 from ui.inputs import check_budget, check_hash, check_methods, check_metric
 from ui.messages import info, md_code, user_errors
 from ui.share import share_link
@@ -27,11 +37,12 @@ SELECT_OUTPUTS = 10
 NO_PIN = "Pin a selection (*Pin for comparison*), then select another configuration to compare the two."
 
 
-def kept_prediction(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, ev: Any,
+def kept_prediction(ex: Any, cfg: Any, method: str, cv: Convention, metric: str, value: float | None,
                     p: Any) -> figures.Prior | None:
-    """The prediction shown for ``cfg``: for a measured one the one made without its measurement
-    (:mod:`ui.predictions`), for an unmeasured one the GP's (``p``); None without a GP."""
-    if ev is not None and metric_value(ev, metric) is not None:
+    """The prediction shown for ``cfg``: for a measured one (``value``, its stored value of ``metric``)
+    the one made without its measurement (:mod:`ui.predictions`), for an unmeasured one the GP's
+    (``p``); None without a GP."""
+    if value is not None:
         return predictions.prior_of(ex, cfg, method, cv, metric)
     return None if p is None else (p.pred_ppl, p.pred_lo, p.pred_hi, "GP posterior")
 
@@ -40,7 +51,8 @@ def describe_selection(model: str, cfg: Any, methods: list[str], cv: Convention,
     """Everything the selection panel shows about ``cfg``, as plain values (also the ``select`` API's JSON).
 
     The perplexity GP's prediction is always there; the KL GP's only while the KL front is shown
-    (``metric="kld"``), so a selection on the perplexity front fits one GP, not two.
+    (``metric="kld"``) and a task's error-rate GP's only while that front is shown, so a selection on
+    the perplexity front fits one GP, not two. ``tasks``: the stored lm-eval accuracies of ``cfg``.
     """
     ex = state.MODELS.get(model)
     m = primary_method(ex, methods)
@@ -48,8 +60,12 @@ def describe_selection(model: str, cfg: Any, methods: list[str], cv: Convention,
     if ex.coa is not None and m == "coalora":
         _, ms = ex.adapter_for(cfg)
     ev, p = measured(ex, cfg, m, cv)
-    pp = kept_prediction(ex, cfg, m, cv, "ppl", ev, p)
-    kk = kept_prediction(ex, cfg, m, cv, "kld", ev, measured(ex, cfg, m, cv, "kld")[1]) if metric == "kld" else None
+    pp = kept_prediction(ex, cfg, m, cv, "ppl", metric_value(ev, "ppl"), p)
+    kk = kept_prediction(ex, cfg, m, cv, "kld", metric_value(ev, "kld"), measured(ex, cfg, m, cv, "kld")[1]) \
+        if metric == "kld" else None
+    task_v = measured_value(ex, cfg, m, cv, metric) if figures.is_task(metric) else None
+    tt = kept_prediction(ex, cfg, m, cv, metric, task_v, measured(ex, cfg, m, cv, metric)[1]) \
+        if figures.is_task(metric) else None
     return {
         "model": model, "config_hash": cfg.hash, "avg_bits": cfg.avg_bits, "method": m,
         "size_mb": state.sizes(model).mb(cfg.avg_bits),
@@ -59,9 +75,18 @@ def describe_selection(model: str, cfg: Any, methods: list[str], cv: Convention,
         "measured_ppl": metric_value(ev, "ppl"), "measured_kld": metric_value(ev, "kld"),
         "predicted_kld": None if kk is None else kk[0],
         "predicted_kld_band": None if kk is None else [kk[1], kk[2]],
+        "measured_task": task_v, "predicted_task": None if tt is None else tt[0],
+        "predicted_task_band": None if tt is None else [tt[1], tt[2]],
+        "tasks": task_eval.stored(ex, cfg, m),
         "metric": metric, "convention": cv.label, "eval_spec": ex.eval_spec,
         "matrices": len(cfg.targets),
     }
+
+
+def shown(d: dict) -> tuple[float | None, float | None]:
+    """(measured, predicted) value of a :func:`describe_selection` on the front's metric ``d["metric"]``."""
+    key = "task" if figures.is_task(d["metric"]) else d["metric"]
+    return d[f"measured_{key}"], d[f"predicted_{key}"]
 
 
 def _adapter_md(d: dict) -> str:
@@ -88,11 +113,27 @@ def selection_md(d: dict) -> tuple[str, str]:
     if d.get("predicted_kld") is not None:
         lo, hi = d["predicted_kld_band"]
         kl = f"\n- predicted KL: {d['predicted_kld']:.4f} nats/token (+-2 sigma: {lo:.4f} .. {hi:.4f})"
+    task = ""
+    if d.get("predicted_task") is not None or d.get("measured_task") is not None:
+        task += f"\n- {figures.metric_axis(d['metric'])}: " + _task_line(d)
+    if d.get("tasks"):
+        task += f"\n- lm-eval accuracy: {task_eval.accuracy_text(d['tasks'])}"
     s = (f"**Configuration** `{d['config_hash']}` of {d['model']}, **{d['avg_bits']:.3f}** average bits, "
          f"{d['size_mb']:.1f} MB\n\n"
          f"- method: {figures.method_label(d['method'])}\n- predicted ppl: {pred}{kl}\n- measured ppl: {meas} "
-         f"({d['convention']})")
+         f"({d['convention']}){task}")
     return s, _adapter_md(d)
+
+
+def _task_line(d: dict) -> str:
+    """The task front's predicted and measured error rate of a selection."""
+    parts = []
+    if d.get("predicted_task") is not None:
+        lo, hi = d["predicted_task_band"]
+        parts.append(f"predicted {d['predicted_task']:.3f} (+-2 sigma: {lo:.3f} .. {hi:.3f})")
+    if d.get("measured_task") is not None:
+        parts.append(f"measured **{d['measured_task']:.3f}**")
+    return ", ".join(parts)
 
 
 def comparison_of(model: str, pin: str, cfg: Any, methods: list[str], cv: Convention) -> tuple[str, Any]:
@@ -123,7 +164,7 @@ def select(config_hash: str, model: str, eval_set: str, budget: float, methods: 
     cfg = ex.config(h)
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, adapter = selection_md(d)
-    ring = marker(cfg, d[f"measured_{mt}"], d[f"predicted_{mt}"])
+    ring = marker(cfg, *shown(d))
     pin = compare.PINS.get(compare.session_of(request))
     pinned = selected_point(model, pin, ms, cv, mt) if pin else None
     fig = figure(model, fronts(model, b, ms, cv, metric=mt), b, ms, cv, ring, mt, pinned)

@@ -75,7 +75,7 @@ def _wire_actions(p: SimpleNamespace) -> None:
                        api_name="select", trigger_mode="always_last", **LIGHT)  # a click is never dropped
     p.table.select(selection.select_row, view, select_out, api_name=False, **LIGHT)
     p.best_btn.click(selection.select_best, view, select_out, api_name="select_best", **LIGHT)
-    p.eval_btn.click(quick_eval.quick_eval, [p.selected, *view],
+    p.eval_btn.click(quick_eval.quick_eval, [p.selected, *view, p.task_docs],
                      [p.eval_md, p.front_plot, p.table, p.front_md, p.selection_md, p.details, p.residual_plot],
                      api_name="quick_eval", show_progress_on=[p.eval_md], **HEAVY)
     p.sample_btn.click(sample.sample, [p.selected, p.model_dd, p.methods, p.prompt, p.new_tokens],

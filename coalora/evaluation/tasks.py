@@ -176,7 +176,30 @@ def run_for_config(explorer, config: ModelQuantConfig, tasks: list[str], *, limi
     return rows
 
 
-def stored_for_config(explorer, config: ModelQuantConfig, method: str = "coalora") -> list[TaskMetric]:
-    """Every stored task metric of ``config`` on ``explorer``'s model (and adapter, for ``coalora``)."""
+def current_versions(task: str) -> tuple[str, str | None]:
+    """(installed lm-eval version, ``task``'s version suffix that a stored row must end with, or None
+    for a task whose version only lm-eval knows): the local task's rows carry the hash of its items."""
+    from importlib.metadata import version
+
+    from coalora.evaluation import nextline
+
+    return version("lm-eval"), (f"+{nextline.items_hash()}" if task == nextline.TASK_NAME else None)
+
+
+def cached_for_config(explorer, config: ModelQuantConfig, task: str, limit: int,
+                      method: str = "coalora") -> list[dict[str, Any]]:
+    """The stored rows of ``task`` on ``config`` measured with this ``limit`` (documents), the installed
+    lm-eval and the task's current items, so measuring again would give the same numbers; else []."""
+    lm_version, suffix = current_versions(task)
+    rows = explorer.store.task_metrics(model=explorer.model_name, config_hash=config.hash, method=method, task=task,
+                                       adapter_id=explorer.adapter_id if method == "coalora" else "",
+                                       doc_limit=check_limit(limit))
+    return [r for r in rows if r["lm_eval_version"] == lm_version
+            and (suffix is None or str(r["task_version"]).endswith(suffix))]
+
+
+def stored_for_config(explorer, config: ModelQuantConfig, method: str = "coalora") -> list[dict[str, Any]]:
+    """Every stored task metric of ``config`` on ``explorer``'s model (and adapter, for ``coalora``): the
+    store's rows (:meth:`coalora.store.Store.task_metrics`), oldest first."""
     return explorer.store.task_metrics(model=explorer.model_name, config_hash=config.hash, method=method,
                                        adapter_id=explorer.adapter_id if method == "coalora" else "")

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from coalora.errors import CoaloraError
+from coalora.errors import CoaloraError, short
+from coalora.search.front_query import HV_KLD_REF, HV_PPL_REF, HV_TASK_REF, KLD_FLOOR, TASK_ERR_FLOOR, task_metric
 
 
 def _points(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -92,24 +93,35 @@ def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, ref: Sequence
     return float(area)
 
 
-HV_LOG_FLOOR = {"ppl": 0.0, "kld": math.log(1e-5)}
-"""The lower edge of the normalising box per metric, in log units: log ppl >= 0 (ppl >= 1), and log
-KL >= log 1e-5 (the front's KL floor, :data:`coalora.search.front.KLD_FLOOR`)."""
-HV_REF = {"ppl": 1000.0, "kld": 5.0}
-"""The reference value per metric (:data:`coalora.search.front.HV_PPL_REF`, :data:`coalora.search.front.HV_KLD_REF`)."""
+HV_LOG_FLOOR = {"ppl": 0.0, "kld": math.log(KLD_FLOOR), "task": math.log(TASK_ERR_FLOOR)}
+"""The lower edge of the normalising box per metric, in log units: log ppl >= 0 (ppl >= 1), log KL >=
+log :data:`~coalora.search.front_query.KLD_FLOOR`, and a task's log error rate >= log
+:data:`~coalora.search.front_query.TASK_ERR_FLOOR` (the floors the fronts model values at)."""
+HV_REF = {"ppl": HV_PPL_REF, "kld": HV_KLD_REF, "task": HV_TASK_REF}
+"""The reference value per metric (a ``task:`` metric's error rate under ``"task"``)."""
 HV_BITS = (2.0322265625, 8.75)
 """The bits edges of the normalising box: the cheapest configuration and the fronts' reference."""
-HV_DEFINITION = {m: (f"normalised hypervolume: area dominated in (avg bits, log {m}) up to the reference "
-                     f"({HV_BITS[1]} bits, {m} {HV_REF[m]:g}), divided by the box from "
-                     f"({HV_BITS[0]:.3f} bits, {m} {math.exp(HV_LOG_FLOOR[m]):g}); 1 is the unreachable ideal")
+_AXIS = {"ppl": "ppl", "kld": "kld", "task": "task error rate"}
+HV_DEFINITION = {m: (f"normalised hypervolume: area dominated in (avg bits, log {_AXIS[m]}) up to the reference "
+                     f"({HV_BITS[1]} bits, {_AXIS[m]} {HV_REF[m]:g}), divided by the box from "
+                     f"({HV_BITS[0]:.3f} bits, {_AXIS[m]} {math.exp(HV_LOG_FLOOR[m]):g}); 1 is the unreachable ideal")
                  for m in HV_REF}
-"""The one hypervolume the app reports, per metric, stated in words next to every value."""
+"""The one hypervolume the app reports, per metric kind (:func:`hv_kind`), stated in words next to every value."""
+
+
+def hv_kind(metric: str) -> str:
+    """The key of ``metric`` in :data:`HV_REF` and :data:`HV_DEFINITION`: ``ppl``, ``kld``, or ``task``
+    for every ``task:<task>/<metric>`` front metric; one clear error for anything else."""
+    if metric in HV_REF and metric != "task":
+        return metric
+    if task_metric(metric) is not None:
+        return "task"
+    raise CoaloraError(f"unknown metric {short(metric)}; use ppl, kld or task:<lm-eval task>/<metric>")
 
 
 def normalised_hv(area: float, bits_ref: float = HV_BITS[1], metric: str = "ppl") -> float:
     """``area`` (a :func:`hypervolume_2d` in (avg bits, log metric) with reference ``bits_ref`` and
     :data:`HV_REF`) divided by the box :data:`HV_DEFINITION` states, so it lies in [0, 1]."""
-    if metric not in HV_REF:
-        raise CoaloraError(f"unknown metric {metric!r}; use ppl or kld")
-    box = (bits_ref - HV_BITS[0]) * (math.log(HV_REF[metric]) - HV_LOG_FLOOR[metric])
+    k = hv_kind(metric)
+    box = (bits_ref - HV_BITS[0]) * (math.log(HV_REF[k]) - HV_LOG_FLOOR[k])
     return float(area) / box

@@ -72,6 +72,14 @@ def test_one_normalised_hypervolume():
     assert "8.75 bits, ppl 1000" in HV_DEFINITION["ppl"] and "KL" not in HV_DEFINITION["ppl"]
     with pytest.raises(Exception, match="unknown metric"):
         normalised_hv(1.0, 8.75, "bits")
+    # a task front: error rate from 1 (the reference) down to the floor 0.001, every task metric alike
+    task = hypervolume_2d([(HV_BITS[0], math.log(1e-3))], (8.75, 0.0))
+    for m in ("task:shakespeare_nextline/acc_norm", "task:hellaswag/acc"):
+        assert normalised_hv(task, 8.75, m) == pytest.approx(1.0)
+    assert "task error rate 1" in HV_DEFINITION["task"]
+    for bad in ("task", "task:", "task:x/"):
+        with pytest.raises(Exception, match="unknown metric"):
+            normalised_hv(1.0, 8.75, bad)
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""Quick eval's lm-eval option and the task-accuracy front (ui/task_eval.py, quick_eval.py, selection.py)
+on the real offline SmolLM2 with its trained adapter: lm-eval needs a Hugging Face tokenizer, which
+the tiny test model has not. Bounded: 1 window of 128 tokens and 8 task documents per evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+MODEL = "smollm2-135m"
+TASK_AXIS = "task:shakespeare_nextline/acc_norm"
+
+
+@pytest.fixture
+def app(ui_app, default_model):
+    return ui_app
+
+
+def _args(h: str, budget: float, metric: str = "ppl", docs: int = 8) -> list:
+    return [h, MODEL, "shakespeare", budget, ["coalora"], 128, 1, metric, docs]
+
+
+def _configs(app, n: int) -> list:
+    ex = app.MODELS.get(MODEL)
+    return [ex.allocate(b) for b in (2.5, 3.5, 5.0)[:n]]
+
+
+def test_quick_eval_scores_the_task_stores_it_and_the_selection_shows_it(app):
+    cfg = _configs(app, 1)[0]
+    ex = app.MODELS.get(MODEL)
+    before = ex.store.count("task_metrics")
+    result, *_, summary, details, _ = app.quick_eval(*_args(cfg.hash, 4.0))
+    rows = {r["metric"]: r for r in details["tasks"]}
+    assert set(rows) == {"acc", "acc_norm"} and all(r["documents"] == 8 for r in rows.values())
+    assert all(0 <= r["value"] <= 1 and r["stderr"] > 0 for r in rows.values())
+    assert "shakespeare_nextline (8 documents)" in result and "measured in" in result
+    assert f"acc_norm **{rows['acc_norm']['value']:.3f}**" in result and "lm-eval accuracy" in summary
+    stored = ex.store.task_metrics(model=MODEL, config_hash=cfg.hash, method="coalora", doc_limit=8)
+    assert {(r["metric"], r["value"]) for r in stored} == {(m, r["value"]) for m, r in rows.items()}
+    assert ex.store.count("task_metrics") == before + 2
+    again, *_ = app.quick_eval(*_args(cfg.hash, 4.0))  # same documents, lm-eval and items: read back
+    assert "lm-eval, zero-shot" in again and "cached result" in again.split("lm-eval, zero-shot")[1]
+    assert ex.store.count("task_metrics") == before + 2
+    plain, *_ = app.quick_eval(*_args(cfg.hash, 4.0, docs=0))  # 0 documents on the ppl axis: no task
+    assert "lm-eval" not in plain
+
+
+def test_the_task_axis_plots_the_measured_error_rate_and_rings_the_selection(app):
+    cfgs = _configs(app, 3)
+    for cfg in cfgs:
+        out = app.quick_eval(*_args(cfg.hash, 6.0, metric=TASK_AXIS))
+    result, fig, table, front_md, summary, details, residuals = out
+    errors = {h: 1 - r["value"] for h in (c.hash for c in cfgs)
+              for r in app.MODELS.get(MODEL).store.task_metrics(model=MODEL, config_hash=h, metric="acc_norm")}
+    measured = {x for t in fig.data if t.meta and t.meta.get("kind") == "measured" for x in zip(t.customdata, t.y)}
+    assert {(h, round(y, 9)) for h, y in measured} == {(h, round(e, 9)) for h, e in errors.items()}
+    assert "error rate" in fig.layout.yaxis.title.text and "predicted front" in front_md
+    ring = [t for t in fig.data if t.meta and t.meta.get("kind") == "selected"][0]
+    assert ring.customdata[0] == cfgs[-1].hash and math.isclose(ring.y[0], errors[cfgs[-1].hash])
+    assert details["measured_task"] == pytest.approx(errors[cfgs[-1].hash]) and "task error rate" in front_md
+    assert "shakespeare_nextline error rate (1 - acc_norm)" in summary
+    sel = app.select(cfgs[0].hash, MODEL, "shakespeare", 6.0, ["coalora"], 128, 1, TASK_AXIS)
+    ring = [t for t in sel[5].data if t.meta and t.meta.get("kind") == "selected"][0]
+    assert ring.customdata[0] == cfgs[0].hash and math.isclose(ring.y[0], errors[cfgs[0].hash])
+
+
+def test_bad_task_settings_are_one_clear_message(app):
+    import gradio as gr
+
+    h = _configs(app, 1)[0].hash
+    for docs, expect in ((-1, "[0, 400]"), (401, "[0, 400]"), (float("nan"), "whole number"), (True, "whole number"),
+                         ("<b>8</b>", "whole number")):
+        with pytest.raises(gr.Error, match="lm-eval task documents") as e:
+            app.quick_eval(*_args(h, 4.0, docs=docs))
+        assert expect in str(e.value) and "<b>" not in str(e.value)
+    with pytest.raises(gr.Error, match="unknown front metric"):  # the app offers the local task only
+        app.quick_eval(*_args(h, 4.0, metric="task:hellaswag/acc"))
+

@@ -1,0 +1,71 @@
+"""lm-eval task accuracy in the app: Quick eval's option to score the local task on the selection,
+and the selection's stored accuracies.
+
+Quick eval scores :data:`ui.inputs.APP_TASK` (``shakespeare_nextline``: pick a play's true next line
+among four, zero-shot, through lm-evaluation-harness; :mod:`coalora.evaluation.tasks`) on the first
+*documents* items when that setting is above 0, or on :data:`DEFAULT_DOCS` when the front's y axis
+is that task's error rate. Results are stored beside perplexity (the store's ``task_metrics``) and a
+repeat with the same documents, lm-eval and items is read back instead of measured again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ui.figures import is_task
+from ui.inputs import APP_TASK
+
+DEFAULT_DOCS = 40
+"""Documents scored when the y axis is the task's error rate and the documents setting is 0 (about
+30 s on 2 CPU cores; lm-eval's stderr of an accuracy near 0.5 is then ~0.08)."""
+
+
+def docs_for(docs: int, metric: str) -> int:
+    """Documents Quick eval scores: the setting, or :data:`DEFAULT_DOCS` when the task is on the y axis."""
+    return docs if docs or not is_task(metric) else DEFAULT_DOCS
+
+
+def measure(ex: Any, cfg: Any, method: str, docs: int) -> tuple[list[dict[str, Any]], bool]:
+    """(rows, cached): :data:`APP_TASK` on ``cfg`` under ``method`` over ``docs`` documents, read
+    back when stored (:func:`coalora.evaluation.tasks.cached_for_config`), else measured and stored.
+    Rows: ``{"task", "metric", "value", "stderr", "documents", "seconds"}``."""
+    from coalora.evaluation import tasks
+
+    hit = tasks.cached_for_config(ex, cfg, APP_TASK, docs, method)
+    if hit:
+        return [_row(r["task"], r["metric"], r["value"], r["stderr"], r["samples"], r["seconds"]) for r in hit], True
+    got = tasks.run_for_config(ex, cfg, [APP_TASK], limit=docs, method=method)
+    return [_row(m.task, m.metric, m.value, m.stderr, m.samples, m.seconds) for m in got], False
+
+
+def _row(task: str, metric: str, value: float, stderr: float | None, documents: int, seconds: float) -> dict:
+    return {"task": task, "metric": metric, "value": float(value), "stderr": stderr, "documents": int(documents),
+            "seconds": float(seconds or 0.0)}
+
+
+def stored(ex: Any, cfg: Any, method: str) -> list[dict[str, Any]]:
+    """The selection's stored task accuracies: the newest row per (task, metric, document limit)."""
+    from coalora.evaluation import tasks
+
+    newest: dict[tuple, dict] = {}
+    for r in tasks.stored_for_config(ex, cfg, method):
+        newest[(r["task"], r["metric"], r["doc_limit"])] = _row(r["task"], r["metric"], r["value"], r["stderr"],
+                                                                r["samples"], r["seconds"])
+    return sorted(newest.values(), key=lambda r: (r["task"], -r["documents"], r["metric"]))
+
+
+def accuracy_text(rows: list[dict[str, Any]]) -> str:
+    """``acc 0.700 +- 0.073, acc_norm 0.425 +- 0.079`` per task and document count, ``; ``-joined."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for r in rows:
+        se = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
+        groups.setdefault((r["task"], r["documents"]), []).append(f"{r['metric']} **{r['value']:.3f}**{se}")
+    return "; ".join(f"{task} ({n} documents): {', '.join(parts)}" for (task, n), parts in groups.items())
+
+
+def result_md(rows: list[dict[str, Any]], cached: bool) -> str:
+    """Quick eval's task line: the accuracies with lm-eval's stderr, and whether they were measured now."""
+    if not rows:
+        return ""
+    how = "cached result" if cached else f"measured in {max(r['seconds'] for r in rows):.1f} s and stored"
+    return (f"lm-eval, zero-shot: {accuracy_text(rows)} (chance 0.25; stderr is lm-eval's standard error), {how}.")
