@@ -98,6 +98,11 @@ def _packed_rows(r: dict) -> list[str]:
         rows.append(_row(f"end to end, {s['shape']} shape ({s['num_hidden_layers']} blocks x {s['hidden_size']}): training peak "
                          f"RSS / bf16 weights", ratio, "x", f"bf16 weights {(s['bf16_weight_bytes'] or 0) / 2**30:.2f} GiB; "
                          f"run {s['status']}", "<= 3", None if ratio is None else ratio <= 3))
+        ex = next((st for st in s["stages"] if st.get("stage") == "export_load" and "rel_diff" in st), None)
+        if ex:
+            rows.append(_row(f"end to end ({s['shape']} shape): exported bundle, packed bf16 load vs fake-quantized ppl",
+                             ex["rel_diff"], "rel", f"ppl {ex['ppl_packed_bundle']:.1f} vs {ex['ppl_front_fake']:.1f} "
+                             f"at {ex['avg_bits']:.2f} bits (random weights)", "<= 0.005", ex["rel_diff"] <= 0.005))
         for st in s["stages"]:
             rows.append(_row(f"end to end ({s['shape']} shape), stage {st['stage']}", st.get("seconds"), "s",
                              f"peak RSS {st['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in st

@@ -18,7 +18,8 @@ its wall time and peak RSS (``ru_maxrss``) are its own:
 ``train_peak_over_bf16_weights`` (stage 4 peak RSS / bf16 bytes of all weights) has target <= 3.
 ``--shape small`` runs the same stages on a 4-block hidden-256 model in a minute (for development).
 A stage that exceeds ``--stage-limit`` seconds (default 1200, or ``$COALORA_BENCH_STAGE_LIMIT``) is
-stopped and reported as such.
+stopped and reported as such. ``--keep DIR`` (or ``$COALORA_BENCH_SCALE_KEEP``) keeps the model and
+each finished stage's row in DIR, so a rerun resumes at the first unfinished stage.
 Prints one JSON object (``python bench/bench_scale.py [--shape small]``).
 """
 
@@ -42,6 +43,10 @@ SHAPES = {
               "num_key_value_heads": 2},
 }
 STAGES = ("build", "error_table", "allocate", "train", "front", "export_load")
+OUTPUTS = {"build": ("model",), "allocate": ("configs.json",), "train": ("run",), "front": ("front.json", "adapter.safetensors"),
+           "export_load": ("bundle",)}
+"""What each stage writes in the run directory, removed before the stage (re)runs so a resumed run
+never reads a half-finished or older stage's output (the error table lives in coalora's cache)."""
 BUDGETS = (2.5, 3.0, 4.0, 5.0)
 SEQLEN, WINDOWS = 64, 2
 
@@ -181,11 +186,21 @@ def _child(stage: str, d: Path, shape: str) -> dict:
 
 
 def main(shape: str = "1b", limit: float = 1200.0, keep: str | None = None) -> dict:
+    """Run the stages in order; with ``keep`` (a directory kept between runs) each finished stage's
+    row is saved to ``<keep>/stages.json`` and a rerun starts at the first stage without one, so an
+    hour-long run survives an interrupted session."""
     d = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="coalora-scale-"))
     d.mkdir(parents=True, exist_ok=True)
-    rows, status = [], "completed"
+    saved = d / "stages.json"
+    done = json.loads(saved.read_text()) if keep and saved.is_file() else {}
+    if done.get("shape") != shape:
+        done = {"shape": shape, "stages": []}
+    rows, status = list(done["stages"]), "completed"
     try:
-        for stage in STAGES:
+        for stage in STAGES[len(rows):]:
+            for name in OUTPUTS.get(stage, ()):
+                p = d / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             try:
                 proc = subprocess.run([sys.executable, __file__, "--child", stage, str(d), shape], capture_output=True,
                                       text=True, timeout=limit)
@@ -198,6 +213,8 @@ def main(shape: str = "1b", limit: float = 1200.0, keep: str | None = None) -> d
                 status = f"failed at {stage}"
                 break
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if keep:
+                saved.write_text(json.dumps({"shape": shape, "stages": rows}))
     finally:
         if not keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -218,5 +235,5 @@ if __name__ == "__main__":
         shape = args[args.index("--shape") + 1] if "--shape" in args else os.environ.get("COALORA_BENCH_SCALE", "1b")
         limit = float(args[args.index("--stage-limit") + 1] if "--stage-limit" in args
                       else os.environ.get("COALORA_BENCH_STAGE_LIMIT", 1200))
-        keep = args[args.index("--keep") + 1] if "--keep" in args else None
+        keep = args[args.index("--keep") + 1] if "--keep" in args else os.environ.get("COALORA_BENCH_SCALE_KEEP")
         print(json.dumps(main(shape, limit, keep)))

@@ -171,8 +171,12 @@ class ConfigApplier:
         self.model_name = model_name
         self.targets = tuple(targets if targets is not None else find_targets(model))
         self.linears: dict[str, nn.Linear] = target_modules_of(model, list(self.targets))
-        # The originals are what every configuration quantizes; detach so training never touches them.
-        self.originals = {name: lin.weight.detach().clone() for name, lin in self.linears.items()}
+        # The originals are what every configuration quantizes: the loaded weights themselves (detached,
+        # so training never tracks them), not a copy. Once a configuration is applied each layer computes
+        # with its quantized weight and the originals are the one other copy; a clone would make a third
+        # while the loaded tensors (often a memory map of the checkpoint) stay resident. Nothing writes into
+        # a weight in place: every configuration, restore() and set_original() rebind ``weight.data``.
+        self.originals = {name: lin.weight.detach() for name, lin in self.linears.items()}
         self.current: dict[str, int | None] = {name: None for name in self.linears}
         if cache_bytes is None:  # sized from the free memory where the weights live
             device = next(iter(self.originals.values())).device if self.originals else torch.device("cpu")
