@@ -4,7 +4,9 @@ For the shipped CoA-LoRA adapter (method ``coalora``) and for the quantized mode
 the fast allocator's configurations on a budget grid, then rounds of the front's EHVI proposals
 (the same loop as ``coalora search``). Perplexity and KL divergence to the unquantized model on
 the held-out plays, 8 windows x 256 tokens picked by the default eval spec (``strided-v1``: spread
-evenly over the four plays); each row records its spec, KL and per-window sums.
+evenly over the four plays); each row records its spec, KL and per-window sums. Then the lm-eval
+task ``shakespeare_nextline`` on the allocator's configurations at 6 budgets over the same range
+(``scripts/seed_tasks.py``, which remakes only that table).
 
     .venv/bin/python scripts/seed_results.py [--out data/seed] [--rounds 4] [--per-round 6]
 
@@ -21,8 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from coalora.evaluation.tasks import APP_LIMIT
 from coalora.explorer import Explorer
 from coalora.store import TABLES, Store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from seed_tasks import add_task_rows  # noqa: E402 (the sibling script's step)
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +38,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--per-round", type=int, default=6)
     ap.add_argument("--none-rounds", type=int, default=2)
+    ap.add_argument("--task-budgets", type=int, default=6, help="allocator budgets scored on the lm-eval task (0: none)")
+    ap.add_argument("--task-limit", type=int, default=APP_LIMIT, help="lm-eval task documents per configuration")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +61,8 @@ def main(argv: list[str]) -> int:
                 after = ex.front(method)
                 store.add_search_round(f"seed:{method}", r, ex.model_name, -1, after.hypervolume["measured"], "bits",
                                        None, len(after.measured), len(res.proposals[: args.per_round]), after.seconds)
+        if args.task_budgets:
+            add_task_rows(ex, args.task_budgets, args.task_limit)
         out = Path(args.out)
         for t in TABLES:
             store.export_table(t, out / f"{t}.parquet")

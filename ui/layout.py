@@ -54,8 +54,8 @@ def _controls(p: Page, model: str) -> None:
         p.task_docs = gr.Slider(0, limits.APP_MAX_TASK_DOCS, value=0, step=10, label="lm-eval task documents",
                                 elem_id="task-docs",
                                 info=f"Quick eval also scores {APP_TASK} (pick a play's true next line among four) "
-                                     f"on this many documents; 0: not, unless the y axis shows it "
-                                     f"({task_eval.DEFAULT_DOCS} then)")
+                                     f"on this many documents; 0: not, unless the y axis shows it (then as "
+                                     f"many as its points, {task_eval.DEFAULT_DOCS} for the seed's)")
     p.best_btn = gr.Button("Select best within budget", elem_id="select-best")
     p.summary = gr.Markdown(elem_id="model-summary")
 

@@ -52,14 +52,17 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     """Outputs: (result md, front figure, table, front md, summary md, details JSON, residual figure).
 
     ``task_docs``: also score the lm-eval task :data:`ui.inputs.APP_TASK` on this many documents
-    (0: not, unless the front shows its error rate: :func:`ui.task_eval.docs_for`)."""
+    (0: not, unless the front shows its error rate: then as many as that front's points,
+    :func:`ui.task_eval.docs_for`)."""
     b, ms, mt = check_budget(budget), check_methods(methods), check_metric(metric)
     cv = check_eval(eval_set, seqlen, windows)
-    docs = task_eval.docs_for(check_task_docs(task_docs), mt)
+    asked = check_task_docs(task_docs)
     h = check_hash(config_hash)
     ex = state.MODELS.get(model)
     cfg = ex.config(h)
     m = primary_method(ex, ms)
+    on_front = task_eval.front_docs(ex, m, cv, mt) if figures.is_task(mt) else None
+    docs = task_eval.docs_for(asked, mt, on_front)
     progress(0, desc="GP prediction before measuring")
     shown_task = (mt,) if figures.is_task(mt) else ()
     kept = predictions.record(ex, cfg, m, cv, ("ppl", "kld", *shown_task))  # before the measurement enters the GP
@@ -73,7 +76,7 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     if docs:
         progress(None, desc=f"lm-eval {APP_TASK} on {docs} documents")
         got, task_cached = task_eval.measure(ex, cfg, m, docs)
-        task_md = "\n\n" + task_eval.result_md(got, task_cached)
+        task_md = "\n\n" + task_eval.result_md(got, task_cached) + task_eval.off_front_md(docs, on_front)
     fresh = not (ppl_cached and task_cached)
     if fresh:
         state.FRONTS.drop(model)

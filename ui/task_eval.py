@@ -3,8 +3,8 @@ and the selection's stored accuracies.
 
 Quick eval scores :data:`ui.inputs.APP_TASK` (``shakespeare_nextline``: pick a play's true next line
 among four, zero-shot, through lm-evaluation-harness; :mod:`coalora.evaluation.tasks`) on the first
-*documents* items when that setting is above 0, or on :data:`DEFAULT_DOCS` when the front's y axis
-is that task's error rate. Results are stored beside perplexity (the store's ``task_metrics``) and a
+*documents* items when that setting is above 0, or, when the front's y axis is that task's error
+rate, on as many as the front's points were measured on (:data:`DEFAULT_DOCS` for a first point). Results are stored beside perplexity (the store's ``task_metrics``) and a
 repeat with the same documents, lm-eval and items is read back instead of measured again.
 """
 
@@ -12,17 +12,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from coalora.evaluation.tasks import APP_LIMIT
 from ui.figures import is_task
 from ui.inputs import APP_TASK
 
-DEFAULT_DOCS = 40
-"""Documents scored when the y axis is the task's error rate and the documents setting is 0 (about
-30 s on 2 CPU cores; lm-eval's stderr of an accuracy near 0.5 is then ~0.08)."""
+DEFAULT_DOCS = APP_LIMIT
+"""Documents scored when the y axis is the task's error rate, the documents setting is 0 and the task
+front has no rows yet: the seed's count (about 40 s on 2 free CPU cores; lm-eval's stderr of an
+accuracy near 0.5 is then 0.05)."""
 
 
-def docs_for(docs: int, metric: str) -> int:
-    """Documents Quick eval scores: the setting, or :data:`DEFAULT_DOCS` when the task is on the y axis."""
-    return docs if docs or not is_task(metric) else DEFAULT_DOCS
+def front_docs(ex: Any, method: str, cv: Any, metric: str) -> int | None:
+    """The document limit of the rows the task front of ``metric`` is fitted on (None: no rows)."""
+    rows = ex.front_service().task_group(ex.query(method, cv.seqlen, cv.windows, cv.corpus, metric))
+    return rows[0]["doc_limit"] if rows else None
+
+
+def docs_for(docs: int, metric: str, shown: int | None = None) -> int:
+    """Documents Quick eval scores: the setting; when it is 0 and the task is on the y axis, the
+    front's own limit ``shown`` (so the new point joins that front), else :data:`DEFAULT_DOCS`."""
+    if docs or not is_task(metric):
+        return docs
+    return shown or DEFAULT_DOCS
+
+
+def off_front_md(docs: int, shown: int | None) -> str:
+    """Why a task result measured on ``docs`` documents is not on a task front of ``shown`` documents."""
+    if shown is None or shown == docs:
+        return ""
+    return (f" The task front shows the results measured on {shown} documents; this {docs}-document result is "
+            f"stored but not on it (set lm-eval task documents to {shown}, or 0, to add a point to it).")
 
 
 def measure(ex: Any, cfg: Any, method: str, docs: int) -> tuple[list[dict[str, Any]], bool]:

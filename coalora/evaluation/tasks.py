@@ -35,6 +35,9 @@ LOCAL_TASKS = TASKS_DIR
 """lm-eval task YAML shipped with coalora (``include_path`` of lm-eval's task manager)."""
 HUB_TASKS = ("hellaswag", "arc_easy", "piqa", "winogrande", "boolq")
 MAX_LIMIT = 100_000
+APP_LIMIT = 100
+"""Documents per configuration of the local task in the store's seed and in the app's Quick eval by
+default, so that their rows form one group of the task front (rows of different limits never mix)."""
 
 
 @dataclass(frozen=True)

@@ -143,8 +143,10 @@ class FrontService:
         ids = np.array([configs[h] for h in hashes], dtype=np.int64).reshape(len(hashes), len(self.targets))
         return hashes, ids, np.array([float(np.mean(by_hash[h])) for h in hashes])
 
-    def _task_outcomes(self, q: FrontQuery) -> list[tuple[str, float]]:
-        """(config hash, log error rate) of the stored task metric of a ``task:`` query (else [])."""
+    def task_group(self, q: FrontQuery) -> list[dict]:
+        """The stored task rows a ``task:`` query's front is fitted on (else []): of the groups of one
+        (document limit, lm-eval version, task version), the one with the most configurations
+        (the newest on a tie); rows of other limits measure other documents, so they never mix."""
         tm = task_metric(q.metric)
         if tm is None:
             return []
@@ -155,8 +157,11 @@ class FrontService:
             groups.setdefault((r["doc_limit"], r["lm_eval_version"], r["task_version"]), []).append(r)
         if not groups:
             return []
-        best = max(groups.values(), key=lambda g: (len({r["config_hash"] for r in g}), g[-1]["created_at"]))
-        return [(r["config_hash"], math.log(max(1.0 - r["value"], TASK_ERR_FLOOR))) for r in best]
+        return max(groups.values(), key=lambda g: (len({r["config_hash"] for r in g}), g[-1]["created_at"]))
+
+    def _task_outcomes(self, q: FrontQuery) -> list[tuple[str, float]]:
+        """(config hash, log error rate) of the rows :meth:`task_group` picks."""
+        return [(r["config_hash"], math.log(max(1.0 - r["value"], TASK_ERR_FLOOR))) for r in self.task_group(q)]
 
     def fit(self, q: FrontQuery, data: tuple[list[str], np.ndarray, np.ndarray] | None = None):
         """The GP for a resolved query, refitted incrementally; returns (gp, how) or (None, reason).

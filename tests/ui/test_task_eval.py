@@ -46,23 +46,71 @@ def test_quick_eval_scores_the_task_stores_it_and_the_selection_shows_it(app):
     assert "lm-eval" not in plain
 
 
-def test_the_task_axis_plots_the_measured_error_rate_and_rings_the_selection(app):
+def _kind(fig, kind: str) -> list:
+    return [t for t in fig.data if t.meta and t.meta.get("kind") == kind]
+
+
+def _errors(app, hashes) -> dict[str, float]:
+    """hash -> 1 - acc_norm of the stored rows of those configurations."""
+    store = app.MODELS.get(MODEL).store
+    return {h: 1 - r["value"] for h in hashes for r in store.task_metrics(model=MODEL, config_hash=h, method="coalora",
+                                                                           metric="acc_norm")}
+
+
+@pytest.fixture
+def unseeded_tasks(app, tmp_path, monkeypatch):
+    """This test's store seeded from data/seed without its task rows (a store before any task eval)."""
+    import shutil
+
+    from coalora.paths import SEED_DIR
+    from coalora.store import Store
+
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    for f in SEED_DIR.glob("*.parquet"):
+        if f.name != "task_metrics.parquet":
+            shutil.copy2(f, seed / f.name)
+    app.MODELS.store.close()
+    monkeypatch.setattr(app.MODELS, "store", Store(tmp_path / "unseeded.duckdb", seed_dir=seed))
+    return app
+
+
+def test_the_task_axis_builds_a_front_from_quick_evals_and_rings_the_selection(unseeded_tasks):
+    app = unseeded_tasks
     cfgs = _configs(app, 3)
     for cfg in cfgs:
         out = app.quick_eval(*_args(cfg.hash, 6.0, metric=TASK_AXIS))
     result, fig, table, front_md, summary, details, residuals = out
-    errors = {h: 1 - r["value"] for h in (c.hash for c in cfgs)
-              for r in app.MODELS.get(MODEL).store.task_metrics(model=MODEL, config_hash=h, metric="acc_norm")}
-    measured = {x for t in fig.data if t.meta and t.meta.get("kind") == "measured" for x in zip(t.customdata, t.y)}
+    errors = _errors(app, [c.hash for c in cfgs])
+    measured = {x for t in _kind(fig, "measured") for x in zip(t.customdata, t.y)}
     assert {(h, round(y, 9)) for h, y in measured} == {(h, round(e, 9)) for h, e in errors.items()}
     assert "error rate" in fig.layout.yaxis.title.text and "predicted front" in front_md
-    ring = [t for t in fig.data if t.meta and t.meta.get("kind") == "selected"][0]
+    ring = _kind(fig, "selected")[0]
     assert ring.customdata[0] == cfgs[-1].hash and math.isclose(ring.y[0], errors[cfgs[-1].hash])
     assert details["measured_task"] == pytest.approx(errors[cfgs[-1].hash]) and "task error rate" in front_md
     assert "shakespeare_nextline error rate (1 - acc_norm)" in summary
     sel = app.select(cfgs[0].hash, MODEL, "shakespeare", 6.0, ["coalora"], 128, 1, TASK_AXIS)
-    ring = [t for t in sel[5].data if t.meta and t.meta.get("kind") == "selected"][0]
+    ring = _kind(sel[5], "selected")[0]
     assert ring.customdata[0] == cfgs[0].hash and math.isclose(ring.y[0], errors[cfgs[0].hash])
+
+
+def test_a_fresh_store_has_the_seeds_task_front_and_quick_eval_joins_it(app):
+    from coalora.evaluation.tasks import APP_LIMIT
+
+    ex = app.MODELS.get(MODEL)
+    seeded = ex.store.task_metrics(model=MODEL, method="coalora", metric="acc_norm")
+    assert len(seeded) >= 3 and {r["doc_limit"] for r in seeded} == {APP_LIMIT}
+    fig, _, front_md = app.refresh_front(MODEL, "shakespeare", 6.0, ["coalora"], 128, 1, TASK_AXIS)
+    measured = {h: y for t in _kind(fig, "measured") for h, y in zip(t.customdata, t.y)}
+    assert measured == pytest.approx({r["config_hash"]: 1 - r["value"] for r in seeded})
+    assert "predicted front" in front_md
+    h = seeded[0]["config_hash"]  # Quick eval with 0 documents on the task axis: the front's limit, read back
+    result, fig, *_ = app.quick_eval(*_args(h, 6.0, metric=TASK_AXIS, docs=0))
+    assert f"({APP_LIMIT} documents)" in result and "cached result" in result.split("lm-eval, zero-shot")[1]
+    ring = _kind(fig, "selected")[0]
+    assert ring.customdata[0] == h and math.isclose(ring.y[0], 1 - seeded[0]["value"])
+    other, *_ = app.quick_eval(*_args(h, 6.0, metric=TASK_AXIS, docs=8))  # another limit: stored, not on the front
+    assert "(8 documents)" in other and f"shows the results measured on {APP_LIMIT} documents" in other
 
 
 def test_bad_task_settings_are_one_clear_message(app):
