@@ -4,8 +4,9 @@ and the selection's stored accuracies.
 Quick eval scores :data:`ui.inputs.APP_TASK` (``shakespeare_nextline``: pick a play's true next line
 among four, zero-shot, through lm-evaluation-harness; :mod:`coalora.evaluation.tasks`) on the first
 *documents* items when that setting is above 0, or, when the front's y axis is that task's error
-rate, on as many as the front's points were measured on (:data:`DEFAULT_DOCS` for a first point). Results are stored beside perplexity (the store's ``task_metrics``) and a
-repeat with the same documents, lm-eval and items is read back instead of measured again.
+rate, on as many as the front's points were measured on (:data:`DEFAULT_DOCS` for a first point).
+Results are stored beside perplexity (the store's ``task_metrics``) and a repeat with the same
+documents, lm-eval and items is read back instead of measured again.
 """
 
 from __future__ import annotations
