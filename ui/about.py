@@ -29,12 +29,19 @@ ABOUT_TEMPLATE = """
 - **Predicted** means the posterior of a Gaussian process (botorch `SingleTaskGP`) fitted to the stored
   log-perplexities (or log KL) of this model, method and convention, on two features per configuration (average
   bits and the allocator's summed quantization error); the band is +-2 posterior standard deviations
-  (narrower than it should be: about 70% of held-out points fall inside it).
+  with the noise the fit estimated (`coalora front --validate` measures how many held-out points fall
+  inside it; the README gives the shipped store's figures).
   Measured configurations are shown at their measured value. *Best within budget* minimises
   mean + 1 sigma (a likely-good pick, not the luckiest guess). Diamonds (legend, hidden by default) are
   the EHVI proposals: the unmeasured configurations whose evaluation would most grow the front.
+- **Next-line error rate** is 1 - acc_norm of lm-evaluation-harness's zero-shot multiple choice on the
+  local task `{TASK}` (pick a held-out play's true next line among four of its lines; chance 0.25):
+  the third *Y axis*. Its points are measured on {APP_LIMIT} of its {MAX_DOCS} items unless you set
+  *lm-eval task documents*; results of different item counts are never fitted together, and its band
+  does not include lm-eval's standard error (about 0.05 at {APP_LIMIT} items).
 - **Quick eval** applies the configuration (only changed matrices are re-quantized), adds the generated
-  adapter and measures perplexity; the result is stored in DuckDB and the GP refits.
+  adapter and measures perplexity and KL, and the task when asked; the result is stored in DuckDB
+  and the GP refits.
 - The comparison of methods (tab *Methods*) is the protocol's: `coalora compare`, equal compute, several
   seeds, intervals; the seed results are described in `data/README.md`.
 """
@@ -49,10 +56,16 @@ def about() -> str:
     def braces(vals) -> str:
         return "{" + ", ".join(map(str, vals)) + "}"
 
+    from coalora.evaluation.tasks import APP_LIMIT
+    from coalora.limits import APP_MAX_TASK_DOCS
+    from ui.inputs import APP_TASK
+
     b0, b1, b2, blk0, blk1 = FIELD_VALUES
     text = (ABOUT_TEMPLATE.replace("{B0_BITS}", braces(b0)).replace("{B1_BITS}", braces(b1))
             .replace("{B2}", " / ".join(map(str, b2))).replace("{BLOCK0}", braces(blk0))
-            .replace("{BLOCK1}", braces(blk1)).replace("{N_CONFIGS}", str(len(ALL_CONFIGS))))
+            .replace("{BLOCK1}", braces(blk1)).replace("{N_CONFIGS}", str(len(ALL_CONFIGS)))
+            .replace("{TASK}", APP_TASK).replace("{APP_LIMIT}", str(APP_LIMIT))
+            .replace("{MAX_DOCS}", str(APP_MAX_TASK_DOCS)))
     return text + f"- **Hypervolume** (Explore, Search history): {HV_DEFINITION['ppl']}.\n"
 
 
