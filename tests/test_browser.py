@@ -311,6 +311,29 @@ def test_sample_with_only_no_adapter(server, browser):
         page.close()
 
 
+def test_task_axis_shows_the_seeded_task_front_and_a_click_selects_its_point(server, browser):
+    page, errors = _open(browser, server)
+    try:
+        page.locator("#metric").get_by_label("Next-line error rate").check()
+        page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout.yaxis.title.text"
+                               ".includes('error rate')", timeout=60_000)
+        page.wait_for_function("window.__coaloraBridgeReady === true && document.querySelector("
+                               "'#front-plot .js-plotly-plot').dataset.coaloraReady === '1'", timeout=30_000)
+        assert "task error rate" in page.inner_text("#front-summary")  # its hypervolume's definition
+        target = _click_marker(page, "measured", "coalora")
+        text = page.inner_text("#selection-summary")
+        line = next(ln for ln in text.splitlines() if ln.startswith("shakespeare_nextline error rate (1 - acc_norm):"))
+        assert "lm-eval accuracy: shakespeare_nextline (100 documents)" in text and "measured " in line
+        ring = page.evaluate("() => { const gd = document.querySelector('#front-plot .js-plotly-plot');"
+                             " const t = gd.data.find(t => t.meta && t.meta.kind === 'selected'); return t.y[0]; }")
+        shown = float(line.split("measured ")[-1].split()[0].strip("*"))
+        assert target["hash"] in text and abs(ring - shown) < 5e-4  # the ring sits at the measured error rate
+        page.screenshot(path=str(OUT / "explorer-task-axis.png"), full_page=False)
+        assert not errors, errors
+    finally:
+        page.close()
+
+
 def test_quick_eval_keeps_the_prediction_and_exports(server, browser):
     page, errors = _open(browser, server)
     try:

@@ -62,7 +62,8 @@ def _controls(p: Page, model: str) -> None:
 
 def _front_panel(p: Page) -> None:
     """The front plot, its view controls (in the browser only, :mod:`ui.bridge`) and its summary."""
-    p.front_plot = gr.Plot(label="Front: average bits vs. perplexity or KL divergence", elem_id=bridge.FRONT_PLOT)
+    p.front_plot = gr.Plot(label="Front: average bits vs. perplexity, KL divergence or next-line error rate",
+                           elem_id=bridge.FRONT_PLOT)
     with gr.Row():
         p.yscale = gr.Radio([("log", "log"), ("linear", "linear")], value="log", label="Y scale",
                             elem_id="view-yscale", min_width=120)
