@@ -349,6 +349,10 @@ class Explorer:
         measured = None if ev is None else {"ppl": ev.ppl, "nll": ev.nll, "eval_set": ev.eval_set, "seqlen": ev.seqlen,
                                             "windows": ev.windows, "tokens": ev.tokens, "eval_spec": ev.eval_spec,
                                             "kld": ev.kld}
+        if measured is not None:
+            from coalora.evaluation.tasks import newest_for_config
+
+            measured["tasks"] = newest_for_config(self, config, method)
         p = self.front_service().predict(self.query(method, seqlen, windows, corpus), config)
         predicted = None if p is None else {"ppl": p.pred_ppl, "lo": p.pred_lo, "hi": p.pred_hi,
                                             "band": "+-2 sigma of log ppl"}

@@ -64,14 +64,10 @@ def _row(task: str, metric: str, value: float, stderr: float | None, documents: 
 
 
 def stored(ex: Any, cfg: Any, method: str) -> list[dict[str, Any]]:
-    """The selection's stored task accuracies: the newest row per (task, metric, document limit)."""
+    """The selection's stored task accuracies (:func:`coalora.evaluation.tasks.newest_for_config`)."""
     from coalora.evaluation import tasks
 
-    newest: dict[tuple, dict] = {}
-    for r in tasks.stored_for_config(ex, cfg, method):
-        newest[(r["task"], r["metric"], r["doc_limit"])] = _row(r["task"], r["metric"], r["value"], r["stderr"],
-                                                                r["samples"], r["seconds"])
-    return sorted(newest.values(), key=lambda r: (r["task"], -r["documents"], r["metric"]))
+    return tasks.newest_for_config(ex, cfg, method)
 
 
 def accuracy_text(rows: list[dict[str, Any]]) -> str:

@@ -206,3 +206,16 @@ def stored_for_config(explorer, config: ModelQuantConfig, method: str = "coalora
     store's rows (:meth:`coalora.store.Store.task_metrics`), oldest first."""
     return explorer.store.task_metrics(model=explorer.model_name, config_hash=config.hash, method=method,
                                        adapter_id=explorer.adapter_id if method == "coalora" else "")
+
+
+def newest_for_config(explorer, config: ModelQuantConfig, method: str = "coalora") -> list[dict[str, Any]]:
+    """The newest stored row per (task, metric, document limit) of ``config``, as the app shows and a
+    bundle records them: ``{"task", "metric", "value", "stderr", "documents", "seconds",
+    "lm_eval_version", "task_version"}``, by task, most documents first, then metric."""
+    newest: dict[tuple, dict[str, Any]] = {}
+    for r in stored_for_config(explorer, config, method):
+        newest[(r["task"], r["metric"], r["doc_limit"])] = {
+            "task": r["task"], "metric": r["metric"], "value": float(r["value"]), "stderr": r["stderr"],
+            "documents": int(r["samples"]), "seconds": float(r["seconds"] or 0.0),
+            "lm_eval_version": r["lm_eval_version"], "task_version": r["task_version"]}
+    return sorted(newest.values(), key=lambda r: (r["task"], -r["documents"], r["metric"]))

@@ -19,7 +19,10 @@ def _measured_line(meta: dict[str, Any]) -> str:
         return "not measured"
     spec = f", eval spec {m['eval_spec']}" if m.get("eval_spec") else ""
     kl = f"; KL to the unquantized model {m['kld']:.4f} nats/token" if m.get("kld") is not None else ""
-    return f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens{spec}){kl}"
+    tasks = "".join(f"; lm-eval {t['task']} {t['metric']} {t['value']:.3f}"
+                    + (f" +- {t['stderr']:.3f}" if t.get("stderr") is not None else "") + f" ({t['documents']} documents)"
+                    for t in m.get("tasks") or [])
+    return f"{m['ppl']:.3f} on {m['eval_set']} ({m['windows']} x {m['seqlen']} tokens{spec}){kl}{tasks}"
 
 
 def _gguf_section(meta: dict[str, Any]) -> str:

@@ -44,6 +44,18 @@ def test_quick_eval_scores_the_task_stores_it_and_the_selection_shows_it(app):
     assert ex.store.count("task_metrics") == before + 2
     plain, *_ = app.quick_eval(*_args(cfg.hash, 4.0, docs=0))  # 0 documents on the ppl axis: no task
     assert "lm-eval" not in plain
+    from coalora.export.bundle import read_bundle_meta
+
+    (bundle, _), _ = app.export(cfg.hash, MODEL, "shakespeare", 128, 1)  # the bundle records what was measured
+    zdir, meta = read_bundle_meta(bundle)
+    recorded = {t["metric"]: t for t in meta["measured"]["tasks"]}
+    assert {m: (t["value"], t["documents"]) for m, t in recorded.items()} == \
+        {m: (r["value"], 8) for m, r in rows.items()}
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as z:
+        readme = z.read(next(n for n in z.namelist() if n.endswith("README.md"))).decode()
+    assert f"lm-eval shakespeare_nextline acc_norm {rows['acc_norm']['value']:.3f}" in readme
 
 
 def _kind(fig, kind: str) -> list:
