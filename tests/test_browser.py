@@ -138,6 +138,12 @@ RING = "() => { const gd = document.querySelector('#front-plot .js-plotly-plot')
        " const t = gd.data.find(t => t.meta && t.meta.kind === 'selected'); return t ? t.customdata[0] : null; }"
 
 
+def _wait_ready(page, timeout_ms: int = 30_000) -> None:
+    """Until the click bridge is attached to the front now drawn."""
+    page.wait_for_function("window.__coaloraBridgeReady === true && document.querySelector("
+                           "'#front-plot .js-plotly-plot').dataset.coaloraReady === '1'", timeout=timeout_ms)
+
+
 def _click_marker(page, kind: str, method: str | None = None) -> dict:
     """Click the centre of a ``kind`` marker; returns it, after the page shows its selection."""
     page.locator("#front-plot").scroll_into_view_if_needed()  # a button below may have scrolled it away
@@ -161,8 +167,7 @@ def _click_marker(page, kind: str, method: str | None = None) -> dict:
         page.screenshot(path=str(OUT / f"failed-click-{kind}.png"), full_page=True)
         raise AssertionError(f"clicked {kind} {target}, page selected {page.evaluate(SELECTED)}") from None
     TIMINGS.setdefault("click_to_selection_s", time.perf_counter() - t0)
-    page.wait_for_function("window.__coaloraBridgeReady === true && document.querySelector("
-                           "'#front-plot .js-plotly-plot').dataset.coaloraReady === '1'")
+    _wait_ready(page)
     return target
 
 
@@ -317,8 +322,7 @@ def test_task_axis_shows_the_seeded_task_front_and_a_click_selects_its_point(ser
         page.locator("#metric").get_by_label("Next-line error rate").check()
         page.wait_for_function("document.querySelector('#front-plot .js-plotly-plot').layout.yaxis.title.text"
                                ".includes('error rate')", timeout=60_000)
-        page.wait_for_function("window.__coaloraBridgeReady === true && document.querySelector("
-                               "'#front-plot .js-plotly-plot').dataset.coaloraReady === '1'", timeout=30_000)
+        _wait_ready(page)
         assert "task error rate" in page.inner_text("#front-summary")  # its hypervolume's definition
         target = _click_marker(page, "measured", "coalora")
         text = page.inner_text("#selection-summary")

@@ -83,7 +83,7 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     fr = fronts(model, b, ms, cv, fresh=fresh, metric=mt)
     d = describe_selection(model, cfg, ms, cv, mt)
     summary, _ = selection_md(d)
-    value = measured_value(ex, cfg, m, cv, mt, ev)
+    value = measured_value(ex, cfg, m, cv, mt, ev)  # from ev itself: a read-only store keeps no evaluation
     fig = figure(model, fr, b, ms, cv, marker(cfg, value, shown(d)[1]), mt)
     prior = predictions.prior_of(ex, cfg, m, cv, mt) if value is not None else None
     rows = _residuals(ex, cfg, m, mt, kept, value, prior, request)

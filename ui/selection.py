@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from coalora.errors import CoaloraError
+from coalora.evaluation.tasks import newest_for_config
 from ui import compare, downloads, figures, predictions, state, task_eval
 from ui.convention import Convention, check_eval
 from ui.front_view import (
@@ -77,7 +78,7 @@ def describe_selection(model: str, cfg: Any, methods: list[str], cv: Convention,
         "predicted_kld_band": None if kk is None else [kk[1], kk[2]],
         "measured_task": task_v, "predicted_task": None if tt is None else tt[0],
         "predicted_task_band": None if tt is None else [tt[1], tt[2]],
-        "tasks": task_eval.stored(ex, cfg, m),
+        "tasks": newest_for_config(ex, cfg, m),
         "metric": metric, "convention": cv.label, "eval_spec": ex.eval_spec,
         "matrices": len(cfg.targets),
     }

@@ -47,27 +47,14 @@ def off_front_md(docs: int, shown: int | None) -> str:
 
 def measure(ex: Any, cfg: Any, method: str, docs: int) -> tuple[list[dict[str, Any]], bool]:
     """(rows, cached): :data:`APP_TASK` on ``cfg`` under ``method`` over ``docs`` documents, read
-    back when stored (:func:`coalora.evaluation.tasks.cached_for_config`), else measured and stored.
-    Rows: ``{"task", "metric", "value", "stderr", "documents", "seconds"}``."""
+    back when stored (:func:`coalora.evaluation.tasks.cached_for_config`), else measured and stored;
+    rows as :func:`coalora.evaluation.tasks.result_row` makes them."""
     from coalora.evaluation import tasks
 
     hit = tasks.cached_for_config(ex, cfg, APP_TASK, docs, method)
     if hit:
-        return [_row(r["task"], r["metric"], r["value"], r["stderr"], r["samples"], r["seconds"]) for r in hit], True
-    got = tasks.run_for_config(ex, cfg, [APP_TASK], limit=docs, method=method)
-    return [_row(m.task, m.metric, m.value, m.stderr, m.samples, m.seconds) for m in got], False
-
-
-def _row(task: str, metric: str, value: float, stderr: float | None, documents: int, seconds: float) -> dict:
-    return {"task": task, "metric": metric, "value": float(value), "stderr": stderr, "documents": int(documents),
-            "seconds": float(seconds or 0.0)}
-
-
-def stored(ex: Any, cfg: Any, method: str) -> list[dict[str, Any]]:
-    """The selection's stored task accuracies (:func:`coalora.evaluation.tasks.newest_for_config`)."""
-    from coalora.evaluation import tasks
-
-    return tasks.newest_for_config(ex, cfg, method)
+        return [tasks.result_row(r) for r in hit], True
+    return [tasks.result_row(m) for m in tasks.run_for_config(ex, cfg, [APP_TASK], limit=docs, method=method)], False
 
 
 def accuracy_text(rows: list[dict[str, Any]]) -> str:

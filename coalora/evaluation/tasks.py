@@ -208,14 +208,19 @@ def stored_for_config(explorer, config: ModelQuantConfig, method: str = "coalora
                                        adapter_id=explorer.adapter_id if method == "coalora" else "")
 
 
-def newest_for_config(explorer, config: ModelQuantConfig, method: str = "coalora") -> list[dict[str, Any]]:
-    """The newest stored row per (task, metric, document limit) of ``config``, as the app shows and a
-    bundle records them: ``{"task", "metric", "value", "stderr", "documents", "seconds",
-    "lm_eval_version", "task_version"}``, by task, most documents first, then metric."""
-    newest: dict[tuple, dict[str, Any]] = {}
-    for r in stored_for_config(explorer, config, method):
-        newest[(r["task"], r["metric"], r["doc_limit"])] = {
-            "task": r["task"], "metric": r["metric"], "value": float(r["value"]), "stderr": r["stderr"],
+def result_row(r: TaskMetric | dict[str, Any]) -> dict[str, Any]:
+    """One task result as the app shows and a bundle records it, from a :class:`TaskMetric` just
+    measured or a stored row (:meth:`coalora.store.Store.task_metrics`): ``{"task", "metric", "value",
+    "stderr", "documents", "seconds", "lm_eval_version", "task_version"}``."""
+    if isinstance(r, TaskMetric):
+        r = {**r.to_dict(), "doc_limit": r.limit}
+    return {"task": r["task"], "metric": r["metric"], "value": float(r["value"]), "stderr": r["stderr"],
             "documents": int(r["samples"]), "seconds": float(r["seconds"] or 0.0),
             "lm_eval_version": r["lm_eval_version"], "task_version": r["task_version"]}
+
+
+def newest_for_config(explorer, config: ModelQuantConfig, method: str = "coalora") -> list[dict[str, Any]]:
+    """The newest stored row per (task, metric, document limit) of ``config`` (:func:`result_row`),
+    by task, most documents first, then metric."""
+    newest = {(r["task"], r["metric"], r["doc_limit"]): result_row(r) for r in stored_for_config(explorer, config, method)}
     return sorted(newest.values(), key=lambda r: (r["task"], -r["documents"], r["metric"]))
