@@ -125,8 +125,8 @@ class BaseSpec:
     """How a configuration turns a matrix's original ``W`` into the weight the model computes with.
 
     ``quant``: ``Q_c(W)``, the dequantized quantized weight. ``lq``: LQ-LoRA's split computed on the
-    fly, ``Q_c(W - L1 L2) + L1 L2`` with a rank-``lq_rank`` ``L1 L2`` from ``lq_iters`` alternations
-    (:func:`coalora.lqlora.split.fast_split`): the quantized part absorbs what a low-rank term cannot, so
+    fly, ``Q_c(W - L1 L2) + L1 L2`` with a rank-``lq_rank`` ``L1 L2``, the best of at most ``lq_iters``
+    alternations (:func:`coalora.lqlora.split.fast_split`): the quantized part absorbs what a low-rank term cannot, so
     the base under low-bit configurations stays close to ``W`` (method.md 2.1). Its ``L1 L2`` is a
     full-precision low-rank term beside the adapter (an extra ``lq_rank`` of adapter rank when
     deployed), and it depends only on the matrix's own configuration, so the per-(matrix, config)
@@ -135,7 +135,7 @@ class BaseSpec:
 
     kind: str = "quant"
     lq_rank: int = 8
-    lq_iters: int = 1
+    lq_iters: int = 5
 
     def __post_init__(self) -> None:
         if self.kind not in BASES:
@@ -149,8 +149,8 @@ class BaseSpec:
             return fake_quantize(w, config)
         from coalora.lqlora.split import fast_split
 
-        l1, l2 = fast_split(w, config, self.lq_rank, self.lq_iters)
-        return fake_quantize(w - l1 @ l2, config) + l1 @ l2
+        split = fast_split(w, config, self.lq_rank, self.lq_iters)
+        return split.q + split.l1 @ split.l2
 
 
 class ConfigApplier:

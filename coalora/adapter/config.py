@@ -42,7 +42,7 @@ class AdapterConfig:
     lq_rank: int = BaseSpec.lq_rank
     """Rank of the ``lq`` base's full-precision low-rank term."""
     lq_iters: int = BaseSpec.lq_iters
-    """Alternations of the ``lq`` base's split (randomized SVD, then quantize)."""
+    """Most alternations of the ``lq`` base's split (randomized SVD, then quantize; the best iterate is kept)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:

@@ -104,10 +104,14 @@ def test_lq_base_is_closer_to_the_original_than_plain_quantization():
     plain = (w - fake_quantize(w, c)).norm()
     lq = (w - BaseSpec("lq", lq_rank=8, lq_iters=2).weight(w, c)).norm()
     assert lq < 0.5 * plain
-    l1, l2 = fast_split(w, c, 8, 1)
-    assert l1.shape == (64, 8) and l2.shape == (8, 96)
-    again = fast_split(w, c, 8, 1)
-    assert torch.equal(l1, again[0])  # seeded: the same configuration always gets the same base
+    split = fast_split(w, c, 8, 5)
+    assert split.l1.shape == (64, 8) and split.l2.shape == (8, 96)
+    assert torch.equal(split.q, fake_quantize(w - split.l1 @ split.l2, c))
+    # the best iterate: never worse than the first alternation, and the loop stops once it stops improving
+    assert (w - split.q - split.l1 @ split.l2).norm() <= split.errors[0] + 1e-6
+    assert min(split.errors) == pytest.approx(float((w - split.q - split.l1 @ split.l2).norm()), rel=1e-5)
+    again = fast_split(w, c, 8, 5)
+    assert torch.equal(split.l1, again.l1)  # seeded: the same configuration always gets the same base
     assert torch.equal(BaseSpec().weight(w, c), fake_quantize(w, c))
     with pytest.raises(CoaloraError, match="unknown base"):
         BaseSpec("gptq")
