@@ -387,13 +387,19 @@ class Explorer:
 
         if inputs is None:
             inputs = self.export_inputs(config, measure=measure, seqlen=seqlen, windows=windows, corpus=corpus)
-        lora = self.adapter_for(config)[0] if self.coa is not None else None
         source = None
         if gguf:
             ew = self.eval_windows(seqlen, windows, corpus) if inputs["measured"] else None
             source = GgufSource(self.model, self.tokenizer, ew)
         with self.lock:
-            return export_bundle(self.model_name, config, dict(self.applier.originals), out,
-                                 weights_hash=self.weights_hash, lora=lora, adapter=inputs["adapter"],
+            weights, lora, adapter = dict(self.applier.originals), None, inputs["adapter"]
+            if self.coa is not None:
+                from coalora.adapter.deploy import deployable
+
+                d = deployable(self.coa, config)
+                weights, lora = d.weights, d.lora
+                adapter = {**adapter, "rank": d.rank, "alpha": d.alpha, "lq_rank_folded": d.lq_rank}
+            return export_bundle(self.model_name, config, weights, out,
+                                 weights_hash=self.weights_hash, lora=lora, adapter=adapter,
                                  predicted=inputs["predicted"], measured=inputs["measured"], make_zip=make_zip,
                                  force=force, gguf=source)

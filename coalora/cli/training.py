@@ -60,6 +60,12 @@ def run_generate(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model)
     qcfg = load_quant_config(args, model)
     coa = load_trained(args.adapter, model, args.model, cache_bytes=0)
+    if coa.adapter_config.base != "quant":
+        raise CoaloraError(f"{args.adapter} was trained on the {coa.adapter_config.base} base (Q_c(W - L1 L2) + L1 L2), "
+                           "so its LoRA is only right beside weights quantized from W - L1 L2; a PEFT adapter alone "
+                           "would run on a plainly quantized model. Export a bundle instead (`coalora export "
+                           "--adapter ... --config ...`, or the app's Export): it holds the matching quantized "
+                           "weights and the adapter with L1 L2 folded in")
     t0 = time.perf_counter()
     lora = coa.lora_for(qcfg)
     gen_ms = (time.perf_counter() - t0) * 1000

@@ -19,12 +19,11 @@ from coalora.quant.config import ModelQuantConfig, resolve_preset
 from coalora.store import Store
 
 
-@pytest.fixture
-def explorer(tmp_path):
+def _explorer(tmp_path, **adapter):
     """tiny-llama with a (randomly perturbed, so non-trivial) CoA-LoRA adapter and a local corpus."""
     torch.manual_seed(0)
     model = tiny_llama(seed=0)
-    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4))
+    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4, **adapter))
     with torch.no_grad():
         for p in coa.theta.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -34,9 +33,56 @@ def explorer(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 200)
     store = Store(tmp_path / "r.duckdb", seed_dir=None)
-    ex = Explorer("tiny-llama", adapter=path, store=store, corpus=str(corpus))
+    return Explorer("tiny-llama", adapter=path, store=store, corpus=str(corpus)), store, path
+
+
+@pytest.fixture
+def explorer(tmp_path):
+    ex, store, _ = _explorer(tmp_path)
     yield ex
     store.close()
+
+
+def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path):
+    """With the lq base the bundle quantizes W - L1 L2 and its LoRA carries L1 L2 (rank 4 + 8), so the
+    loaded bundle, and plain peft on those weights, compute the configured model coalora scored."""
+    from peft import PeftModel
+
+    from coalora.cli import main as cli_main
+    from coalora.evaluation.perplexity import perplexity
+
+    ex, store, path = _explorer(tmp_path, base="lq", lq_rank=8, lq_iters=3)
+    try:
+        cfg = ex.allocate(2.6)
+        out = ex.export(cfg, tmp_path / "b", seqlen=64, windows=4)
+        ids = ex.windows(64, 2)
+        with torch.no_grad():
+            ex.coa.set_config(cfg)
+        ref = _logits(ex.model, ids)
+        b = load_bundle(out)
+        assert b.meta["adapter"]["rank"] == 12 and b.meta["adapter"]["lq_rank_folded"] == 8
+        assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
+        assert perplexity(b.model, ex.windows(64, 4), progress=False).ppl == pytest.approx(
+            b.meta["measured"]["ppl"], rel=1e-3)
+        # the same without coalora's loader: the packed weights dequantized, plus plain peft
+        from coalora.adapter.deploy import deployable
+
+        d = deployable(ex.coa, cfg)
+        base = tiny_llama(seed=0)
+        from coalora.adapter.apply import ConfigApplier
+
+        applier = ConfigApplier(base, "tiny-llama", find_targets(base))
+        for t in cfg.targets:
+            applier.set_original(t.name, d.weights[t.name])
+        applier.apply(cfg)
+        peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+        assert (_logits(peft_model, ids) - ref).abs().max() < 1e-4
+        # a bare PEFT adapter cannot carry the split: `coalora generate` says so and writes nothing
+        assert cli_main(["generate", "--adapter", str(path), "--model", "tiny-llama", "--preset", "nf3-dq",
+                         "--out", str(tmp_path / "peft")]) != 0
+        assert not (tmp_path / "peft").exists()
+    finally:
+        store.close()
 
 
 def _logits(model, ids):
