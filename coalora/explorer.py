@@ -182,6 +182,14 @@ class Explorer:
             lora = self.coa.lora_for(config)
         return lora, (time.perf_counter() - t0) * 1000
 
+    def apply_note(self, method: str) -> str:
+        """What applying a configuration costs beyond quantizing, for a progress line ('' when nothing):
+        the ``lq`` base computes LQ-LoRA's split of every matrix it has not cached (seconds per
+        configuration, ``data/results/lq_base.json``)."""
+        if method == "coalora" and self.coa is not None and self.coa.adapter_config.base == "lq":
+            return "the LQ split of each matrix not cached yet (seconds per configuration, once)"
+        return ""
+
     def eval_windows(self, seqlen: int, windows: int, corpus: str | None = None) -> EvalWindows:
         """The default spec's ``windows`` windows of ``seqlen`` tokens from an eval corpus (picked once)."""
         from coalora.evaluation.spec import select
@@ -246,6 +254,7 @@ class Explorer:
         """
         import torch
 
+        from coalora.adapter.apply import BaseSpec
         from coalora.evaluation.perplexity import perplexity
 
         self._check_method(method)
@@ -263,8 +272,8 @@ class Explorer:
                 t0 = time.perf_counter()
                 if method == "coalora":
                     self.coa.set_config(config)
-                else:
-                    self.applier.apply(config)
+                else:  # the quantized model alone: plain Q_c(W), whatever base the adapter sits on
+                    self.applier.apply(config, base=BaseSpec())
                 # a callback (the app's progress bar) hears of every window; else batches of 4
                 r = perplexity(self.model, ew.windows, dataset=ew.dataset, progress=progress, reference=ref,
                                spec=ew.spec, batch_size=1 if callable(progress) else 4)
@@ -284,6 +293,8 @@ class Explorer:
         Returns ``{"quantized": str, "dense": str, "quantized_s": float, "dense_s": float}``.
         """
         import torch
+
+        from coalora.adapter.apply import BaseSpec
 
         self._check_method(method)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -311,7 +322,7 @@ class Explorer:
                 self.coa.set_config(config)
                 quantized, qs = run()
             else:
-                self.applier.apply(config)
+                self.applier.apply(config, base=BaseSpec())
                 with bare():
                     quantized, qs = run()
             self.applier.restore()  # the reference: original weights, no adapter

@@ -70,7 +70,8 @@ def quick_eval(config_hash: str, model: str, eval_set: str, budget: float, metho
     def step(fraction: float) -> None:  # after each window
         progress(fraction, desc=f"perplexity and KL over {cv.windows} windows")
 
-    progress(0, desc=f"perplexity and KL over {cv.windows} windows")
+    note = ex.apply_note(m)
+    progress(0, desc=f"applying the configuration: {note}" if note else f"perplexity and KL over {cv.windows} windows")
     ev, ppl_cached = ex.evaluate(cfg, m, cv.seqlen, cv.windows, progress=step, corpus=cv.corpus)
     task_md, task_cached = "", True
     if docs:

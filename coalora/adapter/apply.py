@@ -66,18 +66,19 @@ class ApplyStats:
 
 
 class WeightCache:
-    """LRU cache of dequantized weights keyed by (matrix name, config id), bounded in bytes."""
+    """LRU cache of dequantized weights keyed by (matrix name, config id) (plus the base when it is
+    not the applier's), bounded in bytes."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
         if max_bytes < 0:
             raise CoaloraError(f"cache size must be non-negative, got {max_bytes}")
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+    def get(self, key: tuple) -> torch.Tensor | None:
         """The cached weight of (matrix name, config id), marked most recently used; None on a miss."""
         t = self._items.get(key)
         if t is None:
@@ -87,7 +88,7 @@ class WeightCache:
         self.hits += 1
         return t
 
-    def put(self, key: tuple[str, int], t: torch.Tensor) -> None:
+    def put(self, key: tuple, t: torch.Tensor) -> None:
         """Cache ``t``, evicting least recently used weights to stay within ``max_bytes`` (a weight
         larger than the whole cache is not kept)."""
         size = t.numel() * t.element_size()
@@ -178,6 +179,7 @@ class ConfigApplier:
         # a weight in place: every configuration, restore() and set_original() rebind ``weight.data``.
         self.originals = {name: lin.weight.detach() for name, lin in self.linears.items()}
         self.current: dict[str, int | None] = {name: None for name in self.linears}
+        self.current_base: dict[str, BaseSpec | None] = {name: None for name in self.linears}
         if cache_bytes is None:  # sized from the free memory where the weights live
             device = next(iter(self.originals.values())).device if self.originals else torch.device("cpu")
             cache_bytes = auto_cache_bytes(device)
@@ -189,37 +191,44 @@ class ConfigApplier:
 
     @property
     def applied(self) -> ModelQuantConfig | None:
-        """The configuration now on the model (None if any matrix holds its original weight)."""
-        if any(v is None for v in self.current.values()):
+        """The configuration now on the model under this applier's base (None if any matrix holds its
+        original weight or another base's)."""
+        if any(v is None for v in self.current.values()) or any(b != self.base for b in self.current_base.values()):
             return None
         return ModelQuantConfig.from_ids(self.model_name, self.targets, [self.current[t.name] for t in self.targets])  # type: ignore[misc]
 
-    def quantized_weight(self, name: str, config: QuantConfig) -> tuple[torch.Tensor, bool]:
-        """Dequantized weight of one matrix under ``config`` and whether it was computed (a miss)."""
-        key = (name, config.id)
+    def quantized_weight(self, name: str, config: QuantConfig, base: BaseSpec | None = None) -> tuple[torch.Tensor, bool]:
+        """Weight of one matrix under ``config`` (and ``base``, default this applier's) and whether it
+        was computed (a miss)."""
+        base = base or self.base
+        key = (name, config.id) if base == self.base else (name, config.id, base)
         w = self.cache.get(key)
         if w is not None:
             return w, False
         orig = self.originals[name]
-        w = self.base.weight(orig.float(), config).to(orig.dtype)
+        w = base.weight(orig.float(), config).to(orig.dtype)
         self.cache.put(key, w)
         return w, True
 
-    def apply(self, config: ModelQuantConfig) -> ApplyStats:
-        """Make every target compute with its weight quantized under ``config``."""
+    def apply(self, config: ModelQuantConfig, base: BaseSpec | None = None) -> ApplyStats:
+        """Make every target compute with its weight quantized under ``config``; ``base`` overrides this
+        applier's base for this call (``BaseSpec()``: plain quantization under an ``lq`` adapter, the
+        quantized model alone)."""
         if config.model != self.model_name or tuple(t.name for t in config.targets) != tuple(t.name for t in self.targets):
             raise CoaloraError(
                 f"configuration is for model {config.model!r}, not {self.model_name!r} (its modules do not match)"
             )
+        base = base or self.base
         t0 = time.perf_counter()
         changed = quantized = 0
         for target, c in zip(config.targets, config.configs):
-            if self.current[target.name] == c.id:
+            if self.current[target.name] == c.id and self.current_base[target.name] == base:
                 continue
-            w, miss = self.quantized_weight(target.name, c)
+            w, miss = self.quantized_weight(target.name, c, base)
             # Rebinding .data shares the cached tensor: no copy, and weights are frozen, so nobody writes to it.
             self.linears[target.name].weight.data = w
             self.current[target.name] = c.id
+            self.current_base[target.name] = base
             changed += 1
             quantized += int(miss)
         return ApplyStats(changed, quantized, time.perf_counter() - t0)
@@ -230,10 +239,10 @@ class ConfigApplier:
         self.originals[name] = weight.detach()
         self.cache.drop(name)
         self.linears[name].weight.data = self.originals[name]
-        self.current[name] = None
+        self.current[name] = self.current_base[name] = None
 
     def restore(self) -> None:
         """Put the original (unquantized) weights back."""
         for name, lin in self.linears.items():
             lin.weight.data = self.originals[name]
-            self.current[name] = None
+            self.current[name] = self.current_base[name] = None

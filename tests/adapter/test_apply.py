@@ -115,3 +115,22 @@ def test_lq_base_is_closer_to_the_original_than_plain_quantization():
     assert torch.equal(BaseSpec().weight(w, c), fake_quantize(w, c))
     with pytest.raises(CoaloraError, match="unknown base"):
         BaseSpec("gptq")
+
+
+def test_a_call_can_override_the_base_and_the_switch_back_is_not_skipped(tiny_model):
+    """An lq-base adapter's "none" is the plainly quantized model: apply(..., base=BaseSpec())."""
+    from coalora.adapter.apply import BaseSpec
+    from coalora.quant.nf import fake_quantize
+
+    applier = ConfigApplier(tiny_model, "tiny-llama", base=BaseSpec("lq", lq_rank=4, lq_iters=2))
+    cfg = applier.uniform(PRESETS["nf3-dq"])
+    name = applier.targets[0].name
+    orig = applier.originals[name]
+    applier.apply(cfg, base=BaseSpec())
+    assert torch.equal(applier.linears[name].weight, fake_quantize(orig.float(), PRESETS["nf3-dq"]).to(orig.dtype))
+    assert applier.applied is None  # not this applier's base
+    assert applier.apply(cfg).changed == len(applier.targets)  # same ids, other base: every matrix switches
+    assert applier.applied == cfg
+    lq = BaseSpec("lq", lq_rank=4, lq_iters=2).weight(orig.float(), PRESETS["nf3-dq"]).to(orig.dtype)
+    assert torch.equal(applier.linears[name].weight, lq)
+    assert applier.apply(cfg, base=BaseSpec()).quantized == 0  # both bases' weights are cached apart

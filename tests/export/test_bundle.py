@@ -77,6 +77,11 @@ def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path)
         applier.apply(cfg)
         peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
         assert (_logits(peft_model, ids) - ref).abs().max() < 1e-4
+        # "none" under an lq adapter is the plainly quantized model, not the split base without the LoRA
+        none, _ = ex.evaluate(cfg, "none", 64, 4)
+        plain_model = tiny_llama(seed=0)
+        ConfigApplier(plain_model, "tiny-llama", find_targets(plain_model)).apply(cfg)
+        assert none.ppl == pytest.approx(perplexity(plain_model, ex.windows(64, 4), progress=False).ppl, rel=1e-5)
         # a bare PEFT adapter cannot carry the split: `coalora generate` says so and writes nothing
         assert cli_main(["generate", "--adapter", str(path), "--model", "tiny-llama", "--preset", "nf3-dq",
                          "--out", str(tmp_path / "peft")]) != 0
@@ -285,3 +290,12 @@ def test_llama_cpp_type_map_follows_the_table_and_ggml_names():
     assert all(gguf.GGMLQuantizationType[ty] for _, ty in pairs) and len({n for n, _ in pairs}) == len(targets)
     assert tensor_type_lines(cfg).splitlines()[1] == "blk.0.attn_k.weight=q8_0"
     assert gguf_bits(cfg) == pytest.approx(8.5)
+
+
+def test_only_an_lq_adapter_notes_the_split_cost(explorer, tmp_path):
+    assert explorer.apply_note("coalora") == "" and explorer.apply_note("none") == ""
+    ex, store, _ = _explorer(tmp_path / "lq", base="lq", lq_rank=8, lq_iters=1)
+    try:
+        assert "LQ split" in ex.apply_note("coalora") and ex.apply_note("none") == ""
+    finally:
+        store.close()
