@@ -188,6 +188,9 @@ def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
     tc = protocol.train_config(cfg, mine[0], arm=arm)
     assert tc.configs_per_step == 4 and tc.base == "lq" and tc.steps == 75
     assert tc.token_passes == cfg.headline_compute and tc.lr == 1e-3 and tc.theta_lr_scale == 10.0
+    off = protocol.Arm("k4-lq-off", {"configs_per_step": 4, "base": "lq", "theta": False}, "its theta-off ablation")
+    protocol.add_arm(tmp_path, off)
+    assert not protocol.train_config(cfg, mine[0], arm=off).use_theta
     for bad, match in (({"steps": 10}, "fixed by the protocol"), ({"seed": 3}, "fixed"), ({"colour": 1}, "unknown"),
                        ({"base": "gptq"}, "unknown base")):
         with pytest.raises(CoaloraError, match=match):

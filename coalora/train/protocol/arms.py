@@ -34,8 +34,9 @@ class Arm:
 
 
 FIXED_BY_PROTOCOL = ("model", "method", "corpus", "seqlen", "batch_size", "steps", "seed", "validation_windows",
-                     "lr", "checkpoint_every", "budgets", "theta")
-"""Training options an arm may not change: they set the compute, data, seed or rate of the comparison."""
+                     "lr", "checkpoint_every", "budgets")
+"""Training options an arm may not change: they set the compute, data, seed or rate of the comparison.
+``theta`` is not among them: an arm's recipe with ``theta: false`` is that recipe's own theta-off ablation."""
 
 
 def check_arm(arm: Arm) -> Arm:
