@@ -287,7 +287,9 @@ class Arm:
 
 
 FIXED_BY_PROTOCOL = ("model", "method", "corpus", "seqlen", "batch_size", "steps", "seed", "validation_windows",
-                     "lr", "checkpoint_every", "budgets", "theta")
+                     "lr", "checkpoint_every", "budgets")
+"""Options an arm may not change. ``theta`` is not among them: an arm's recipe with ``theta: false`` is
+that recipe's own theta-off ablation (issue 16 asks theta to beat it)."""
 
 
 def check_arm(arm: Arm) -> Arm:
