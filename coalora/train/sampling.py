@@ -6,7 +6,8 @@ processes draw exactly what one uninterrupted process draws:
 * :func:`schedule_rows`: the step's mini-batch, a slice of a fresh permutation of the training
   windows per epoch;
 * :func:`sample_configs`: the step's K distinct configurations from the training set, uniform (the
-  official code) or in proportion to :func:`excess_weights` (more steps where quantization hurts).
+  official code) or in proportion to :func:`excess_weights` (more steps where quantization hurts),
+  optionally mixed with a uniform share (:func:`with_uniform_share`).
 """
 
 from __future__ import annotations
@@ -49,3 +50,14 @@ def excess_weights(scores: Sequence[float | None], floor: float, power: float) -
     known = [max(s - floor, EXCESS_FLOOR) ** power for s in scores if s is not None]
     fill = float(np.mean(known)) if known else 1.0
     return [max(s - floor, EXCESS_FLOOR) ** power if s is not None else fill for s in scores]
+
+
+def with_uniform_share(weights: Sequence[float], share: float) -> list[float]:
+    """``weights`` ``[N]`` as probabilities mixed with the uniform distribution:
+    ``(1 - share) * w / sum(w) + share / N``. Excess weights alone starve the configurations whose probe
+    loss the adapter has brought down to the unquantized model's (their weight falls to the floor);
+    a uniform share keeps every configuration in the draws. ``share`` 0 returns ``weights`` unchanged."""
+    if share <= 0:
+        return list(weights)
+    total = float(sum(weights))
+    return [(1 - share) * w / total + share / len(weights) for w in weights]

@@ -277,11 +277,13 @@ class Trainer:
 
     def sampling_weights(self) -> list[float] | None:
         """Each training configuration's draw weight ``[len(train_set)]`` (None: uniform); for ``excess``,
-        :func:`~coalora.train.sampling.excess_weights` of the latest probe losses."""
+        :func:`~coalora.train.sampling.excess_weights` of the latest probe losses, with ``sampling_uniform``
+        of the probability spread evenly (:func:`~coalora.train.sampling.with_uniform_share`)."""
         if self.cfg.sampling == "uniform":
             return None
         raw = [self.state.scores.get(self.config(ids).hash) for ids in self.state.train_set]
-        return sampling.excess_weights(raw, self.state.ref_probe or 0.0, self.cfg.sampling_power)
+        w = sampling.excess_weights(raw, self.state.ref_probe or 0.0, self.cfg.sampling_power)
+        return sampling.with_uniform_share(w, self.cfg.sampling_uniform)
 
     @torch.no_grad()
     def _score_train_set(self) -> None:

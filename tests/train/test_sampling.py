@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from coalora.train.sampling import excess_weights, sample_configs, schedule_rows
+from coalora.train.sampling import excess_weights, sample_configs, schedule_rows, with_uniform_share
 
 
 def test_each_epoch_visits_every_window_once_in_a_fresh_order():
@@ -38,6 +38,21 @@ def test_excess_weights_follow_the_loss_above_the_floor():
     assert excess_weights([1.0], floor=2.0, power=1.0) == pytest.approx([1e-3])  # below the floor still drawable
     assert excess_weights([None, None], floor=0.0, power=1.0) == [1.0, 1.0]
     assert excess_weights([3.0, 5.0], floor=2.0, power=0.0) == [1.0, 1.0]  # power 0 is uniform
+
+
+def test_a_uniform_share_keeps_floored_configurations_in_the_draws():
+    w = excess_weights([2.0, 2.0, 12.0, 12.0], floor=2.0, power=1.0)  # two at the unquantized loss
+    p = with_uniform_share(w, 0.5)
+    assert sum(p) == pytest.approx(1.0) and p[0] == pytest.approx(0.125, rel=1e-3) and p[2] == pytest.approx(0.375, rel=1e-3)
+    assert with_uniform_share(w, 0.0) == w and with_uniform_share(w, 1.0) == pytest.approx([0.25] * 4)
+    draws = [i for step in range(400) for i in sample_configs(0, step, 4, 1, p)]
+    assert 0.15 < sum(i < 2 for i in draws) / len(draws) < 0.35  # without the share: about 1e-4
+    from coalora.errors import CoaloraError
+    from coalora.train.config import TrainConfig
+
+    for bad in (-0.1, 1.5, True, float("nan")):
+        with pytest.raises(CoaloraError, match="sampling_uniform"):
+            TrainConfig(sampling="excess", sampling_uniform=bad)
 
 
 def _field_docs(cls: type) -> set[str]:
