@@ -96,6 +96,10 @@ class TrainConfig:
     every search round: more steps where quantization hurts)."""
     sampling_power: float = 1.0
     """Exponent of the ``excess`` sampling weights (0 is uniform)."""
+    sampling_uniform: float = 0.0
+    """``excess`` only: the share of each draw's probability spread evenly over the training set,
+    p = (1 - u) * excess / sum(excess) + u / N (0: excess alone, which starves configurations whose
+    probe loss the adapter has brought to the unquantized model's)."""
     loss_balance: str = "sum"
     """How the K losses combine: ``sum`` (the official code) or ``equal`` (each configuration's loss
     divided by its own detached value, so a 10-nat 2-bit loss does not drown a 3-nat 6-bit one)."""
@@ -146,6 +150,8 @@ class TrainConfig:
         if not (isinstance(self.sampling_power, (int, float)) and math.isfinite(self.sampling_power)
                 and self.sampling_power >= 0):
             raise CoaloraError(f"sampling_power must be a non-negative number, got {self.sampling_power!r}")
+        if not (isinstance(self.sampling_uniform, (int, float)) and 0 <= self.sampling_uniform <= 1):
+            raise CoaloraError(f"sampling_uniform must be a number in [0, 1], got {self.sampling_uniform!r}")
         if self.search_every < 0:
             raise CoaloraError(f"search_every must be >= 0 (0 freezes the training set), got {self.search_every}")
         for name in ("lr", "theta_lr_scale", "alpha", "max_grad_norm", "cache_gib"):
@@ -504,7 +510,11 @@ class Trainer:
         raw = [self.state.scores.get(self._config(ids).hash) for ids in self.state.train_set]
         known = [max(s - floor, 1e-3) ** cfg.sampling_power for s in raw if s is not None]
         fill = float(np.mean(known)) if known else 1.0
-        return [max(s - floor, 1e-3) ** cfg.sampling_power if s is not None else fill for s in raw]
+        w = [max(s - floor, 1e-3) ** cfg.sampling_power if s is not None else fill for s in raw]
+        if cfg.sampling_uniform > 0:
+            total = sum(w)
+            w = [(1 - cfg.sampling_uniform) * x / total + cfg.sampling_uniform / len(w) for x in w]
+        return w
 
     @torch.no_grad()
     def _score_train_set(self) -> None:
