@@ -43,6 +43,22 @@ def explorer(tmp_path):
     store.close()
 
 
+def _round_trip(ex, cfg, tmp_path):
+    """Export ``cfg``, load the bundle, and check that it computes the explorer's configured model (logits
+    on 2 windows, the recorded perplexity on 4); returns (bundle dir, bundle, ids, reference logits)."""
+    from coalora.evaluation.perplexity import perplexity
+
+    out = ex.export(cfg, tmp_path / "b", seqlen=64, windows=4)
+    ids = ex.windows(64, 2)
+    with torch.no_grad():
+        ex.coa.set_config(cfg)
+    ref = _logits(ex.model, ids)
+    b = load_bundle(out)
+    assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
+    assert perplexity(b.model, ex.windows(64, 4), progress=False).ppl == pytest.approx(b.meta["measured"]["ppl"], rel=1e-3)
+    return out, b, ids, ref
+
+
 def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path):
     """With the lq base the bundle quantizes W - L1 L2 and its LoRA carries L1 L2 (rank 4 + 8), so the
     loaded bundle, and plain peft on those weights, compute the configured model coalora scored."""
@@ -54,16 +70,8 @@ def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path)
     ex, store, path = _explorer(tmp_path, base="lq", lq_rank=8, lq_iters=3)
     try:
         cfg = ex.allocate(2.6)
-        out = ex.export(cfg, tmp_path / "b", seqlen=64, windows=4)
-        ids = ex.windows(64, 2)
-        with torch.no_grad():
-            ex.coa.set_config(cfg)
-        ref = _logits(ex.model, ids)
-        b = load_bundle(out)
+        out, b, ids, ref = _round_trip(ex, cfg, tmp_path)
         assert b.meta["adapter"]["rank"] == 12 and b.meta["adapter"]["lq_rank_folded"] == 8
-        assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
-        assert perplexity(b.model, ex.windows(64, 4), progress=False).ppl == pytest.approx(
-            b.meta["measured"]["ppl"], rel=1e-3)
         # the same without coalora's loader: the packed weights dequantized, plus plain peft
         from coalora.adapter.deploy import deployable
 
@@ -96,19 +104,9 @@ def _logits(model, ids):
 
 
 def test_export_then_load_gives_the_same_logits_and_perplexity(explorer, tmp_path):
-    ex = explorer
-    cfg = ex.allocate(3.5)
-    out = ex.export(cfg, tmp_path / "b", seqlen=64, windows=4)
-    ids = ex.windows(64, 2)
-    with torch.no_grad():
-        ex.coa.set_config(cfg)
-    ref = _logits(ex.model, ids)
-    b = load_bundle(out)
+    cfg = explorer.allocate(3.5)
+    _, b, _, _ = _round_trip(explorer, cfg, tmp_path)
     assert b.config.hash == cfg.hash
-    assert (_logits(b.model, ids) - ref).abs().max() < 1e-4
-    from coalora.evaluation.perplexity import perplexity
-
-    assert perplexity(b.model, ex.windows(64, 4), progress=False).ppl == pytest.approx(b.meta["measured"]["ppl"], rel=1e-3)
 
 
 def test_plain_peft_loads_the_adapter_on_the_quantized_base(explorer, tmp_path):
