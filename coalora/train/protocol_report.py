@@ -31,6 +31,7 @@ def markdown(pts, runs, grid, meta: dict[str, Any]) -> str:
     lines = _header(meta)
     lines += _budget_tables(res)
     lines += _arm_table(res, meta.get("arms", {}))
+    lines += _theta_table(res, meta.get("arms", {}))
     lines += _summary_table(res)
     if res["left_out"]:
         lines += ["", "Left out of the unseen rows because the run trained on them: "
@@ -106,6 +107,42 @@ def _arm_table(res: dict[str, Any], options: dict[str, dict]) -> list[str]:
         for b in budgets:
             if (m, b) in res["cells"] and ("coalora", b) in res["cells"]:
                 (e1, v1), (e0, v0) = res["cells"][(m, b)], res["cells"][("coalora", b)]
+                row.append(interval(e1 / e0, v1 / v0, digits=3))
+            else:
+                row.append("")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def theta_pairs(methods: list[str], options: dict[str, dict]) -> list[tuple[str, str]]:
+    """(recipe with theta, the same recipe with theta off) for the headline and every arm that has its
+    theta-off arm (the same options plus ``theta: false``)."""
+    pairs = [("coalora", "coalora-theta-off")] if {"coalora", "coalora-theta-off"} <= set(methods) else []
+    for off in methods:
+        o = options.get(off, {})
+        if off.startswith("coalora+") and o.get("theta") is False:
+            on = next((m for m in methods if m.startswith("coalora+") and options.get(m) == {
+                k: v for k, v in o.items() if k != "theta"}), None)
+            if on is not None:
+                pairs.append((on, off))
+    return pairs
+
+
+def _theta_table(res: dict[str, Any], options: dict[str, dict]) -> list[str]:
+    """Each recipe's perplexity ratio to its own theta-off ablation per budget (issue 16: theta earns
+    its place if this is at most 0.95 at 2.5 and 3 bits with the interval below 1.00)."""
+    budgets, cells = res["budgets"], res["cells"]
+    pairs = theta_pairs(res["methods"], options)
+    if not pairs:
+        return []
+    lines = ["", "## Theta against theta off: perplexity ratio of each recipe to its own U = I ablation (paired)", "",
+             "| recipe | theta off | " + " | ".join(f"{b:g} bits" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for on, off in pairs:
+        row = [on, off]
+        for b in budgets:
+            if (on, b) in cells and (off, b) in cells:
+                (e1, v1), (e0, v0) = cells[(on, b)], cells[(off, b)]
                 row.append(interval(e1 / e0, v1 / v0, digits=3))
             else:
                 row.append("")

@@ -219,3 +219,13 @@ def test_a_grid_whose_best_value_is_on_its_edge_grows_past_it():
     assert "grid-coalora-lr0.01" in {u.name for u in units} and "headline" not in {u.kind for u in units}
     full = _fake_grid(cfg, best=0.01)
     assert {u.lr for u in protocol.schedule(cfg, full) if u.kind == "headline"} == {0.01}
+
+
+def test_each_recipe_is_paired_with_its_own_theta_off_arm():
+    from coalora.train.protocol_report import theta_pairs
+
+    opts = {"coalora+a": {"base": "lq"}, "coalora+a-off": {"base": "lq", "theta": False},
+            "coalora+b": {"sampling": "excess"}, "coalora+c-off": {"base": "quant", "theta": False}}
+    methods = ["coalora", "coalora+a", "coalora+a-off", "coalora+b", "coalora+c-off", "coalora-theta-off", "qlora"]
+    assert theta_pairs(methods, opts) == [("coalora", "coalora-theta-off"), ("coalora+a", "coalora+a-off")]
+    assert theta_pairs(["coalora", "qlora"], {}) == []
