@@ -232,11 +232,11 @@ def test_lq_base_trains_and_resumes_with_its_base(corpus, tmp_home, tmp_path):
     cfg = _cfg(corpus, base="lq", lq_rank=2, steps=4)
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     state = tr.run()
-    assert state.step == 4 and tr.coa.applier.base == BaseSpec("lq", 2, 1)
+    assert state.step == 4 and tr.coa.applier.base == BaseSpec("lq", 2, TrainConfig.lq_iters)
     qc = tr.config(state.train_set[0])
     t = tr.targets[0]
     w, _ = tr.coa.applier.quantized_weight(t.name, qc[t.name])
-    assert torch.allclose(w, BaseSpec("lq", 2, 1).weight(tr.coa.applier.originals[t.name].float(), qc[t.name]))
+    assert torch.allclose(w, BaseSpec("lq", 2, TrainConfig.lq_iters).weight(tr.coa.applier.originals[t.name].float(), qc[t.name]))
     with pytest.raises(CoaloraError, match="base"):
         Trainer(_cfg(corpus, base="quant", lq_rank=2, steps=6), tmp_path / "run", progress=False).run()
 
