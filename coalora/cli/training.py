@@ -105,6 +105,8 @@ def args_compare(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--arm-options", dest="arm_options",
                     help="the arm's training options as JSON, e.g. '{\"base\": \"lq\", \"sampling\": \"excess\"}'")
     sp.add_argument("--arm-why", dest="arm_why", help="one line on what the arm tests (shown in the report)")
+    sp.add_argument("--arm-seeds", dest="arm_seeds", type=int, nargs="+", metavar="SEED",
+                    help="run the arm at these headline seeds only (default: every seed)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_options(sp, ProtocolConfig)
 
@@ -120,10 +122,11 @@ def run_compare(args: argparse.Namespace) -> int:
             raise CoaloraError("--arm-options must be a JSON object, e.g. '{\"base\": \"lq\"}'") from None
         if not isinstance(options, dict):
             raise CoaloraError("--arm-options must be a JSON object of training options")
-        protocol.add_arm(args.out, protocol.Arm(args.arm, options, args.arm_why or ""))
+        protocol.add_arm(args.out, protocol.Arm(args.arm, options, args.arm_why or "",
+                                                   tuple(args.arm_seeds or ())))
         log(f"arm {args.arm} registered in {args.out}/arms.json")
-    elif args.arm_options or args.arm_why:
-        raise CoaloraError("--arm-options and --arm-why need --arm NAME")
+    elif args.arm_options or args.arm_why or args.arm_seeds:
+        raise CoaloraError("--arm-options, --arm-why and --arm-seeds need --arm NAME")
     if not args.report_only:
         protocol.run(cfg, args.out, max_units=args.max_units, only=args.only, log=log, progress=not args.no_progress)
     print(protocol_report.write(args.out))

@@ -191,6 +191,14 @@ def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
     off = protocol.Arm("k4-lq-off", {"configs_per_step": 4, "base": "lq", "theta": False}, "its theta-off ablation")
     protocol.add_arm(tmp_path, off)
     assert not protocol.train_config(cfg, mine[0], arm=off).use_theta
+    screen = protocol.Arm("screen", {"sampling": "excess"}, "one seed first", seeds=(0,))
+    protocol.add_arm(tmp_path, screen)
+    assert protocol.load_arms(tmp_path)[-1] == screen
+    units = protocol.schedule(cfg, _fake_grid(cfg), protocol.load_arms(tmp_path))
+    assert [u.seed for u in units if u.method == "coalora+screen"] == [0]
+    assert [u.seed for u in units if u.method == "coalora+k4-lq"] == list(cfg.seeds)
+    with pytest.raises(CoaloraError, match="seeds must be"):
+        protocol.add_arm(tmp_path, protocol.Arm("neg", {}, seeds=(-1,)))
     for bad, match in (({"steps": 10}, "fixed by the protocol"), ({"seed": 3}, "fixed"), ({"colour": 1}, "unknown"),
                        ({"base": "gptq"}, "unknown base")):
         with pytest.raises(CoaloraError, match=match):
@@ -200,6 +208,18 @@ def test_arms_keep_the_protocols_compute_data_and_seeds(tmp_path):
     (tmp_path / "arms.json").write_text("{broken")
     with pytest.raises(CoaloraError, match="arms.json"):
         protocol.load_arms(tmp_path)
+
+
+def test_compare_registers_an_arm_at_chosen_seeds_from_the_command_line(tmp_path, capsys):
+    from coalora.cli import main
+
+    argv = ["compare", "--out", str(tmp_path), "--report-only", "--arm", "scr", "--arm-options",
+            '{"sampling": "excess"}', "--arm-seeds", "0", "2"]
+    assert main(argv) == 2  # registered, then no units to report
+    assert protocol.load_arms(tmp_path) == [protocol.Arm("scr", {"sampling": "excess"}, "", (0, 2))]
+    assert "no finished units" in capsys.readouterr().err
+    assert main(["compare", "--out", str(tmp_path), "--report-only", "--arm-seeds", "1"]) == 2
+    assert "need --arm NAME" in capsys.readouterr().err
 
 
 def test_a_grid_whose_best_value_is_on_its_edge_grows_past_it():

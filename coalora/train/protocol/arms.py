@@ -1,7 +1,7 @@
 """Ablation arms: CoA-LoRA variants measured under the protocol's compute, data and seeds.
 
 An arm is coalora's recipe and chosen rates with some training options changed; it is registered
-in ``<out>/arms.json`` and runs one unit per headline seed.
+in ``<out>/arms.json`` and runs one unit per headline seed (or per seed of its own subset).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class Arm:
     """The changed training options (none of :data:`FIXED_BY_PROTOCOL`)."""
     why: str = ""
     """What the arm tests, for the report."""
+    seeds: tuple[int, ...] = ()
+    """The headline seeds it runs at; empty: all of them. A screening arm runs at one seed and is
+    repeated at the others only if it earns a place in the recipe."""
 
     @property
     def method(self) -> str:
@@ -45,6 +48,8 @@ def check_arm(arm: Arm) -> Arm:
 
     if not arm.name or not all(ch.isalnum() or ch in "-_." for ch in arm.name) or len(arm.name) > 40:
         raise CoaloraError(f"arm name {arm.name[:40]!r} must be 1-40 letters, digits, '-', '_' or '.'")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in arm.seeds):
+        raise CoaloraError(f"arm {arm.name}: seeds must be non-negative integers, got {list(arm.seeds)[:8]}")
     known = {f.name for f in fields(TrainConfig)}
     for k in arm.options:
         if k not in known:
@@ -62,7 +67,8 @@ def load_arms(out: Path) -> list[Arm]:
         return []
     try:
         rows = json.loads(p.read_text())["arms"]
-        return [check_arm(Arm(r["name"], dict(r["options"]), r.get("why", ""))) for r in rows]
+        return [check_arm(Arm(r["name"], dict(r["options"]), r.get("why", ""), tuple(r.get("seeds", ()))))
+                for r in rows]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CoaloraError(f"{p} is not a list of protocol arms ({type(e).__name__}); fix or delete it") from None
 

@@ -29,6 +29,8 @@ def schedule(cfg: ProtocolConfig, done: dict[str, dict], arms: list[Arm] | None 
                 units.append(Unit(f"{m}-{fmt(b)}-s{seed}", "headline", m, seed, rates[m][0], THETA_DEFAULT, 1.0, b))
         lr, th = rates["coalora"]
         for arm in arms or []:
+            if arm.seeds and seed not in arm.seeds:
+                continue
             units.append(Unit(f"arm-{arm.name}-s{seed}", "arm", arm.method, seed, lr, th))
     for scale in cfg.compute_scales:
         for seed in cfg.scale_seeds:
