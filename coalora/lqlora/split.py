@@ -36,19 +36,20 @@ def svd_split(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` SVD of ``m`` ``[d_out, d_in]`` as ``(L1 [d_out, rank], L2 [rank, d_in])``, sqrt(S) in each
     (zero columns past ``m``'s own rank)."""
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    k = min(rank, s.numel())
-    root = s[:k].sqrt()
-    l1 = torch.zeros(m.shape[0], rank, dtype=m.dtype)
-    l2 = torch.zeros(rank, m.shape[1], dtype=m.dtype)
-    l1[:, :k] = u[:, :k] * root
-    l2[:k] = root[:, None] * vh[:k]
-    return l1, l2
+    return _factors(m, rank, u, s, vh.T)
 
 
 def randomized_svd_split(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`svd_split` with ``torch.svd_lowrank`` (oversampling 4, 2 power iterations): milliseconds per
     matrix where the full SVD costs a second. Seeded by the caller."""
     u, s, v = torch.svd_lowrank(m, q=min(rank + 4, *m.shape), niter=2)
+    return _factors(m, rank, u, s, v)
+
+
+def _factors(m: torch.Tensor, rank: int, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L1, L2) = (U_k sqrt(S_k), sqrt(S_k) V_k^T)`` from ``m ~ U S V^T`` (``v``: ``[d_in, *]``), zero-padded
+    to ``rank`` columns / rows where ``m`` has fewer singular values."""
     k = min(rank, s.numel())
     root = s[:k].sqrt()
     l1 = torch.zeros(m.shape[0], rank, dtype=m.dtype)
