@@ -63,9 +63,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if coa.adapter_config.base != "quant":
         raise CoaloraError(f"{args.adapter} was trained on the {coa.adapter_config.base} base (Q_c(W - L1 L2) + L1 L2), "
                            "so its LoRA is only right beside weights quantized from W - L1 L2; a PEFT adapter alone "
-                           "would run on a plainly quantized model. Export a bundle instead (`coalora export "
-                           "--adapter ... --config ...`, or the app's Export): it holds the matching quantized "
-                           "weights and the adapter with L1 L2 folded in")
+                           "would run on a plainly quantized model. Export a bundle instead, which holds the "
+                           "matching quantized weights and the adapter with L1 L2 folded in: `coalora export "
+                           f"--adapter {args.adapter} {'--config ' + args.config if args.config else '--preset ' + args.preset} "
+                           "--out bundle` (or the app's Export)")
     t0 = time.perf_counter()
     lora = coa.lora_for(qcfg)
     gen_ms = (time.perf_counter() - t0) * 1000

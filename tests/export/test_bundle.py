@@ -59,7 +59,7 @@ def _round_trip(ex, cfg, tmp_path):
     return out, b, ids, ref
 
 
-def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path):
+def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path, capsys):
     """With the lq base the bundle quantizes W - L1 L2 and its LoRA carries L1 L2 (rank 4 + 8), so the
     loaded bundle, and plain peft on those weights, compute the configured model coalora scored."""
     from peft import PeftModel
@@ -94,6 +94,7 @@ def test_lq_base_bundle_holds_the_split_and_runs_what_coalora_measured(tmp_path)
         assert cli_main(["generate", "--adapter", str(path), "--model", "tiny-llama", "--preset", "nf3-dq",
                          "--out", str(tmp_path / "peft")]) != 0
         assert not (tmp_path / "peft").exists()
+        assert f"coalora export --adapter {path} --preset nf3-dq --out bundle" in capsys.readouterr().err
     finally:
         store.close()
 
