@@ -207,7 +207,7 @@ class Trainer:
         return self.state
 
     def _start(self) -> None:
-        """Set up, then resume (dropping log records after the checkpoint) or log the fresh start."""
+        """Set up, then resume (dropping log records after the checkpoint) or start a fresh log."""
         self.setup()
         if self.resume():
             self._log(f"resuming {self.checkpoint_path()} at step {self.state.step}")
@@ -220,6 +220,8 @@ class Trainer:
 
                 configs = initial_train_set(self.cfg, self.targets, self.error_table)
             self.state.train_set = [list(c.ids) for c in configs]
+            if self.acc.is_main_process:  # a run that died before its first checkpoint left only its log
+                (self.out / LOG).unlink(missing_ok=True)
             self._append_log({"event": "start", "train_config": self.cfg.to_dict(), "train_set": len(configs),
                               "bits": [round(c.avg_bits, 4) for c in configs], "processes": self.acc.num_processes})
         self._trained = set(self.state.trained_on)

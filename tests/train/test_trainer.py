@@ -67,6 +67,13 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_home, tmp_path, the
     la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"step"' in x]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert la == lb
+    # A run that died before its first checkpoint leaves a log and nothing else: a fresh start replaces it.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "log.jsonl").write_text((tmp_path / "a" / "log.jsonl").read_text() + '{"step": 7, "lo')
+    Trainer(_cfg(corpus, steps=6, theta_lr_scale=theta_lr_scale), tmp_path / "c", progress=False).run()
+    recs = [json.loads(x) for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "step" in r] == list(range(1, 7))
+    assert sum(r.get("event") == "start" for r in recs) == 1
 
 
 def test_theta_lr_scale_gives_theta_its_own_rate(corpus, tmp_home, tmp_path):
