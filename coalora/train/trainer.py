@@ -247,8 +247,11 @@ class Trainer:
             ctx = self.acc.no_sync(self.model) if j < len(picks) - 1 else contextlib.nullcontext()
             with ctx:
                 loss = self.loss(qc, x)
-                self.acc.backward(loss / loss.detach() if cfg.loss_balance == "equal" else loss)
-            losses[qc.hash] = float(self.acc.reduce(loss.detach(), reduction="mean"))
+                # "equal" divides by the loss over the whole batch (all processes), so P processes
+                # take the step one process takes with the combined batch.
+                full = self.acc.reduce(loss.detach(), reduction="mean")
+                self.acc.backward(loss / full if cfg.loss_balance == "equal" else loss)
+            losses[qc.hash] = float(full)
             if qc.hash not in self._trained:
                 self._trained.add(qc.hash)
                 self.state.trained_on.append(qc.hash)

@@ -163,12 +163,14 @@ def test_cli_train_reports_errors_without_traceback(corpus, tmp_home, tmp_path, 
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tmp_path):
+@pytest.mark.parametrize("recipe", [[], ["--base", "lq", "--sampling", "excess", "--sampling-uniform", "0.5",
+                                       "--loss-balance", "equal"]], ids=["default", "lq-excess-equal"])
+def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tmp_path, recipe):
     """`accelerate launch --multi_gpu --num_processes 2` (no GPU: MULTI_CPU, gloo) gives the loss curve of 1 process x batch 4."""
     env = {**os.environ, "COALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     common = ["--model", "tiny-llama", "--corpus", corpus, "--rank", "4", "--seqlen", "32", "--batch-size", "4",
               "--steps", "5", "--lr", "3e-3", "--initial-budgets", "6", "--weighting", "none", "--search-every", "0",
-              "--no-progress"]
+              "--no-progress", *recipe]
     one = subprocess.run([sys.executable, "-m", "coalora", "train", "--out", str(tmp_path / "one"), *common],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
