@@ -143,6 +143,14 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
         assert all(p["config_hash"] not in list(h) for h in trained["train_config_hashes"])
     assert (pts["kld"] > 0).all() and np.isfinite(pts["ppl"]).all()
     assert "## Perplexity ratio to QLoRA" in text and " [" in text and "Label check: 0" in text
+    rows = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| hypervolume")}
+    methods = next(line for line in text.splitlines() if line.startswith("| | coalora")).strip("|").split(" | ")[1:]
+    hv = {m: float(c.split(" [")[0]) for m, c in zip(methods, rows["hypervolume (unseen / own points)"]) if c.strip()}
+    diff = dict(zip(methods, rows["hypervolume minus QLoRA's (paired; an interval holding 0 is a tie)"]))
+    assert diff["qlora"].strip() == "" and len(hv) > 2
+    for m in hv.keys() - {"qlora"}:
+        assert float(diff[m].split(" [")[0]) == pytest.approx(hv[m] - hv["qlora"], abs=2e-4), m
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert protocol_report.load(out)["front_png"] == out / "front.png"
     # Resuming does nothing new; another protocol in the same directory is refused.
