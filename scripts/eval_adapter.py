@@ -4,8 +4,9 @@ For each budget the (fast) allocator's configuration is generated on the fly: no
 that configuration. Marks whether the configuration was in the adapter's final training set
 ("seen") or not ("unseen"). The windows are the eval spec's (``--spec``, default strided-v1:
 spread evenly over the four held-out plays); KL is per token against the unquantized model's
-log-probs on the same windows (cached, :mod:`coalora.evaluation.reference`). Writes JSON and prints a
-markdown table.
+log-probs on the same windows (cached, :mod:`coalora.evaluation.reference`). For an adapter on the
+``lq`` base it also scores that base without the LoRA (Q_c(W - L1 L2) + L1 L2); "quantized" is always
+the plainly quantized Q_c(W). Writes JSON and prints a markdown table.
 
     python scripts/eval_adapter.py --adapter data/default/smollm2-135m-coalora.safetensors \\
         [--budgets 2.5,3,3.5,4,5,6] [--windows 16] [--out data/default/eval.json]
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dataclasses import asdict
+
+    from coalora.adapter.apply import BaseSpec
     from coalora.adapter.trained import load_trained
     from coalora.evaluation import reference
     from coalora.evaluation.perplexity import eval_windows, perplexity
@@ -66,28 +70,35 @@ def main(argv: list[str] | None = None) -> int:
         extra = [min(train_set, key=lambda c, b=b: abs(c.avg_bits - b)) for b in budgets]
         budgets, configs = budgets + budgets, configs + extra
     coa.eval()
+    split_base = coa.adapter_config.base != "quant"  # then also score the split base without the LoRA
     rows = []
     for b, qc in zip(budgets, configs):
         with torch.no_grad():
             coa.set_config(qc)
             with_adapter = perplexity(coa.model, ew.windows, progress=False, reference=ref, spec=ew.spec)
             with coa.disabled():
+                split = perplexity(coa.model, ew.windows, progress=False, reference=ref, spec=ew.spec) \
+                    if split_base else None
+                coa.applier.apply(qc, base=BaseSpec())  # the plainly quantized model
                 bare = perplexity(coa.model, ew.windows, progress=False, reference=ref, spec=ew.spec)
         rows.append({"budget": b, "avg_bits": qc.avg_bits, "hash": qc.hash, "seen": qc.hash in seen,
                      "ppl_quantized": bare.ppl, "ppl_coalora": with_adapter.ppl,
-                     "kld_quantized": bare.kld, "kld_coalora": with_adapter.kld})
+                     "kld_quantized": bare.kld, "kld_coalora": with_adapter.kld,
+                     **({"ppl_split_base": split.ppl, "kld_split_base": split.kld} if split else {})})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    out = {"adapter": args.adapter, "model": args.model,
+    out = {"adapter": args.adapter, "model": args.model, "base": asdict(coa.adapter_config.base_spec),
            "eval": {"windows": ew.n, "seqlen": args.seqlen, "spec": ew.spec, "documents": list(ew.documents),
                     "positions": [list(p) for p in ew.positions], "kld": "nats/token, KL(unquantized || model)"},
            "unquantized_ppl": fp, "rows": rows}
     if args.out:
         write_json_atomic(args.out, out)
-    print("| budget | avg bits | in training set | ppl quantized | ppl + CoA-LoRA | KL quantized | KL + CoA-LoRA |")
-    print("|---|---|---|---|---|---|---|")
+    extra = " ppl split base | KL split base |" if split_base else ""
+    print(f"| budget | avg bits | in training set | ppl quantized |{extra} ppl + CoA-LoRA | KL quantized | KL + CoA-LoRA |")
+    print("|---|---|---|---|" + "---|---|" * split_base + "---|---|---|")
     for r in rows:
+        mid = f" {r['ppl_split_base']:.2f} | {r['kld_split_base']:.4f} |" if split_base else ""
         print(f"| {r['budget']} | {r['avg_bits']:.3f} | {'seen' if r['seen'] else 'unseen'} | "
-              f"{r['ppl_quantized']:.2f} | {r['ppl_coalora']:.2f} | {r['kld_quantized']:.4f} | {r['kld_coalora']:.4f} |")
+              f"{r['ppl_quantized']:.2f} |{mid} {r['ppl_coalora']:.2f} | {r['kld_quantized']:.4f} | {r['kld_coalora']:.4f} |")
     print(f"unquantized: {fp:.2f} ({ew.n} windows x {args.seqlen}, {ew.spec})")
     return 0
 

@@ -36,13 +36,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         flag = "--" + f.name.replace("_", "-")
         help_ = docs.get(f.name, "")
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_ = f"{help_} (default: {shown})".replace("%", "%%")
+        help_ = f"{help_} (default: {'see above' if default is None else shown})".replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, type=_bool, metavar="{true,false}", help=help_)
         elif isinstance(default, tuple):
             parser.add_argument(flag, dest=f.name, type=_element_type(f, default), nargs="*", help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(default) if default is not None else str, help=help_)
+            parser.add_argument(flag, dest=f.name, type=type(default) if default is not None else _scalar_type(f),
+                                help=help_)
         names.append(f.name)
     return tuple(names)
 
@@ -60,6 +61,12 @@ def _element_type(f: dataclasses.Field, default: tuple) -> type:
     ann = f.type.replace(" ", "")
     inner = ann.removeprefix("tuple[").split(",")[0] if ann.startswith("tuple[") else ""
     return _TYPES.get(inner, type(default[0]) if default else str)
+
+
+def _scalar_type(f: dataclasses.Field) -> type:
+    """The type of an optional scalar field (``float | None`` parses as float), from its annotation."""
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    return _TYPES.get(ann.replace(" ", "").split("|")[0], str)
 
 
 def values(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:

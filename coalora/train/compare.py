@@ -110,10 +110,10 @@ class CompareConfig:
     def train_config(self, method: str, budgets: tuple[float, ...] = (), **kw):
         """The :class:`~coalora.train.config.TrainConfig` of ``method``'s run (``budgets``: a
         per-configuration run's one budget); ``kw`` overrides training options."""
-        from coalora.train.config import TrainConfig
+        from coalora.train.config import PAPER_RECIPE, TrainConfig
 
         common = dict(model=self.model, corpus=self.corpus, rank=self.rank, seqlen=self.seqlen, batch_size=self.batch_size,
-                      lr=self.lr, seed=self.seed)
+                      lr=self.lr, seed=self.seed, **PAPER_RECIPE)
         if method == "coalora":
             return TrainConfig(method="coalora", init=self.coalora_init, steps=self.coalora_steps,
                                theta_lr_scale=self.coalora_theta_lr_scale,

@@ -25,10 +25,26 @@ POSITIVE_INTS = ("rank", "seqlen", "batch_size", "steps", "configs_per_step", "i
                  "search_steps", "segments", "probe_windows", "checkpoint_every")
 POSITIVE_FLOATS = ("lr", "theta_lr_scale", "alpha", "max_grad_norm", "cache_gib")
 
+PAPER_RECIPE: dict[str, Any] = {"base": "quant", "sampling": "uniform", "sampling_uniform": 0.0, "loss_balance": "sum"}
+"""The paper's (and its official code's) CoA-LoRA recipe, and every baseline's: theta's adapter on the
+plainly quantized Q_c(W), the K configurations drawn uniformly, their losses summed. The protocol's
+headline ``coalora`` and ``coalora-theta-off`` runs pin it."""
+RECIPE: dict[str, Any] = {"base": "lq", "sampling": "excess", "sampling_uniform": 0.5, "loss_balance": "equal"}
+"""coalora's default recipe (issue 16): the LQ split base, excess draws half mixed with uniform ones,
+equal loss weights: the protocol's arm ``lq5-mix-equal`` (data/results/protocol/summary.md)."""
+AUTO = "auto"
+"""The value of ``base``, ``sampling`` and ``loss_balance`` that takes the method's own: :data:`RECIPE`'s
+for ``coalora``, :data:`PAPER_RECIPE`'s for the baselines."""
+DEFAULT_LR = {"coalora": 3e-3, "qlora": 3e-3, "shared": 3e-4, "lqlora": 1e-3}
+"""Each method's default rate: the one the protocol's lr grid chose on the validation split of the
+training plays (data/results/protocol/summary.md, "Learning rates")."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training recipe. Defaults are the CPU recipe for SmolLM2-135M (README, data/README.md)."""
+    """A training recipe. Defaults are the CPU recipe for SmolLM2-135M (README, data/README.md);
+    ``auto`` and a missing ``lr`` take the method's own (:data:`RECIPE`, :data:`PAPER_RECIPE`,
+    :data:`DEFAULT_LR`), and the stored recipe holds what they resolved to."""
 
     model: str = "smollm2-135m"
     """Registry name (`coalora models`) or a local Hugging Face checkpoint directory."""
@@ -45,9 +61,10 @@ class TrainConfig:
     peft did better in every 100-step comparison run (data/results/archive/ablations)."""
     ref_preset: str = AdapterConfig.ref_preset
     """Reference configuration of the ``lq`` init (a preset or ``uniform:b0,b1,b2,B0,B1``)."""
-    base: str = AdapterConfig.base
+    base: str = AUTO
     """What the adapter sits on: ``quant`` (Q_c(W)) or ``lq`` (LQ-LoRA's split Q_c(W - L1 L2) + L1 L2,
-    computed per configuration when it is applied; coalora.adapter.apply.BaseSpec)."""
+    computed per configuration when it is applied; coalora.adapter.apply.BaseSpec). ``auto``: ``lq`` for
+    coalora, ``quant`` for the baselines."""
     lq_rank: int = AdapterConfig.lq_rank
     """Rank of the ``lq`` base's low-rank term."""
     lq_iters: int = AdapterConfig.lq_iters
@@ -61,9 +78,10 @@ class TrainConfig:
     """Windows per step, summed over processes."""
     steps: int = 300
     """Optimizer steps (a resumed run may raise or lower it)."""
-    lr: float = 1e-3
-    """AdamW rate of A, B. The paper's is 1e-4; for a few hundred CPU steps 1e-3 does better for
-    CoA-LoRA and for QLoRA alike (data/results/archive/ablations/lr-1e-3, data/results/archive/qlora-lr)."""
+    lr: float | None = None
+    """AdamW rate of A, B. Default: the protocol's grid's choice for the method (validation split of the
+    training plays): 3e-3 for coalora and qlora, 3e-4 for shared, 1e-3 for lqlora. The paper's is 1e-4,
+    too slow for a few hundred steps."""
     theta_lr_scale: float = 10.0
     """theta's learning rate as a multiple of ``lr`` (A, B keep ``lr``); 1 is the paper's single rate.
     At 1e-4 theta barely moves in a few hundred steps and U stays near I (a plain shared LoRA); at a
@@ -77,19 +95,21 @@ class TrainConfig:
     """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
     theta: bool = True
     """``coalora`` only: False fixes U = I (theta off, everything else the same): the ablation that isolates theta."""
-    sampling: str = "uniform"
+    sampling: str = AUTO
     """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
     (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
-    every search round: more steps where quantization hurts)."""
+    every search round: more steps where quantization hurts). ``auto``: ``excess`` for coalora,
+    ``uniform`` for the baselines."""
     sampling_power: float = 1.0
     """Exponent of the ``excess`` sampling weights (0 is uniform)."""
-    sampling_uniform: float = 0.0
+    sampling_uniform: float = RECIPE["sampling_uniform"]
     """``excess`` only: the share of each draw's probability spread evenly over the training set,
     p = (1 - u) * excess / sum(excess) + u / N (0: excess alone, which starves configurations whose
     probe loss the adapter has brought to the unquantized model's)."""
-    loss_balance: str = "sum"
+    loss_balance: str = AUTO
     """How the K losses combine: ``sum`` (the official code) or ``equal`` (each configuration's loss
-    divided by its own detached value, so a 10-nat 2-bit loss does not drown a 3-nat 6-bit one)."""
+    divided by its own detached value, so a 10-nat 2-bit loss does not drown a 3-nat 6-bit one).
+    ``auto``: ``equal`` for coalora, ``sum`` for the baselines."""
     budget_lo: float = 2.25
     """Lowest budget (average bits) of the initial training set and of the search's Pareto segments."""
     budget_hi: float = 7.25
@@ -121,15 +141,22 @@ class TrainConfig:
     """Seed of the data order, configuration draws and LoRA initialisation."""
 
     def __post_init__(self) -> None:
-        """Refuse an invalid recipe with one :class:`CoaloraError` naming the option and its valid values."""
+        """Resolve the method's defaults (``auto``, no ``lr``), then refuse an invalid recipe with one
+        :class:`CoaloraError` naming the option and its valid values."""
+        if self.method not in METHODS:
+            raise CoaloraError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        own = RECIPE if self.method == "coalora" else PAPER_RECIPE
+        for name in ("base", "sampling", "loss_balance"):
+            if getattr(self, name) == AUTO:
+                object.__setattr__(self, name, own[name])
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.method])
         self._check_choices_and_counts()
         self._check_rates()
         self._check_budgets()
         _ = self.adapter  # validates the adapter fields
 
     def _check_choices_and_counts(self) -> None:
-        if self.method not in METHODS:
-            raise CoaloraError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if not isinstance(self.validation_windows, int) or self.validation_windows < 0:
             raise CoaloraError(f"validation_windows must be a non-negative integer, got {self.validation_windows!r}")
         for name in POSITIVE_INTS:

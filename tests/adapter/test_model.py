@@ -194,10 +194,11 @@ def test_merged_inference_matches_the_lora_path_and_follows_changes():
 
 
 def test_one_default_per_concept():
-    """The trainer's adapter fields take their defaults from AdapterConfig."""
+    """The trainer's adapter fields take their defaults from AdapterConfig; the base is the method's own."""
     from coalora.train.config import TrainConfig
 
-    assert TrainConfig().adapter == AdapterConfig()
+    assert TrainConfig().adapter == AdapterConfig(base="lq")
+    assert TrainConfig(method="shared").adapter == AdapterConfig()
 
 
 def test_set_u_and_set_config_without_theta():

@@ -163,8 +163,8 @@ def test_cli_train_reports_errors_without_traceback(corpus, tmp_home, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [[], ["--base", "lq", "--sampling", "excess", "--sampling-uniform", "0.5",
-                                       "--loss-balance", "equal"]], ids=["default", "lq-excess-equal"])
+@pytest.mark.parametrize("recipe", [[], ["--base", "quant", "--sampling", "uniform", "--loss-balance", "sum"]],
+                         ids=["default", "paper"])
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(corpus, tmp_path, recipe):
     """`accelerate launch --multi_gpu --num_processes 2` (no GPU: MULTI_CPU, gloo) gives the loss curve of 1 process x batch 4."""
     env = {**os.environ, "COALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}

@@ -2,7 +2,9 @@
 
 Every unit's :class:`~coalora.train.config.TrainConfig` comes from :func:`train_config`: the same
 model, corpus, rank, window, batch, validation split and PEFT initialisation for every method; the
-steps that give each method the protocol's compute; the unit's rate and seed.
+paper's recipe (:data:`~coalora.train.config.PAPER_RECIPE`: plain quantized base, uniform draws,
+summed losses), which the arms vary; the steps that give each method the protocol's compute; the
+unit's rate and seed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def train_config(cfg: ProtocolConfig, unit: Unit, budget: float | None = None, g
     ``budget``: a per-configuration run's budget; ``grid``: a grid unit's shorter run; ``arm``:
     coalora's recipe with the arm's options, its steps set so its token-passes stay coalora's.
     """
-    from coalora.train.config import TrainConfig
+    from coalora.train.config import PAPER_RECIPE, TrainConfig
 
     if arm is not None:
         base = train_config(cfg, Unit(unit.name, unit.kind, "coalora", unit.seed, unit.lr, unit.theta_lr_scale,
@@ -67,7 +69,7 @@ def train_config(cfg: ProtocolConfig, unit: Unit, budget: float | None = None, g
 
     common = dict(model=cfg.model, corpus=cfg.corpus, rank=cfg.rank, seqlen=cfg.seqlen, batch_size=cfg.batch_size,
                   lr=unit.lr, seed=unit.seed, validation_windows=cfg.validation_windows, init="peft",
-                  checkpoint_every=CHECKPOINT_EVERY)
+                  checkpoint_every=CHECKPOINT_EVERY, **PAPER_RECIPE)  # the headline measures the paper's recipe
     steps = cfg.steps_for(unit.method, unit.scale, grid)
     if unit.method in ("coalora", "coalora-theta-off"):
         return TrainConfig(method="coalora", theta=unit.method == "coalora", steps=steps,
