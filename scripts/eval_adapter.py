@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
 
-    import torch
-
     from dataclasses import asdict
+
+    import torch
 
     from coalora.adapter.apply import BaseSpec
     from coalora.adapter.trained import load_trained
@@ -92,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
            "unquantized_ppl": fp, "rows": rows}
     if args.out:
         write_json_atomic(args.out, out)
-    extra = " ppl split base | KL split base |" if split_base else ""
-    print(f"| budget | avg bits | in training set | ppl quantized |{extra} ppl + CoA-LoRA | KL quantized | KL + CoA-LoRA |")
-    print("|---|---|---|---|" + "---|---|" * split_base + "---|---|---|")
+    sb = split_base
+    print("| budget | avg bits | in training set | ppl quantized |" + " ppl split base |" * sb + " ppl + CoA-LoRA |"
+          " KL quantized |" + " KL split base |" * sb + " KL + CoA-LoRA |")
+    print("|---|---|---|---|" + "---|" * sb + "---|---|" + "---|" * sb + "---|")
     for r in rows:
-        mid = f" {r['ppl_split_base']:.2f} | {r['kld_split_base']:.4f} |" if split_base else ""
-        print(f"| {r['budget']} | {r['avg_bits']:.3f} | {'seen' if r['seen'] else 'unseen'} | "
-              f"{r['ppl_quantized']:.2f} |{mid} {r['ppl_coalora']:.2f} | {r['kld_quantized']:.4f} | {r['kld_coalora']:.4f} |")
+        print(f"| {r['budget']} | {r['avg_bits']:.3f} | {'seen' if r['seen'] else 'unseen'} | {r['ppl_quantized']:.2f} |"
+              + (f" {r['ppl_split_base']:.2f} |" if sb else "") + f" {r['ppl_coalora']:.2f} | {r['kld_quantized']:.4f} |"
+              + (f" {r['kld_split_base']:.4f} |" if sb else "") + f" {r['kld_coalora']:.4f} |")
     print(f"unquantized: {fp:.2f} ({ew.n} windows x {args.seqlen}, {ew.spec})")
     return 0
 
