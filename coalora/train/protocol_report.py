@@ -103,15 +103,22 @@ def _arm_table(res: dict[str, Any], options: dict[str, dict]) -> list[str]:
              "| arm | options | " + " | ".join(f"{b:g} bits" for b in budgets) + " |",
              "|---|---|" + "---|" * len(budgets)]
     for m in arms:
-        row = [m, f"`{json.dumps(options.get(m, {}), sort_keys=True)}`"]
-        for b in budgets:
-            if (m, b) in res["cells"] and ("coalora", b) in res["cells"]:
-                (e1, v1), (e0, v0) = res["cells"][(m, b)], res["cells"][("coalora", b)]
-                row.append(interval(e1 / e0, v1 / v0, digits=3))
-            else:
-                row.append("")
+        row = [m, f"`{json.dumps(options.get(m, {}), sort_keys=True)}`", *_ratio_cells(res, m, "coalora")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _ratio_cells(res: dict[str, Any], num: str, den: str) -> list[str]:
+    """``num``'s perplexity over ``den``'s at each budget, paired resample by resample ('' where either is missing)."""
+    cells = res["cells"]
+    out = []
+    for b in res["budgets"]:
+        if (num, b) in cells and (den, b) in cells:
+            (e1, v1), (e0, v0) = cells[(num, b)], cells[(den, b)]
+            out.append(interval(e1 / e0, v1 / v0, digits=3))
+        else:
+            out.append("")
+    return out
 
 
 def theta_pairs(methods: list[str], options: dict[str, dict]) -> list[tuple[str, str]]:
@@ -131,7 +138,7 @@ def theta_pairs(methods: list[str], options: dict[str, dict]) -> list[tuple[str,
 def _theta_table(res: dict[str, Any], options: dict[str, dict]) -> list[str]:
     """Each recipe's perplexity ratio to its own theta-off ablation per budget (issue 16: theta earns
     its place if this is at most 0.95 at 2.5 and 3 bits with the interval below 1.00)."""
-    budgets, cells = res["budgets"], res["cells"]
+    budgets = res["budgets"]
     pairs = theta_pairs(res["methods"], options)
     if not pairs:
         return []
@@ -139,14 +146,7 @@ def _theta_table(res: dict[str, Any], options: dict[str, dict]) -> list[str]:
              "| recipe | theta off | " + " | ".join(f"{b:g} bits" for b in budgets) + " |",
              "|---|---|" + "---|" * len(budgets)]
     for on, off in pairs:
-        row = [on, off]
-        for b in budgets:
-            if (on, b) in cells and (off, b) in cells:
-                (e1, v1), (e0, v0) = cells[(on, b)], cells[(off, b)]
-                row.append(interval(e1 / e0, v1 / v0, digits=3))
-            else:
-                row.append("")
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join([on, off, *_ratio_cells(res, on, off)]) + " |")
     return lines
 
 
