@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                     "positions": [list(p) for p in ew.positions], "kld": "nats/token, KL(unquantized || model)"},
            "unquantized_ppl": fp, "rows": rows}
     if args.out:
+        from coalora.train.protocol.prepare import versions
+
+        out["remake"] = {"command": "python scripts/eval_adapter.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                         "versions": versions()}
         write_json_atomic(args.out, out)
     sb = split_base
     print("| budget | avg bits | in training set | ppl quantized |" + " ppl split base |" * sb + " ppl + CoA-LoRA |"
