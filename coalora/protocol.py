@@ -280,6 +280,9 @@ class Arm:
     name: str
     options: dict[str, Any]
     why: str = ""
+    seeds: tuple[int, ...] = ()
+    """The headline seeds it runs at; empty: all of them. A screening arm runs at one seed and is
+    repeated at the others only if it earns a place in the recipe."""
 
     @property
     def method(self) -> str:
@@ -298,6 +301,8 @@ def check_arm(arm: Arm) -> Arm:
 
     if not arm.name or not all(ch.isalnum() or ch in "-_." for ch in arm.name) or len(arm.name) > 40:
         raise CoaloraError(f"arm name {arm.name[:40]!r} must be 1-40 letters, digits, '-', '_' or '.'")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in arm.seeds):
+        raise CoaloraError(f"arm {arm.name}: seeds must be non-negative integers, got {list(arm.seeds)[:8]}")
     known = {f.name for f in fields(TrainConfig)}
     for k in arm.options:
         if k not in known:
@@ -315,7 +320,8 @@ def load_arms(out: Path) -> list[Arm]:
         return []
     try:
         rows = json.loads(p.read_text())["arms"]
-        return [check_arm(Arm(r["name"], dict(r["options"]), r.get("why", ""))) for r in rows]
+        return [check_arm(Arm(r["name"], dict(r["options"]), r.get("why", ""), tuple(r.get("seeds", ()))))
+                for r in rows]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CoaloraError(f"{p} is not a list of protocol arms ({type(e).__name__}); fix or delete it") from None
 
@@ -357,6 +363,8 @@ def schedule(cfg: ProtocolConfig, done: dict[str, dict], arms: list[Arm] | None 
                 units.append(Unit(f"{m}-{_fmt(b)}-s{seed}", "headline", m, seed, rates[m][0], 10.0, 1.0, b))
         lr, th = rates["coalora"]
         for arm in arms or []:
+            if arm.seeds and seed not in arm.seeds:
+                continue
             units.append(Unit(f"arm-{arm.name}-s{seed}", "arm", arm.method, seed, lr, th))
     for scale in cfg.compute_scales:
         for seed in cfg.scale_seeds:
