@@ -98,7 +98,7 @@ def args_compare(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--out", required=True,
                     help="output directory (units/, eval_configs.json, points.parquet, runs.parquet, summary.md, front.png)")
     sp.add_argument("--max-units", dest="max_units", type=int, help="stop after this many units (default: all)")
-    sp.add_argument("--only", choices=("grid", "theta-grid", "none", "headline", "scale"),
+    sp.add_argument("--only", choices=("grid", "theta-grid", "none", "headline", "arm", "scale"),
                     help="run only units of this kind")
     sp.add_argument("--report-only", dest="report_only", action="store_true",
                     help="write the report from the finished units without training")
