@@ -537,7 +537,8 @@ def test_bad_training_options(env, tmp_path, flags, match):
 
 @pytest.mark.parametrize("flags, match", [
     (["--validate", "--folds", "0"], "--folds must be at least 2"), (["--validate", "--folds", "1"], "--folds"),
-    (["--validate", "--folds", "-3"], "--folds"), (["--seqlen", "1"], r"--seqlen must be in \[2, 512\]"),
+    (["--validate", "--folds", "-3"], "--folds"), (["--validate", "--fold-seed", "-1"], "--fold-seed must be a non-neg"),
+    (["--seqlen", "1"], r"--seqlen must be in \[2, 512\]"),
     (["--seqlen", "100000"], r"--seqlen must be in \[2, 512\]"), (["--windows", str(10**6)], "--windows must be in"),
     (["--windows", "0"], "--windows must be a positive"), (["--adapter", "missing.safetensors"], "no trained adapter"),
 ])

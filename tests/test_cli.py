@@ -159,6 +159,15 @@ def test_search_front_export_load_results_end_to_end(tiny_setup, capsys):
     assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--metric", "kld"]) == 0
     assert "KL" in capsys.readouterr().out
 
+    # the GP's held-out accuracy: k-fold with a chosen fold assignment, and leave-one-out
+    n = rounds[1]["measured"]
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--validate", "--fold-seed", "3",
+                 "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert (v["n"], v["folds"], v["fold_seed"]) == (n, 5, 3) and 0.0 <= v["coverage_2sigma"] <= 1.0
+    assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--validate", "--folds", str(n)]) == 0
+    assert f"GP on {n} stored coalora evaluations (leave-one-out, strided-v1)" in capsys.readouterr().out
+
     assert main(["front", *model_args, "--seqlen", "64", "--windows", "2", "--budget", "1.0"]) == 2
     assert "outside the feasible range" in capsys.readouterr().err
 

@@ -35,7 +35,10 @@ def args_front(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--validate", action="store_true",
                     help="k-fold accuracy of the GP on stored evaluations: Spearman, errors of log ppl (log KL) "
                          "and the coverage of its +-2 sigma band")
-    sp.add_argument("--folds", type=int, default=5, help="folds of --validate (default 5)")
+    sp.add_argument("--folds", type=int, default=5,
+                    help="folds of --validate (default 5; the number of evaluations is leave-one-out)")
+    sp.add_argument("--fold-seed", dest="fold_seed", type=int, default=0,
+                    help="seed of --validate's fold assignment (default 0)")
     output_args(sp, progress=False)
 
 
@@ -45,6 +48,8 @@ def run_front(args: argparse.Namespace) -> int:
         check_budget(args.budget)
     if args.validate and args.folds < 2:
         raise CoaloraError(f"--folds must be at least 2 (k-fold validation), got {args.folds}")
+    if args.fold_seed < 0:
+        raise CoaloraError(f"--fold-seed must be a non-negative integer, got {args.fold_seed}")
     ex = explorer_for(args)
     check_convention(args, ex)
     if ex.store.warning:
@@ -79,11 +84,12 @@ def run_front(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace, ex) -> int:
     v = ex.front_service().validate(ex.query(args.method, args.seqlen, args.windows, metric=args.metric),
-                                    folds=args.folds)
+                                    folds=args.folds, seed=args.fold_seed)
     if args.json:
         print_json(v)
         return 0
-    line = (f"GP on {v['n']} stored {args.method} evaluations ({v['folds']}-fold, {v['eval_spec']}): Spearman "
+    folds = "leave-one-out" if v["folds"] == v["n"] else f"{v['folds']}-fold, fold seed {v['fold_seed']}"
+    line = (f"GP on {v['n']} stored {args.method} evaluations ({folds}, {v['eval_spec']}): Spearman "
             f"{v['spearman']:.3f}, RMSE of log {args.metric} {v['rmse_log_ppl']:.4f}")
     if "median_abs_err_log" in v:
         line += f", median |error| of log {v['median_abs_err_log']:.4f}"

@@ -20,7 +20,7 @@ def kfold(x: torch.Tensor, y: np.ndarray, folds: int, seed: int = 0) -> dict[str
     """K-fold figures of the GP on inputs ``[n, d]`` and outcomes ``[n]`` (log metric); ``folds = n`` is
     leave-one-out. Folds are every ``folds``-th point of a ``seed`` permutation. Keys: ``spearman``,
     ``rmse_log_ppl`` and ``median_abs_err_log`` (of the log metric, whichever it is), ``coverage_2sigma``,
-    ``band_target`` and ``band`` (what the band is, in words)."""
+    ``band_target``, ``band`` (what the band is, in words) and ``fold_seed``."""
     from scipy.stats import spearmanr
 
     perm = np.random.default_rng(seed).permutation(len(y))
@@ -34,4 +34,5 @@ def kfold(x: torch.Tensor, y: np.ndarray, folds: int, seed: int = 0) -> dict[str
     return {"spearman": float(spearmanr(pred, y).statistic), "rmse_log_ppl": float(np.sqrt(np.mean(err ** 2))),
             "median_abs_err_log": float(np.median(np.abs(err))),
             "coverage_2sigma": float(np.mean((y >= lo) & (y <= hi))), "band_target": BAND_COVERAGE,
-            "band": f"+-{BAND_Z:g} sigma predictive band (GP noise included, leave-one-out calibrated)"}
+            "band": f"+-{BAND_Z:g} sigma predictive band (GP noise included, leave-one-out calibrated)",
+            "fold_seed": seed}
