@@ -10,6 +10,7 @@ import json
 import os
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from coalora.cli.common import emit, load_quant_config, log, output_args
 from coalora.cli.options import add_options, values
@@ -130,5 +131,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise CoaloraError("--arm-options, --arm-why and --arm-seeds need --arm NAME")
     if not args.report_only:
         protocol.run(cfg, args.out, max_units=args.max_units, only=args.only, log=log, progress=not args.no_progress)
+    if kept := protocol.keep_finished(Path(args.out)):
+        log(f"kept the step logs of {kept} finished unit(s) in {args.out}/logs")
     print(protocol_report.write(args.out))
     return 0

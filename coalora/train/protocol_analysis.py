@@ -35,7 +35,7 @@ def frames(out: Path):
     """(points, runs, grid rows, protocol.json body) from the finished units."""
     import pandas as pd
 
-    from coalora.train.protocol import load_units
+    from coalora.train.protocol import load_units, step_logs
 
     units = load_units(out)
     if not units:
@@ -44,8 +44,9 @@ def frames(out: Path):
     points, runs, grid = [], [], []
     for name, u in units.items():
         unit = u["unit"]
+        steady = step_logs.of_unit(out, name) if unit["kind"] in step_logs.TRAINED_KINDS else {}
         for r in u["runs"]:
-            runs.append({**r, "unit": name, "kind": unit["kind"]})
+            runs.append({**r, **steady, "unit": name, "kind": unit["kind"]})
         if unit["kind"] in ("grid", "theta-grid"):
             grid.append({"method": unit["method"], "lr": u["lr"], "theta_lr_scale": u["theta_lr_scale"],
                          "validation_nll": u["validation_nll"], "unit": name})

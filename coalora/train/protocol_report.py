@@ -40,6 +40,7 @@ def markdown(pts, runs, grid, meta: dict[str, Any]) -> str:
     lines += ["", f"Label check: {len(bad)} `unseen` points are in their run's training hashes"
               + (f" ({'; '.join(bad[:5])})" if bad else "") + "."]
     lines += _scale_table(pts, cfg)
+    lines += _stability_table(runs)
     lines += _grid_table(grid)
     lines += ["", "Wall seconds depend on the machine's load (2 shared cores); token-passes are the compute measure."]
     return "\n".join(lines) + "\n"
@@ -177,6 +178,33 @@ def _summary_table(res: dict[str, Any]) -> list[str]:
     lines.append("| + per-configuration LQ splits (seconds, charged to every run) | " + " | ".join(
         f"{comp[m]['lq_seconds']:.0f}" if m in comp and comp[m]["lq_seconds"] else "" for m in methods) + " |")
     lines.append("| seeds | " + " | ".join(str(len(res["seeds"].get(m, []))) for m in methods) + " |")
+    return lines
+
+
+def _stability_table(runs) -> list[str]:
+    """Per method, seed and scale with kept step logs (:mod:`coalora.train.protocol.step_logs`):
+    clipped steps, the largest gradient norms and the worst rise of a configuration's loss.
+
+    A per-configuration method's six runs are pooled: clipped steps summed, maxima over runs."""
+    if "log_steps" not in runs or not runs["log_steps"].notna().any():
+        return []
+    lines = ["", "## Training stability (from the kept step logs, `logs/`)", "",
+             "Gradient norms are before clipping; a loss rise is a configuration's step loss over its loss "
+             "the previous time it was drawn (on another batch).", "",
+             "| method | seed | scale | clipped steps | max grad norm (step) | max theta grad norm | "
+             "worst loss rise (step) |", "|---|---|---|---|---|---|---|"]
+    kept = runs[runs["log_steps"].notna()]
+    order = {m: i for i, m in enumerate(methods_of(kept))}
+    for (m, seed, scale), g in sorted(kept.groupby(["method", "seed", "scale"]),
+                                      key=lambda kv: (order.get(kv[0][0], 99), kv[0][2], kv[0][1])):
+        top = g.loc[g["max_grad_norm"].idxmax()]
+        rise = g.loc[g["worst_loss_rise"].idxmax()] if g["worst_loss_rise"].notna().any() else None
+        theta = g["max_grad_norm_theta"].max()
+        lines.append(f"| {m} | {seed} | {scale:g} | {int(g['clipped_steps'].sum())} of {int(g['log_steps'].sum())} | "
+                     f"{top['max_grad_norm']:.2f} ({int(top['max_grad_norm_step'])}) | "
+                     + (f"{theta:.2f}" if math.isfinite(theta) else "") + " | "
+                     + (f"{rise['worst_loss_rise']:.2f} ({int(rise['worst_loss_rise_step'])})" if rise is not None else "")
+                     + " |")
     return lines
 
 

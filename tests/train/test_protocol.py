@@ -152,6 +152,11 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
     for m in hv.keys() - {"qlora"}:
         assert float(diff[m].split(" [")[0]) == pytest.approx(hv[m] - hv["qlora"], abs=2e-4), m
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every trained unit's step log is kept beside its result and summarised per run.
+    trained = {n for n, b in done.items() if b["unit"]["kind"] in ("headline", "arm", "scale")}
+    assert {p.name.removesuffix(".jsonl.gz") for p in (out / "logs").glob("*.jsonl.gz")} == trained
+    assert (runs[runs["unit"].isin(trained)]["log_steps"] == runs[runs["unit"].isin(trained)]["steps"]).all()
+    assert "## Training stability" in text
     assert protocol_report.load(out)["front_png"] == out / "front.png"
     # Resuming does nothing new; another protocol in the same directory is refused.
     before = sorted(p.stat().st_mtime_ns for p in (out / "units").glob("*.json"))
@@ -159,6 +164,40 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
     assert sorted(p.stat().st_mtime_ns for p in (out / "units").glob("*.json")) == before
     with pytest.raises(CoaloraError, match="holds protocol"):
         protocol.run(_tiny(tmp_path, seeds=(0,)), out, log=lambda m: None, progress=False)
+
+
+def test_step_log_stability_counts_clips_and_finds_the_break():
+    from coalora.train.protocol.step_logs import stability
+
+    recs = [{"step": 1, "loss": {"a": 4.0, "b": 5.0}, "grad_norm": 0.5, "grad_norm_theta": 0.1, "clipped": False},
+            {"step": 2, "loss": {"a": 3.9}, "grad_norm": 3.0, "grad_norm_theta": 2.5, "clipped": True},
+            {"step": 3, "loss": {"b": 9.0, "c": 4.0}, "grad_norm": 30.0, "grad_norm_theta": 29.0, "clipped": True},
+            {"step": 4, "loss": {"a": 4.1}, "grad_norm": 0.4, "grad_norm_theta": 0.2, "clipped": False}]
+    s = stability(recs)
+    assert (s["log_steps"], s["clipped_steps"]) == (4, 2)
+    assert (s["max_grad_norm"], s["max_grad_norm_step"], s["max_grad_norm_theta"]) == (30.0, 3, 29.0)
+    assert s["worst_loss_rise"] == pytest.approx(9.0 / 5.0) and s["worst_loss_rise_step"] == 3  # b's, not a's
+    off = stability([{k: v for k, v in r.items() if k != "grad_norm_theta"} for r in recs])
+    assert math.isnan(off["max_grad_norm_theta"])
+    assert all(math.isnan(v) for v in stability([]).values())
+
+
+def test_a_kept_step_log_is_never_replaced_and_a_missing_one_is_not_invented(tmp_path):
+    import gzip
+
+    from coalora.train.protocol import step_logs
+
+    run = tmp_path / "runs" / "u"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text('{"event": "start"}\n{"step": 1, "loss": {"a": 1.0}, "grad_norm": 2.0}\n')
+    out = tmp_path / "out"
+    assert step_logs.keep(out, run, "u")
+    (run / "log.jsonl").write_text("{}\n")  # the folder moves on; the kept copy stays the finished run's
+    assert step_logs.keep(out, run, "u")
+    assert len(step_logs.read(step_logs.kept_log(out, "u"))) == 1
+    assert gzip.decompress(step_logs.kept_log(out, "u").read_bytes()).startswith(b'{"event"')
+    assert not step_logs.keep(out, tmp_path / "runs" / "gone", "gone")
+    assert not step_logs.kept_log(out, "gone").exists() and list((out / "logs").iterdir()) == [step_logs.kept_log(out, "u")]
 
 
 def test_report_of_an_empty_directory_says_what_to_run(tmp_path):

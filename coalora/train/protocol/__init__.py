@@ -31,7 +31,8 @@ an interrupted unit resumes from its checkpoint under ``$COALORA_HOME/protocol``
 
 Modules: :mod:`.config` (``ProtocolConfig``), :mod:`.units` (``Unit`` and each unit's
 ``TrainConfig``), :mod:`.grid` (the rate grids), :mod:`.arms` (ablation arms), :mod:`.schedule`
-(the order of units), :mod:`.prepare` (what units share), :mod:`.scoring`, :mod:`.run`. This
+(the order of units), :mod:`.prepare` (what units share), :mod:`.scoring`, :mod:`.run`,
+:mod:`.step_logs` (the kept step logs and each run's stability). This
 package re-exports their public names, so ``from coalora.train import protocol`` reaches them all.
 """
 
@@ -42,9 +43,10 @@ from coalora.train.protocol.prepare import Context, prepare, versions
 from coalora.train.protocol.run import load_units, run, run_unit
 from coalora.train.protocol.schedule import schedule
 from coalora.train.protocol.scoring import kind_of
+from coalora.train.protocol.step_logs import keep_finished
 from coalora.train.protocol.units import Unit, train_config
 
 __all__ = ["FIXED_BY_PROTOCOL", "MAX_EXTENSIONS", "METHODS", "PER_CONFIG", "SHARED_ADAPTER", "Arm", "Context",
            "ProtocolConfig", "Unit", "add_arm", "check_arm", "chosen_rates", "extended", "grid_units", "half_decade",
-           "kind_of", "load_arms", "load_units", "prepare", "run", "run_unit", "schedule", "theta_units",
+           "keep_finished", "kind_of", "load_arms", "load_units", "prepare", "run", "run_unit", "schedule", "theta_units",
            "train_config", "versions"]

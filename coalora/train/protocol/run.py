@@ -1,7 +1,7 @@
 """Running the protocol unit by unit (method.md 6); a finished unit is one JSON file under ``<out>/units/``.
 
 A unit trains its run(s) in ``$COALORA_HOME/protocol/<hash>/runs/<unit>`` (resumable from their
-checkpoints) and records, per run, its compute (token-passes, probe tokens, seconds) and the hashes
+checkpoints; the step log is kept under ``<out>/logs/``, :mod:`.step_logs`) and records, per run, its compute (token-passes, probe tokens, seconds) and the hashes
 of the configurations its steps took gradients on, which label every scored point.
 """
 
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coalora.errors import CoaloraError
+from coalora.train.protocol import step_logs
 from coalora.train.protocol.arms import load_arms
 from coalora.train.protocol.config import PER_CONFIG, ProtocolConfig
 from coalora.train.protocol.prepare import Context, prepare
@@ -63,6 +64,8 @@ def run(cfg: ProtocolConfig, out: str | os.PathLike, *, max_units: int | None = 
         log(f"unit {unit.name} ({len(done)} done, {len(pending)} pending now)")
         result = run_unit(ctx, unit)
         write_json_atomic(out / "units" / f"{unit.name}.json", result)
+        if unit.kind in step_logs.TRAINED_KINDS:
+            step_logs.keep(out, ctx.work / "runs" / unit.name, unit.name)
         ran += 1
     return load_units(out)
 
