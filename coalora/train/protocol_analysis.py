@@ -45,8 +45,9 @@ def frames(out: Path):
     for name, u in units.items():
         unit = u["unit"]
         steady = step_logs.of_unit(out, name) if unit["kind"] in step_logs.TRAINED_KINDS else {}
+        theta = _arm_theta_scale(u)
         for r in u["runs"]:
-            runs.append({**r, **steady, "unit": name, "kind": unit["kind"]})
+            runs.append({**r, **steady, **theta, "unit": name, "kind": unit["kind"]})
         if unit["kind"] in ("grid", "theta-grid"):
             grid.append({"method": unit["method"], "lr": u["lr"], "theta_lr_scale": u["theta_lr_scale"],
                          "validation_nll": u["validation_nll"], "unit": name})
@@ -65,6 +66,15 @@ def frames(out: Path):
         tp = runs_df[runs_df["kind"].isin(["headline", "arm", "scale"])].groupby(["method", "seed", "scale"])["token_passes"].sum()
         pts["token_passes"] = [int(tp.get((m, s, sc), 0)) for m, s, sc in zip(pts["method"], pts["seed"], pts["scale"])]
     return pts, runs_df, pd.DataFrame(grid), meta
+
+
+def _arm_theta_scale(body: dict[str, Any]) -> dict[str, float]:
+    """An arm run's theta rate scale, which protocol-v1's units recorded as None: the arm's
+    ``theta_lr_scale`` option, else the unit's (coalora's); nothing for a theta-off arm or another unit."""
+    arm = body.get("arm")
+    if arm is None or arm["options"].get("theta") is False:
+        return {}
+    return {"theta_lr_scale": float(arm["options"].get("theta_lr_scale", body["unit"]["theta_lr_scale"]))}
 
 
 def methods_of(pts) -> list[str]:

@@ -157,6 +157,8 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
     assert {p.name.removesuffix(".jsonl.gz") for p in (out / "logs").glob("*.jsonl.gz")} == trained
     assert (runs[runs["unit"].isin(trained)]["log_steps"] == runs[runs["unit"].isin(trained)]["steps"]).all()
     assert "## Training stability" in text
+    assert runs[runs["method"] == "coalora+lq"]["theta_lr_scale"].notna().all()  # an arm's theta rate is on record
+    assert runs[runs["method"] == "coalora-theta-off"]["theta_lr_scale"].isna().all()
     assert protocol_report.load(out)["front_png"] == out / "front.png"
     # Resuming does nothing new; another protocol in the same directory is refused.
     before = sorted(p.stat().st_mtime_ns for p in (out / "units").glob("*.json"))

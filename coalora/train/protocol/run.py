@@ -102,7 +102,7 @@ def _run_row(unit: Unit, tc: TrainConfig, state: TrainState, setup_seconds: floa
              lq_seconds: float = 0.0) -> dict[str, Any]:
     """One run's row of the unit's ``runs``: its recipe, compute and trained configuration hashes."""
     return {"method": unit.method, "seed": unit.seed, "budget": budget, "lr": tc.lr,
-            "theta_lr_scale": tc.theta_lr_scale if unit.method == "coalora" else None, "scale": unit.scale,
+            "theta_lr_scale": tc.theta_lr_scale if tc.use_theta else None, "scale": unit.scale,
             "steps": tc.steps, "token_passes": state.tokens, "probe_tokens": state.probe_tokens,
             "train_seconds": state.seconds, "search_seconds": state.search_seconds, "setup_seconds": setup_seconds,
             "lq_seconds": lq_seconds, "train_config_hashes": list(state.trained_on)}
