@@ -124,15 +124,19 @@ def _ratio_cells(res: dict[str, Any], num: str, den: str) -> list[str]:
 
 def theta_pairs(methods: list[str], options: dict[str, dict]) -> list[tuple[str, str]]:
     """(recipe with theta, the same recipe with theta off) for the headline and every arm that has its
-    theta-off arm (the same options plus ``theta: false``)."""
+    theta-off arm: the same options plus ``theta: false``, up to options that only theta reads
+    (:data:`~coalora.train.protocol.arms.THETA_ONLY`), so one theta-off arm may serve several recipes."""
+    from coalora.train.protocol.arms import THETA_ONLY
+
+    def without(o: dict) -> dict:
+        return {k: v for k, v in o.items() if k != "theta" and k not in THETA_ONLY}
+
     pairs = [("coalora", "coalora-theta-off")] if {"coalora", "coalora-theta-off"} <= set(methods) else []
     for off in methods:
         o = options.get(off, {})
         if off.startswith("coalora+") and o.get("theta") is False:
-            on = next((m for m in methods if m.startswith("coalora+") and options.get(m) == {
-                k: v for k, v in o.items() if k != "theta"}), None)
-            if on is not None:
-                pairs.append((on, off))
+            pairs += [(on, off) for on in methods if on.startswith("coalora+") and on != off
+                      and options.get(on, {}).get("theta", True) is not False and without(options.get(on, {})) == without(o)]
     return pairs
 
 

@@ -298,3 +298,7 @@ def test_each_recipe_is_paired_with_its_own_theta_off_arm():
     methods = ["coalora", "coalora+a", "coalora+a-off", "coalora+b", "coalora+c-off", "coalora-theta-off", "qlora"]
     assert theta_pairs(methods, opts) == [("coalora", "coalora-theta-off"), ("coalora+a", "coalora+a-off")]
     assert theta_pairs(["coalora", "qlora"], {}) == []
+    # theta's rate does not enter a theta-off run, so a recipe that changes only it shares a's ablation
+    opts["coalora+a-t3"] = {"base": "lq", "theta_lr_scale": 3.0}
+    assert theta_pairs([*methods, "coalora+a-t3"], opts)[1:] == [("coalora+a", "coalora+a-off"),
+                                                                 ("coalora+a-t3", "coalora+a-off")]
