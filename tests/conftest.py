@@ -10,6 +10,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+def pytest_configure(config):
+    """Bind transformers' log handler to the session's stderr before any test runs: it binds to
+    whatever ``sys.stderr`` is at its first log call, and a test's ``capsys`` stream is closed
+    after that test, so every later transformers warning would print "--- Logging error ---"
+    (and break the one-line error checks of tests/test_bad_input.py) when tests/test_cli.py runs first."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers")
+
+
 @pytest.fixture
 def tiny_model():
     from coalora.models import tiny_llama
