@@ -36,6 +36,7 @@ def frames(out: Path):
     import pandas as pd
 
     from coalora.train.protocol import load_units, step_logs
+    from coalora.train.protocol.units import TRAINED_KINDS
 
     units = load_units(out)
     if not units:
@@ -44,7 +45,7 @@ def frames(out: Path):
     points, runs, grid = [], [], []
     for name, u in units.items():
         unit = u["unit"]
-        steady = step_logs.of_unit(out, name) if unit["kind"] in step_logs.TRAINED_KINDS else {}
+        steady = step_logs.of_unit(out, name) if unit["kind"] in TRAINED_KINDS else {}
         theta = _arm_theta_scale(u)
         for r in u["runs"]:
             runs.append({**r, **steady, **theta, "unit": name, "kind": unit["kind"]})
@@ -63,7 +64,7 @@ def frames(out: Path):
     if len(pts):
         # A point's token_passes: its method's whole training compute at that seed and scale
         # (for QLoRA / LQ-LoRA, the sum of their per-budget runs).
-        tp = runs_df[runs_df["kind"].isin(["headline", "arm", "scale"])].groupby(["method", "seed", "scale"])["token_passes"].sum()
+        tp = runs_df[runs_df["kind"].isin(TRAINED_KINDS)].groupby(["method", "seed", "scale"])["token_passes"].sum()
         pts["token_passes"] = [int(tp.get((m, s, sc), 0)) for m, s, sc in zip(pts["method"], pts["seed"], pts["scale"])]
     return pts, runs_df, pd.DataFrame(grid), meta
 

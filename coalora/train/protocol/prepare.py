@@ -76,7 +76,6 @@ def versions() -> dict[str, str]:
 def prepare(cfg: ProtocolConfig, out: Path, log: Callable[[str], None] = print, progress: bool = True) -> Context:
     """Fix the evaluation configurations (``<out>/eval_configs.json``, made once) and build the
     KL reference of the unquantized model on the eval windows (cached)."""
-    from coalora import assets
     from coalora.evaluation import reference
     from coalora.evaluation.perplexity import eval_windows
     from coalora.files import write_json_atomic
@@ -104,8 +103,14 @@ def prepare(cfg: ProtocolConfig, out: Path, log: Callable[[str], None] = print, 
     write_json_atomic(saved, {"config": cfg.to_dict(), "hash": cfg.hash, "headline_compute": cfg.headline_compute,
                               "eval_windows": {"spec": ew.spec, "dataset": ew.dataset, "key": ew.key,
                                                "positions": [list(p) for p in ew.positions]}})
-    work = assets.home() / "protocol" / cfg.hash
-    return Context(cfg, out, work, configs, ref_key, ew, ref, log, progress, versions())
+    return Context(cfg, out, work_dir(cfg.hash), configs, ref_key, ew, ref, log, progress, versions())
+
+
+def work_dir(protocol_hash: str) -> Path:
+    """Where protocol ``protocol_hash``'s runs train (``$COALORA_HOME/protocol/<hash>``; not kept past the machine)."""
+    from coalora import assets
+
+    return assets.home() / "protocol" / protocol_hash
 
 
 def _check_same_protocol(cfg: ProtocolConfig, out: Path, saved: Path) -> None:

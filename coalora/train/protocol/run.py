@@ -1,8 +1,9 @@
 """Running the protocol unit by unit (method.md 6); a finished unit is one JSON file under ``<out>/units/``.
 
 A unit trains its run(s) in ``$COALORA_HOME/protocol/<hash>/runs/<unit>`` (resumable from their
-checkpoints; the step log is kept under ``<out>/logs/``, :mod:`.step_logs`) and records, per run, its compute (token-passes, probe tokens, seconds) and the hashes
-of the configurations its steps took gradients on, which label every scored point.
+checkpoints; the step log is kept under ``<out>/logs/``, :mod:`.step_logs`) and records, per run,
+its compute (token-passes, probe tokens, seconds) and the hashes of the configurations its steps
+took gradients on, which label every scored point.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from coalora.train.protocol.config import PER_CONFIG, ProtocolConfig
 from coalora.train.protocol.prepare import Context, prepare
 from coalora.train.protocol.schedule import schedule
 from coalora.train.protocol.scoring import score_none, score_point, validation_nll
-from coalora.train.protocol.units import Unit, fmt, train_config
+from coalora.train.protocol.units import TRAINED_KINDS, Unit, fmt, train_config
 
 if TYPE_CHECKING:
     from coalora.train.config import TrainConfig
@@ -64,7 +65,7 @@ def run(cfg: ProtocolConfig, out: str | os.PathLike, *, max_units: int | None = 
         log(f"unit {unit.name} ({len(done)} done, {len(pending)} pending now)")
         result = run_unit(ctx, unit)
         write_json_atomic(out / "units" / f"{unit.name}.json", result)
-        if unit.kind in step_logs.TRAINED_KINDS:
+        if unit.kind in TRAINED_KINDS:
             step_logs.keep(out, ctx.work / "runs" / unit.name, unit.name)
         ran += 1
     return load_units(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coalora.files import atomic_file
+from coalora.train.protocol.units import TRAINED_KINDS
 from coalora.train.step_log import LOG
 
 LOGS = "logs"
@@ -25,9 +26,6 @@ LOGS = "logs"
 STABILITY_COLUMNS = ("log_steps", "clipped_steps", "max_grad_norm", "max_grad_norm_step", "max_grad_norm_theta",
                      "worst_loss_rise", "worst_loss_rise_step")
 """The columns :func:`stability` adds to a run's row (NaN where no log was kept)."""
-
-TRAINED_KINDS = ("headline", "arm", "scale")
-"""Unit kinds whose one run trains in the folder named after the unit (grid units train several)."""
 
 
 def kept_log(out: Path, unit: str) -> Path:
@@ -54,14 +52,14 @@ def keep(out: Path, run_dir: Path, unit: str) -> bool:
 def keep_finished(out: Path) -> int:
     """Keep the logs of ``out``'s finished training units whose run folders are still on this machine
     (``$COALORA_HOME/protocol/<hash>/runs/<unit>``); how many were new."""
-    from coalora import assets
+    from coalora.train.protocol.prepare import work_dir
     from coalora.train.protocol.run import load_units
 
     out = Path(out)
     saved = out / "protocol.json"
     if not saved.is_file():
         return 0
-    work = assets.home() / "protocol" / json.loads(saved.read_text())["hash"]
+    work = work_dir(json.loads(saved.read_text())["hash"])
     new = 0
     for name, body in load_units(out).items():
         if body["unit"]["kind"] in TRAINED_KINDS and not kept_log(out, name).is_file():

@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # torch-free at import: `coalora compare --help` and the repo
 CHECKPOINT_EVERY = 25
 """Steps between a unit run's checkpoints (an interrupted unit resumes from its last)."""
 
+TRAINED_KINDS = ("headline", "arm", "scale")
+"""Unit kinds that train one run of the comparison, in the folder named after the unit; their
+token-passes are the method's compute (grid units train several short runs, ``none`` trains nothing)."""
+
 
 @dataclass(frozen=True)
 class Unit:
