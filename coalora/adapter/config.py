@@ -36,6 +36,10 @@ class AdapterConfig:
     """Width of each of theta's 7 feature embeddings."""
     hidden: int = 128
     """Width of theta's hidden layer."""
+    theta_context: bool = False
+    """theta also sees the whole configuration (its average bits and the parameter share of 2-bit
+    matrices) beside each layer's own fields, so one layer's U can depend on how quantized the rest
+    of the model is (coalora.adapter.theta.config_context). The paper's theta does not."""
     base: str = BaseSpec.kind
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.adapter.apply.BaseSpec)."""
@@ -53,6 +57,8 @@ class AdapterConfig:
             raise CoaloraError(f"unknown adapter init {self.init!r}; use one of {', '.join(INITS)}")
         resolve_preset(self.ref_preset)  # validates
         _ = self.base_spec  # validates base, lq_rank, lq_iters
+        if not isinstance(self.theta_context, bool):
+            raise CoaloraError(f"adapter theta_context must be true or false, got {self.theta_context!r}")
         for name in ("embed_dim", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

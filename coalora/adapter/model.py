@@ -22,7 +22,7 @@ from torch import nn
 
 from coalora.adapter.config import INITS, AdapterConfig
 from coalora.adapter.layer import CoALoRALinear
-from coalora.adapter.theta import ConfigNet
+from coalora.adapter.theta import ConfigNet, config_context
 from coalora.errors import CoaloraError
 from coalora.models import Target, target_modules_of
 from coalora.quant.config import ModelQuantConfig, resolve_preset
@@ -67,7 +67,8 @@ class CoALoRAModel(nn.Module):
         self.applier = ConfigApplier(model, model_name, list(self.targets), cache_bytes, adapter.base_spec)
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
-        self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden)
+        self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden,
+                               context=adapter.theta_context)
         self.layers: dict[str, CoALoRALinear] = {}
         modules = dict(model.named_modules())
         for t, lin in target_modules_of(model, list(self.targets)).items():
@@ -110,7 +111,8 @@ class CoALoRAModel(nn.Module):
 
     def u_matrices(self, config: ModelQuantConfig) -> torch.Tensor:
         """U for every target under ``config``, ``[N, r, r]`` (one batched theta call)."""
-        return self.theta(self.features(config))
+        context = config_context(config).to(self.theta.gamma.device) if self.theta.context else None
+        return self.theta(self.features(config), context)
 
     def set_config(self, config: ModelQuantConfig, *, theta: bool = True) -> None:
         """Quantize the base under ``config`` and bind each layer's U from theta (kept in the autograd

@@ -56,6 +56,7 @@ def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig) -> None:
     """The description's sizes must match the tensors before anything is allocated from them (an
     edited ``rank`` of 10**6 would otherwise ask for terabytes instead of giving an error)."""
+    from coalora.adapter.theta import CONTEXT_FEATURES
     from coalora.quant.config import FIELD_SIZES
 
     a = next((v for k, v in tensors.items() if k.startswith("lora.") and k.endswith(".lora_A")), None)
@@ -63,10 +64,11 @@ def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig)
     if a is None or first is None:
         raise CoaloraError(f"adapter {path} lacks its LoRA or theta tensors; it is not a complete trained adapter")
     features = len(FIELD_SIZES) + 2  # the five config fields, block index, module type
-    if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, adapter.embed_dim * features):
+    width = adapter.embed_dim * features + (CONTEXT_FEATURES if adapter.theta_context else 0)
+    if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, width):
         raise CoaloraError(f"adapter {path}: its description (rank {adapter.rank}, hidden {adapter.hidden}, embed_dim "
-                           f"{adapter.embed_dim}) does not match its tensors (A {tuple(a.shape)}, theta's first layer "
-                           f"{tuple(first.shape)}); the file was edited or damaged")
+                           f"{adapter.embed_dim}, theta_context {adapter.theta_context}) does not match its tensors "
+                           f"(A {tuple(a.shape)}, theta's first layer {tuple(first.shape)}); the file was edited or damaged")
 
 
 def load_trained(path: str | os.PathLike, model, model_name: str, targets=None, **kwargs) -> CoALoRAModel:

@@ -29,9 +29,11 @@ PAPER_RECIPE: dict[str, Any] = {"base": "quant", "sampling": "uniform", "samplin
 """The paper's (and its official code's) CoA-LoRA recipe, and every baseline's: theta's adapter on the
 plainly quantized Q_c(W), the K configurations drawn uniformly, their losses summed. The protocol's
 headline ``coalora`` and ``coalora-theta-off`` runs pin it."""
-RECIPE: dict[str, Any] = {"base": "lq", "sampling": "excess", "sampling_uniform": 0.5, "loss_balance": "equal"}
+RECIPE: dict[str, Any] = {"base": "lq", "sampling": "excess", "sampling_uniform": 0.5, "loss_balance": "equal",
+                          "theta_lr_scale": 3.0}
 """coalora's default recipe (issue 16): the LQ split base, excess draws half mixed with uniform ones,
-equal loss weights: the protocol's arm ``lq5-mix-equal`` (data/results/protocol/summary.md)."""
+equal loss weights, theta at 3x the LoRA rate: the protocol's arm ``lq5-mix-equal-t3``
+(data/results/protocol/summary.md; at 10x the same recipe diverged late at one of three seeds)."""
 AUTO = "auto"
 """The value of ``base``, ``sampling`` and ``loss_balance`` that takes the method's own: :data:`RECIPE`'s
 for ``coalora``, :data:`PAPER_RECIPE`'s for the baselines."""
@@ -82,11 +84,11 @@ class TrainConfig:
     """AdamW rate of A, B. Default: the protocol's grid's choice for the method (validation split of the
     training plays): 3e-3 for coalora and qlora, 3e-4 for shared, 1e-3 for lqlora. The paper's is 1e-4,
     too slow for a few hundred steps."""
-    theta_lr_scale: float = 10.0
+    theta_lr_scale: float = RECIPE["theta_lr_scale"]
     """theta's learning rate as a multiple of ``lr`` (A, B keep ``lr``); 1 is the paper's single rate.
-    At 1e-4 theta barely moves in a few hundred steps and U stays near I (a plain shared LoRA); at a
-    rate of 1e-2, U grows into a large per-layer gain that depends partly on the layer's configuration
-    (data/results/archive/ablations, data/README.md)."""
+    3 is the protocol's arm ``lq5-mix-equal-t3``: at 10x (the lr grid's choice on short runs) that recipe
+    diverged late at one seed of three, with theta's gradient norm at 26-34; at 3x no seed did. At 1e-4
+    theta barely moves in a few hundred steps and U stays near I (a plain shared LoRA)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -95,6 +97,10 @@ class TrainConfig:
     """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
     theta: bool = True
     """``coalora`` only: False fixes U = I (theta off, everything else the same): the ablation that isolates theta."""
+    theta_context: bool = AdapterConfig.theta_context
+    """``coalora`` only: theta also sees the whole configuration (average bits, parameter share of
+    2-bit matrices) beside each layer's own fields, so a layer's U can depend on how quantized the
+    rest of the model is. The paper's theta sees the layer's fields alone."""
     sampling: str = AUTO
     """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
     (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
@@ -201,7 +207,7 @@ class TrainConfig:
     def adapter(self) -> AdapterConfig:
         """The adapter's shape and initialisation (rank, alpha, init, base) as :class:`AdapterConfig`."""
         return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset, base=self.base, lq_rank=self.lq_rank,
-                             lq_iters=self.lq_iters)
+                             lq_iters=self.lq_iters, theta_context=self.theta_context)
 
     @property
     def use_theta(self) -> bool:

@@ -114,6 +114,36 @@ def test_different_configs_get_different_adapters():
     assert torch.equal(a[name][1], b[name][1])  # B is shared; only A' = U A depends on the config
 
 
+def test_theta_context_tells_one_layer_config_apart_in_two_models():
+    """With ``theta_context`` a layer with the same own configuration gets another U when the rest of the
+    model is quantized differently (the paper's theta cannot tell them apart); its inputs are the
+    parameter-weighted average bits and 2-bit share."""
+    from coalora.adapter.theta import config_context
+
+    low, high = ALL_CONFIGS[0], ALL_CONFIGS[-1]
+    assert low.b0 == 2 and high.b0 == 8
+    model = tiny_llama(seed=0)
+    targets = find_targets(model)
+    first = targets[0].name
+    a = ModelQuantConfig.uniform("tiny-llama", targets, high).with_changes({first: low})
+    b = ModelQuantConfig.uniform("tiny-llama", targets, low)
+    ctx = config_context(a)
+    share = targets[0].numel / sum(t.numel for t in targets)
+    assert torch.allclose(ctx, torch.tensor([(a.avg_bits - 4) / 2, share]))
+    for context, same in ((False, True), (True, False)):
+        coa = CoALoRAModel(tiny_llama(seed=0), "tiny-llama", targets, AdapterConfig(rank=4, theta_context=context))
+        with torch.no_grad():
+            for p in coa.theta.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        ua, ub = coa.u_matrices(a)[0], coa.u_matrices(b)[0]
+        assert torch.equal(ua, ub) is same
+
+
+def test_theta_context_must_be_a_bool():
+    with pytest.raises(CoaloraError, match="theta_context must be true or false"):
+        AdapterConfig(theta_context="yes")
+
+
 def test_trainable_state_round_trip_and_mismatch():
     coa, _ = _coa(rank=8)
     state = {k: v.clone() for k, v in coa.trainable_state().items()}
