@@ -46,6 +46,9 @@ class AdapterConfig:
     """Reference configuration of the ``lq`` init (a preset or ``uniform:...``)."""
     embed_dim: int = 8
     hidden: int = 128
+    theta_context: bool = False
+    """theta also sees the whole configuration (its average bits and the parameter share of 2-bit
+    matrices) beside each layer's own fields (:func:`config_context`)."""
     base: str = "quant"
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.apply.BaseSpec)."""
@@ -63,6 +66,8 @@ class AdapterConfig:
             raise CoaloraError(f"unknown adapter init {self.init!r}; use one of {', '.join(INITS)}")
         resolve_preset(self.ref_preset)  # validates
         _ = self.base_spec  # validates base, lq_rank, lq_iters
+        if not isinstance(self.theta_context, bool):
+            raise CoaloraError(f"adapter theta_context must be true or false, got {self.theta_context!r}")
         for name in ("embed_dim", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -83,17 +88,33 @@ class AdapterConfig:
         return asdict(self)
 
 
-class ConfigNet(nn.Module):
-    """theta: layer configuration features ``[N, 7]`` (int64) -> U ``[N, r, r]``, all layers in one call."""
+CONTEXT_FEATURES = 2
+"""Numbers in theta's optional context: (avg bits - 4) / 2 and the parameter share of 2-bit matrices."""
 
-    def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int = 8, hidden: int = 128):
+
+def config_context(config: ModelQuantConfig) -> torch.Tensor:
+    """The whole configuration as theta's context, ``[2]`` float32: (avg bits - 4) / 2 and the
+    parameter share of its matrices with b0 = 2 (main's coalora.adapter.theta.config_context)."""
+    numels = config.numels
+    low = sum(n for c, n in zip(config.configs, numels) if c.b0 == 2) / sum(numels)
+    return torch.tensor([(config.avg_bits - 4.0) / 2.0, low], dtype=torch.float32)
+
+
+class ConfigNet(nn.Module):
+    """theta: layer configuration features ``[N, 7]`` (int64) and, with ``context``, the whole
+    configuration's ``[CONTEXT_FEATURES]`` -> U ``[N, r, r]``, all layers in one call."""
+
+    def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int = 8, hidden: int = 128,
+                 context: bool = False):
         super().__init__()
         self.rank = rank
+        self.context = context
         sizes = (*FIELD_SIZES, num_blocks, num_module_types)
         self.embeddings = nn.ModuleList(nn.Embedding(n, embed_dim) for n in sizes)
+        width = embed_dim * len(sizes) + (CONTEXT_FEATURES if context else 0)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(embed_dim * len(sizes)),
-            nn.Linear(embed_dim * len(sizes), hidden),
+            nn.LayerNorm(width),
+            nn.Linear(width, hidden),
             nn.SiLU(),
             nn.Linear(hidden, rank * rank),
         )
@@ -102,9 +123,15 @@ class ConfigNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
         self.gamma = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """U = I + gamma * M for every row of ``features`` ``[N, 7]``; returns ``[N, r, r]``."""
-        z = torch.cat([emb(features[:, j]) for j, emb in enumerate(self.embeddings)], dim=-1)
+    def forward(self, features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """U = I + gamma * M for every row of ``features`` ``[N, 7]``, each row also seeing ``context``
+        ``[CONTEXT_FEATURES]`` where theta takes it (and only then); returns ``[N, r, r]``."""
+        if (context is not None) != self.context:
+            raise ValueError(f"this theta {'takes' if self.context else 'takes no'} configuration context")
+        parts = [emb(features[:, j]) for j, emb in enumerate(self.embeddings)]
+        if context is not None:
+            parts.append(context.to(parts[0].dtype).expand(features.shape[0], CONTEXT_FEATURES))
+        z = torch.cat(parts, dim=-1)
         m = self.mlp(z).view(-1, self.rank, self.rank)
         eye = torch.eye(self.rank, dtype=m.dtype, device=m.device)
         return eye + self.gamma * m
@@ -204,7 +231,8 @@ class CoALoRAModel(nn.Module):
                                      DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes, adapter.base_spec)
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
-        self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden)
+        self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden,
+                               context=adapter.theta_context)
         self.layers: dict[str, CoALoRALinear] = {}
         modules = dict(model.named_modules())
         for t, lin in target_modules_of(model, list(self.targets)).items():
@@ -250,7 +278,8 @@ class CoALoRAModel(nn.Module):
 
     def u_matrices(self, config: ModelQuantConfig) -> torch.Tensor:
         """U for every target under ``config``, ``[N, r, r]`` (one batched theta call)."""
-        return self.theta(self.features(config))
+        context = config_context(config).to(self.theta.gamma.device) if self.theta.context else None
+        return self.theta(self.features(config), context)
 
     def set_config(self, config: ModelQuantConfig) -> None:
         """Quantize the base under ``config`` and bind each layer's U (kept in the autograd graph)."""

@@ -90,6 +90,9 @@ class TrainConfig:
     """K, the configurations whose gradients each ``coalora`` step sums (``shared`` takes one per step)."""
     theta: bool = True
     """``coalora`` only: False fixes U = I (theta off, everything else the same): the ablation that isolates theta."""
+    theta_context: bool = False
+    """``coalora`` only: theta also sees the whole configuration (average bits, parameter share of
+    2-bit matrices) beside each layer's own fields."""
     sampling: str = "uniform"
     """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
     (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
@@ -176,7 +179,7 @@ class TrainConfig:
     @property
     def adapter(self) -> AdapterConfig:
         return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset, base=self.base, lq_rank=self.lq_rank,
-                             lq_iters=self.lq_iters)
+                             lq_iters=self.lq_iters, theta_context=self.theta_context)
 
     @property
     def use_theta(self) -> bool:

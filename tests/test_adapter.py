@@ -189,3 +189,23 @@ def test_merged_inference_matches_the_lora_path_and_follows_changes():
     loss = coa.model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert coa.layers[targets[0].name].lora_A.grad is not None
+
+
+def test_theta_context_tells_one_layer_config_apart_in_two_models():
+    """With ``theta_context`` a layer with the same own configuration gets another U when the rest of
+    the model is quantized differently; without it, the same U."""
+    from coalora.adapter import config_context
+
+    low, high = ALL_CONFIGS[0], ALL_CONFIGS[-1]
+    model = tiny_llama(seed=0)
+    targets = find_targets(model)
+    a = ModelQuantConfig.uniform("tiny-llama", targets, high).with_changes({targets[0].name: low})
+    b = ModelQuantConfig.uniform("tiny-llama", targets, low)
+    share = targets[0].numel / sum(t.numel for t in targets)
+    assert torch.allclose(config_context(a), torch.tensor([(a.avg_bits - 4) / 2, share]))
+    for context, same in ((False, True), (True, False)):
+        coa = CoALoRAModel(tiny_llama(seed=0), "tiny-llama", targets, AdapterConfig(rank=4, theta_context=context))
+        with torch.no_grad():
+            for p in coa.theta.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        assert torch.equal(coa.u_matrices(a)[0], coa.u_matrices(b)[0]) is same
