@@ -162,11 +162,13 @@ def _summary_table(res: dict[str, Any]) -> list[str]:
              "| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     lines.append("| hypervolume (unseen / own points) | " + " | ".join(
         interval(*res["hv"][m], digits=4) if m in res["hv"] else "" for m in methods) + " |")
-    if "qlora" in res["hv"]:  # resamples share their windows, so differences are paired
-        q_est, q_vals = res["hv"]["qlora"]
-        lines.append("| hypervolume minus QLoRA's (paired; an interval holding 0 is a tie) | " + " | ".join(
-            interval(res["hv"][m][0] - q_est, res["hv"][m][1] - q_vals, digits=4)
-            if m in res["hv"] and m != "qlora" else "" for m in methods) + " |")
+    for base, label in (("qlora", "QLoRA"), ("lqlora", "LQ-LoRA")):
+        if base not in res["hv"]:
+            continue
+        b_est, b_vals = res["hv"][base]  # resamples share their windows, so differences are paired
+        lines.append(f"| hypervolume minus {label}'s (paired; an interval holding 0 is a tie) | " + " | ".join(
+            interval(res["hv"][m][0] - b_est, res["hv"][m][1] - b_vals, digits=4)
+            if m in res["hv"] and m != base else "" for m in methods) + " |")
     lines.append("| OOD geometric-mean ppl | " + " | ".join(
         f"{interval(*res['ood'][m][:2])} (n={res['ood'][m][2]})" if m in res["ood"] else "" for m in methods) + " |")
     lines.append("| seen vs unseen gap, same bits | " + " | ".join(

@@ -151,6 +151,10 @@ def test_protocol_end_to_end_on_tiny(tmp_path, tmp_home):
     assert diff["qlora"].strip() == "" and len(hv) > 2
     for m in hv.keys() - {"qlora"}:
         assert float(diff[m].split(" [")[0]) == pytest.approx(hv[m] - hv["qlora"], abs=2e-4), m
+    diff = dict(zip(methods, rows["hypervolume minus LQ-LoRA's (paired; an interval holding 0 is a tie)"]))
+    assert diff["lqlora"].strip() == ""
+    for m in hv.keys() - {"lqlora"}:
+        assert float(diff[m].split(" [")[0]) == pytest.approx(hv[m] - hv["lqlora"], abs=2e-4), m
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every trained unit's step log is kept beside its result and summarised per run.
     trained = {n for n, b in done.items() if b["unit"]["kind"] in ("headline", "arm", "scale")}
@@ -302,3 +306,6 @@ def test_each_recipe_is_paired_with_its_own_theta_off_arm():
     opts["coalora+a-t3"] = {"base": "lq", "theta_lr_scale": 3.0}
     assert theta_pairs([*methods, "coalora+a-t3"], opts)[1:] == [("coalora+a", "coalora+a-off"),
                                                                  ("coalora+a-t3", "coalora+a-off")]
+    # nor does what theta sees: a recipe whose theta also sees the configuration's context shares it too
+    opts["coalora+a-ctx"] = {"base": "lq", "theta_lr_scale": 3.0, "theta_context": True}
+    assert theta_pairs([*methods, "coalora+a-ctx"], opts)[-1] == ("coalora+a-ctx", "coalora+a-off")
