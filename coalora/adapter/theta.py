@@ -24,6 +24,15 @@ CONTEXT_FEATURES = 2
 """Numbers in theta's optional context: (avg bits - 4) / 2 and the parameter share of 2-bit matrices."""
 
 
+FEATURES = len(FIELD_SIZES) + 2
+"""Categorical inputs per layer: the five config fields, block index, module type."""
+
+
+def input_width(embed_dim: int, context: bool) -> int:
+    """Width of theta's first layer's input: the concatenated embeddings, plus the context if taken."""
+    return embed_dim * FEATURES + (CONTEXT_FEATURES if context else 0)
+
+
 def config_context(config: ModelQuantConfig) -> torch.Tensor:
     """The whole configuration as theta's context, ``[2]`` float32: (avg bits - 4) / 2 (about -1..2
     over the space's 2.0-8.6 bits) and the parameter share of its matrices with b0 = 2."""
@@ -46,7 +55,7 @@ class ConfigNet(nn.Module):
         self.context = context
         sizes = (*FIELD_SIZES, num_blocks, num_module_types)
         self.embeddings = nn.ModuleList(nn.Embedding(n, embed_dim) for n in sizes)
-        width = embed_dim * len(sizes) + (CONTEXT_FEATURES if context else 0)
+        width = input_width(embed_dim, context)
         self.mlp = nn.Sequential(
             nn.LayerNorm(width),
             nn.Linear(width, hidden),

@@ -56,15 +56,13 @@ def read_trained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig) -> None:
     """The description's sizes must match the tensors before anything is allocated from them (an
     edited ``rank`` of 10**6 would otherwise ask for terabytes instead of giving an error)."""
-    from coalora.adapter.theta import CONTEXT_FEATURES
-    from coalora.quant.config import FIELD_SIZES
+    from coalora.adapter.theta import input_width
 
     a = next((v for k, v in tensors.items() if k.startswith("lora.") and k.endswith(".lora_A")), None)
     first = tensors.get("theta.mlp.1.weight")  # ConfigNet's Linear(embed_dim * features, hidden)
     if a is None or first is None:
         raise CoaloraError(f"adapter {path} lacks its LoRA or theta tensors; it is not a complete trained adapter")
-    features = len(FIELD_SIZES) + 2  # the five config fields, block index, module type
-    width = adapter.embed_dim * features + (CONTEXT_FEATURES if adapter.theta_context else 0)
+    width = input_width(adapter.embed_dim, adapter.theta_context)
     if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, width):
         raise CoaloraError(f"adapter {path}: its description (rank {adapter.rank}, hidden {adapter.hidden}, embed_dim "
                            f"{adapter.embed_dim}, theta_context {adapter.theta_context}) does not match its tensors "
