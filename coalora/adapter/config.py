@@ -40,6 +40,10 @@ class AdapterConfig:
     """theta also sees the whole configuration (its average bits and the parameter share of 2-bit
     matrices) beside each layer's own fields, so one layer's U can depend on how quantized the rest
     of the model is (coalora.adapter.theta.config_context). The paper's theta does not."""
+    theta_error: bool = False
+    """theta also sees each layer's quantization error under its configuration (standardized log
+    relative error from the error table, coalora.adapter.theta.error_features; ~30 s to compute
+    wherever the adapter is built on SmolLM2-135M). The paper's theta does not."""
     base: str = BaseSpec.kind
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.adapter.apply.BaseSpec)."""
@@ -59,6 +63,8 @@ class AdapterConfig:
         _ = self.base_spec  # validates base, lq_rank, lq_iters
         if not isinstance(self.theta_context, bool):
             raise CoaloraError(f"adapter theta_context must be true or false, got {self.theta_context!r}")
+        if not isinstance(self.theta_error, bool):
+            raise CoaloraError(f"adapter theta_error must be true or false, got {self.theta_error!r}")
         for name in ("embed_dim", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -22,7 +22,7 @@ from torch import nn
 
 from coalora.adapter.config import INITS, AdapterConfig
 from coalora.adapter.layer import CoALoRALinear
-from coalora.adapter.theta import ConfigNet, config_context
+from coalora.adapter.theta import ConfigNet, config_context, error_features
 from coalora.errors import CoaloraError
 from coalora.models import Target, target_modules_of
 from coalora.quant.config import ModelQuantConfig, resolve_preset
@@ -68,7 +68,7 @@ class CoALoRAModel(nn.Module):
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
         self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden,
-                               context=adapter.theta_context)
+                               context=adapter.theta_context, error=adapter.theta_error)
         self.layers: dict[str, CoALoRALinear] = {}
         modules = dict(model.named_modules())
         for t, lin in target_modules_of(model, list(self.targets)).items():
@@ -79,6 +79,8 @@ class CoALoRAModel(nn.Module):
         self._lora = nn.ModuleDict({t.replace(".", "__"): m for t, m in self.layers.items()})
         self._static = torch.tensor([[t.block, self.type_index[t.module_type]] for t in self.targets], dtype=torch.long)
         self.theta.to(next(model.parameters()).device)
+        self._error = (error_features([self.applier.originals[t.name] for t in self.targets])
+                       if adapter.theta_error else None)  # [N, 432], theta's per-layer error input
         if initialize:  # skipped when trained weights are loaded right after
             self.init_lora(seed)
 
@@ -111,8 +113,12 @@ class CoALoRAModel(nn.Module):
 
     def u_matrices(self, config: ModelQuantConfig) -> torch.Tensor:
         """U for every target under ``config``, ``[N, r, r]`` (one batched theta call)."""
-        context = config_context(config).to(self.theta.gamma.device) if self.theta.context else None
-        return self.theta(self.features(config), context)
+        device = self.theta.gamma.device
+        context = config_context(config).to(device) if self.theta.context else None
+        error = None
+        if self._error is not None:
+            error = self._error[torch.arange(len(self.targets)), torch.tensor(config.ids)].to(device)
+        return self.theta(self.features(config), context, error)
 
     def set_config(self, config: ModelQuantConfig, *, theta: bool = True) -> None:
         """Quantize the base under ``config`` and bind each layer's U from theta (kept in the autograd

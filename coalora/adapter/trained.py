@@ -62,10 +62,10 @@ def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig)
     first = tensors.get("theta.mlp.1.weight")  # ConfigNet's Linear(embed_dim * features, hidden)
     if a is None or first is None:
         raise CoaloraError(f"adapter {path} lacks its LoRA or theta tensors; it is not a complete trained adapter")
-    width = input_width(adapter.embed_dim, adapter.theta_context)
+    width = input_width(adapter.embed_dim, adapter.theta_context, adapter.theta_error)
     if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, width):
         raise CoaloraError(f"adapter {path}: its description (rank {adapter.rank}, hidden {adapter.hidden}, embed_dim "
-                           f"{adapter.embed_dim}, theta_context {adapter.theta_context}) does not match its tensors "
+                           f"{adapter.embed_dim}, theta_context {adapter.theta_context}, theta_error {adapter.theta_error}) does not match its tensors "
                            f"(A {tuple(a.shape)}, theta's first layer {tuple(first.shape)}); the file was edited or damaged")
 
 

@@ -101,6 +101,9 @@ class TrainConfig:
     """``coalora`` only: theta also sees the whole configuration (average bits, parameter share of
     2-bit matrices) beside each layer's own fields, so a layer's U can depend on how quantized the
     rest of the model is. The paper's theta sees the layer's fields alone."""
+    theta_error: bool = AdapterConfig.theta_error
+    """``coalora`` only: theta also sees each layer's quantization error under its configuration
+    (standardized log relative error from the error table), a per-layer difficulty signal."""
     sampling: str = AUTO
     """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
     (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
@@ -207,7 +210,8 @@ class TrainConfig:
     def adapter(self) -> AdapterConfig:
         """The adapter's shape and initialisation (rank, alpha, init, base) as :class:`AdapterConfig`."""
         return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset, base=self.base, lq_rank=self.lq_rank,
-                             lq_iters=self.lq_iters, theta_context=self.theta_context)
+                             lq_iters=self.lq_iters, theta_context=self.theta_context,
+                             theta_error=self.theta_error)
 
     @property
     def use_theta(self) -> bool:

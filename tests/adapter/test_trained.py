@@ -39,32 +39,35 @@ def test_round_trip_gives_the_same_adapters(tmp_path):
         assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1])
 
 
-def test_theta_context_round_trips_and_its_size_is_checked(tmp_path):
-    """An adapter whose theta sees the configuration's context loads with it; a description that says
-    otherwise is refused before anything is built, and an older file (no field) loads without it."""
+@pytest.mark.parametrize("field", ["theta_context", "theta_error"])
+def test_theta_inputs_round_trip_and_their_size_is_checked(tmp_path, field):
+    """An adapter whose theta sees the configuration's context (or each layer's error) loads with it;
+    a description that says otherwise is refused before anything is built, and an older file (no
+    field) loads without it."""
     from coalora.adapter.trained import FORMAT
     from coalora.files import load_tagged, save_tagged
 
     model = tiny_llama(seed=0)
-    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4, theta_context=True))
+    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=4, **{field: True}))
     with torch.no_grad():
         for p in coa.theta.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     path = save_trained(coa, tmp_path / "ctx.safetensors", dtype=torch.float32)
     back = load_trained(path, tiny_llama(seed=0), "tiny-llama")
-    assert back.adapter_config.theta_context
+    assert getattr(back.adapter_config, field)
     cfg = _cfg(back.targets, 3)
     assert torch.equal(coa.u_matrices(cfg), back.u_matrices(cfg))
     tensors, meta = load_tagged(path, FORMAT, "trained adapter")
-    meta["adapter"]["theta_context"] = False
+    meta["adapter"][field] = False
     save_tagged(tensors, tmp_path / "lying.safetensors", FORMAT, meta)
-    with pytest.raises(CoaloraError, match="theta_context False\\) does not match its tensors"):
+    with pytest.raises(CoaloraError, match=f"{field} False[,)].* does not match its tensors"):
         load_trained(tmp_path / "lying.safetensors", tiny_llama(seed=0), "tiny-llama")
     _, old = _trained_tiny(tmp_path)
     tensors, meta = load_tagged(old, FORMAT, "trained adapter")
-    del meta["adapter"]["theta_context"]
+    del meta["adapter"][field]
     save_tagged(tensors, tmp_path / "old.safetensors", FORMAT, meta)
-    assert not load_trained(tmp_path / "old.safetensors", tiny_llama(seed=0), "tiny-llama").adapter_config.theta_context
+    assert not getattr(load_trained(tmp_path / "old.safetensors", tiny_llama(seed=0), "tiny-llama").adapter_config,
+                       field)
 
 
 def test_bf16_file_is_half_the_size(tmp_path):

@@ -309,3 +309,5 @@ def test_each_recipe_is_paired_with_its_own_theta_off_arm():
     # nor does what theta sees: a recipe whose theta also sees the configuration's context shares it too
     opts["coalora+a-ctx"] = {"base": "lq", "theta_lr_scale": 3.0, "theta_context": True}
     assert theta_pairs([*methods, "coalora+a-ctx"], opts)[-1] == ("coalora+a-ctx", "coalora+a-off")
+    opts["coalora+a-err"] = {"base": "lq", "theta_lr_scale": 3.0, "theta_error": True}
+    assert theta_pairs([*methods, "coalora+a-err"], opts)[-1] == ("coalora+a-err", "coalora+a-off")

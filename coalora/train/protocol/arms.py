@@ -41,7 +41,7 @@ FIXED_BY_PROTOCOL = ("model", "method", "corpus", "seqlen", "batch_size", "steps
 """Training options an arm may not change: they set the compute, data, seed or rate of the comparison.
 ``theta`` is not among them: an arm's recipe with ``theta: false`` is that recipe's own theta-off ablation."""
 
-THETA_ONLY = ("theta_lr_scale", "theta_context")
+THETA_ONLY = ("theta_lr_scale", "theta_context", "theta_error")
 """Training options that do not enter a run with theta off: recipes differing only in them share one
 theta-off ablation (the arm with the same other options and ``theta: false``)."""
 
