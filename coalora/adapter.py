@@ -49,6 +49,9 @@ class AdapterConfig:
     theta_context: bool = False
     """theta also sees the whole configuration (its average bits and the parameter share of 2-bit
     matrices) beside each layer's own fields (:func:`config_context`)."""
+    theta_error: bool = False
+    """theta also sees each layer's quantization error under its configuration (:func:`error_features`,
+    from coalora.error_table) beside the layer's own fields."""
     base: str = "quant"
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.apply.BaseSpec)."""
@@ -68,6 +71,8 @@ class AdapterConfig:
         _ = self.base_spec  # validates base, lq_rank, lq_iters
         if not isinstance(self.theta_context, bool):
             raise CoaloraError(f"adapter theta_context must be true or false, got {self.theta_context!r}")
+        if not isinstance(self.theta_error, bool):
+            raise CoaloraError(f"adapter theta_error must be true or false, got {self.theta_error!r}")
         for name in ("embed_dim", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -100,18 +105,34 @@ def config_context(config: ModelQuantConfig) -> torch.Tensor:
     return torch.tensor([(config.avg_bits - 4.0) / 2.0, low], dtype=torch.float32)
 
 
+def error_features(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each matrix's quantization error under each of the 432 configurations as theta sees it,
+    ``[N, 432]`` float32: log(||W - Q_c(W)||^2 / ||W||^2) from :func:`coalora.error_table.error_table`
+    (sampled mode, seed 0), standardized to mean 0 and std 1 over the table, so its scale matches
+    the embeddings'. A function of the weights alone: recomputed, never stored, wherever theta runs.
+    The error is of W itself, not of an ``lq`` base's residual: a per-layer difficulty signal that
+    theta would otherwise have to learn from the field embeddings and the block index."""
+    from coalora.error_table import error_table
+
+    err = error_table([w.float() for w in weights], progress=False)  # [N, 432] float64
+    norms = torch.stack([w.double().pow(2).sum() for w in weights]).clamp_min(1e-30)
+    x = torch.log((err / norms[:, None]).clamp_min(1e-30))
+    return ((x - x.mean()) / x.std().clamp_min(1e-12)).float()
+
+
 class ConfigNet(nn.Module):
     """theta: layer configuration features ``[N, 7]`` (int64) and, with ``context``, the whole
     configuration's ``[CONTEXT_FEATURES]`` -> U ``[N, r, r]``, all layers in one call."""
 
     def __init__(self, rank: int, num_blocks: int, num_module_types: int, embed_dim: int = 8, hidden: int = 128,
-                 context: bool = False):
+                 context: bool = False, error: bool = False):
         super().__init__()
         self.rank = rank
         self.context = context
+        self.error = error
         sizes = (*FIELD_SIZES, num_blocks, num_module_types)
         self.embeddings = nn.ModuleList(nn.Embedding(n, embed_dim) for n in sizes)
-        width = embed_dim * len(sizes) + (CONTEXT_FEATURES if context else 0)
+        width = embed_dim * len(sizes) + (CONTEXT_FEATURES if context else 0) + (1 if error else 0)
         self.mlp = nn.Sequential(
             nn.LayerNorm(width),
             nn.Linear(width, hidden),
@@ -123,14 +144,20 @@ class ConfigNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
         self.gamma = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, context: torch.Tensor | None = None,
+                error: torch.Tensor | None = None) -> torch.Tensor:
         """U = I + gamma * M for every row of ``features`` ``[N, 7]``, each row also seeing ``context``
-        ``[CONTEXT_FEATURES]`` where theta takes it (and only then); returns ``[N, r, r]``."""
+        ``[CONTEXT_FEATURES]`` and its layer's ``error`` ``[N]`` where theta takes them (and only then);
+        returns ``[N, r, r]``."""
         if (context is not None) != self.context:
             raise ValueError(f"this theta {'takes' if self.context else 'takes no'} configuration context")
+        if (error is not None) != self.error:
+            raise ValueError(f"this theta {'takes' if self.error else 'takes no'} layer errors")
         parts = [emb(features[:, j]) for j, emb in enumerate(self.embeddings)]
         if context is not None:
             parts.append(context.to(parts[0].dtype).expand(features.shape[0], CONTEXT_FEATURES))
+        if error is not None:
+            parts.append(error.to(parts[0].dtype).view(-1, 1))
         z = torch.cat(parts, dim=-1)
         m = self.mlp(z).view(-1, self.rank, self.rank)
         eye = torch.eye(self.rank, dtype=m.dtype, device=m.device)
@@ -232,7 +259,7 @@ class CoALoRAModel(nn.Module):
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
         self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden,
-                               context=adapter.theta_context)
+                               context=adapter.theta_context, error=adapter.theta_error)
         self.layers: dict[str, CoALoRALinear] = {}
         modules = dict(model.named_modules())
         for t, lin in target_modules_of(model, list(self.targets)).items():
@@ -243,6 +270,8 @@ class CoALoRAModel(nn.Module):
         self._lora = nn.ModuleDict({t.replace(".", "__"): m for t, m in self.layers.items()})
         self._static = torch.tensor([[t.block, self.type_index[t.module_type]] for t in self.targets], dtype=torch.long)
         self.theta.to(next(model.parameters()).device)
+        self._error = (error_features([self.applier.originals[t.name] for t in self.targets])
+                       if adapter.theta_error else None)  # [N, 432]
         if initialize:  # skipped when trained weights are loaded right after
             self.init_lora(seed)
 
@@ -278,8 +307,12 @@ class CoALoRAModel(nn.Module):
 
     def u_matrices(self, config: ModelQuantConfig) -> torch.Tensor:
         """U for every target under ``config``, ``[N, r, r]`` (one batched theta call)."""
-        context = config_context(config).to(self.theta.gamma.device) if self.theta.context else None
-        return self.theta(self.features(config), context)
+        device = self.theta.gamma.device
+        context = config_context(config).to(device) if self.theta.context else None
+        error = None
+        if self._error is not None:
+            error = self._error[torch.arange(len(self.targets)), torch.tensor(config.ids)].to(device)
+        return self.theta(self.features(config), context, error)
 
     def set_config(self, config: ModelQuantConfig) -> None:
         """Quantize the base under ``config`` and bind each layer's U (kept in the autograd graph)."""

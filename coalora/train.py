@@ -93,6 +93,9 @@ class TrainConfig:
     theta_context: bool = False
     """``coalora`` only: theta also sees the whole configuration (average bits, parameter share of
     2-bit matrices) beside each layer's own fields."""
+    theta_error: bool = False
+    """``coalora`` only: theta also sees each layer's quantization error under its configuration
+    (log relative error from the error table, standardized) beside the layer's own fields."""
     sampling: str = "uniform"
     """How each step draws its K configurations from the training set: ``uniform``, or ``excess``
     (probability proportional to (probe loss - unquantized probe loss) ** sampling_power, refreshed at
@@ -179,7 +182,8 @@ class TrainConfig:
     @property
     def adapter(self) -> AdapterConfig:
         return AdapterConfig(self.rank, self.alpha, self.init, self.ref_preset, base=self.base, lq_rank=self.lq_rank,
-                             lq_iters=self.lq_iters, theta_context=self.theta_context)
+                             lq_iters=self.lq_iters, theta_context=self.theta_context,
+                             theta_error=self.theta_error)
 
     @property
     def use_theta(self) -> bool:

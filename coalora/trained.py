@@ -63,7 +63,8 @@ def _check_sizes(path, tensors: dict[str, torch.Tensor], adapter: AdapterConfig)
     if a is None or first is None:
         raise CoaloraError(f"adapter {path} lacks its LoRA or theta tensors; it is not a complete trained adapter")
     features = len(FIELD_SIZES) + 2  # the five config fields, block index, module type
-    width = adapter.embed_dim * features + (2 if adapter.theta_context else 0)  # adapter.CONTEXT_FEATURES
+    width = (adapter.embed_dim * features + (2 if adapter.theta_context else 0)  # adapter.CONTEXT_FEATURES
+             + (1 if adapter.theta_error else 0))
     if a.dim() != 2 or a.shape[0] != adapter.rank or tuple(first.shape) != (adapter.hidden, width):
         raise CoaloraError(f"adapter {path}: its description (rank {adapter.rank}, hidden {adapter.hidden}, embed_dim "
                            f"{adapter.embed_dim}) does not match its tensors (A {tuple(a.shape)}, theta's first layer "

@@ -209,3 +209,32 @@ def test_theta_context_tells_one_layer_config_apart_in_two_models():
             for p in coa.theta.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         assert torch.equal(coa.u_matrices(a)[0], coa.u_matrices(b)[0]) is same
+
+
+def test_theta_error_feeds_each_layer_its_standardized_quantization_error():
+    """With ``theta_error`` theta's extra input is log(relative quantization error), standardized over
+    the [N, 432] table: higher for a 2-bit configuration than an 8-bit one in every layer, and it
+    changes U when only that input moves."""
+    from coalora.adapter import error_features
+
+    model = tiny_llama(seed=0)
+    targets = find_targets(model)
+    coa = CoALoRAModel(model, "tiny-llama", targets, AdapterConfig(rank=4, theta_error=True))
+    table = coa._error
+    assert table.shape == (len(targets), len(ALL_CONFIGS))
+    assert abs(float(table.mean())) < 1e-4 and abs(float(table.std()) - 1) < 1e-4
+    low = min(ALL_CONFIGS, key=lambda c: c.bits)
+    high = max(ALL_CONFIGS, key=lambda c: c.bits)
+    assert bool((table[:, low.id] > table[:, high.id]).all())
+    assert torch.equal(error_features([coa.applier.originals[t.name] for t in targets]), table)  # deterministic
+    cfg = ModelQuantConfig.uniform("tiny-llama", targets, low)
+    with torch.no_grad():
+        for p in coa.theta.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        u = coa.u_matrices(cfg)
+        assert u.shape == (len(targets), 4, 4)
+        feats = coa.features(cfg)
+        moved = coa.theta(feats, None, table[:, low.id] + 1.0)
+        assert not torch.allclose(moved, u)
+        with pytest.raises(ValueError, match="layer errors"):
+            coa.theta(feats)

@@ -15,9 +15,9 @@ from coalora.models import find_targets, tiny_llama
 from coalora.trained import load_trained, read_trained, save_trained
 
 
-def _trained_tiny(tmp_path, rank=4):
+def _trained_tiny(tmp_path, rank=4, **adapter):
     model = tiny_llama(seed=0)
-    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=rank))
+    coa = CoALoRAModel(model, "tiny-llama", find_targets(model), AdapterConfig(rank=rank, **adapter))
     with torch.no_grad():
         for p in coa.theta.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -29,8 +29,9 @@ def _cfg(targets, seed=0, model="tiny-llama"):
     return ModelQuantConfig.from_ids(model, targets, [rng.randrange(len(ALL_CONFIGS)) for _ in targets])
 
 
-def test_round_trip_gives_the_same_adapters(tmp_path):
-    coa, path = _trained_tiny(tmp_path)
+@pytest.mark.parametrize("adapter", [{}, {"theta_context": True, "theta_error": True}])
+def test_round_trip_gives_the_same_adapters(tmp_path, adapter):
+    coa, path = _trained_tiny(tmp_path, **adapter)
     model = tiny_llama(seed=0)
     back = load_trained(path, model, "tiny-llama")
     cfg = _cfg(back.targets)
