@@ -8,6 +8,7 @@ KL the same mean of window KLs. Intervals are the 2.5 and 97.5 percentiles of th
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -16,17 +17,24 @@ RESAMPLES = 2000
 """Bootstrap resamples of every interval."""
 
 
+def _method_rng(rng_seed: int, method: str) -> np.random.Generator:
+    """The generator of ``method``'s seed draws: seeded by ``rng_seed`` and a stable hash of the name."""
+    return np.random.default_rng([rng_seed, int.from_bytes(hashlib.sha256(method.encode()).digest()[:8], "little")])
+
+
 class Bootstrap:
     """Paired resamples of windows (shared) and seeds (per method).
 
-    ``windows`` ``[R, W]`` are window indices drawn once for all methods; ``seeds[m]`` ``[R, S_m]``
-    are method ``m``'s seeds drawn with replacement, from one generator seeded ``rng_seed``.
+    ``windows`` ``[R, W]`` are window indices drawn once for all methods from a generator seeded
+    ``rng_seed``; ``seeds[m]`` ``[R, S_m]`` are method ``m``'s seeds drawn with replacement from a
+    generator seeded by ``rng_seed`` and the method's name, so a method's intervals do not move
+    when another method (an ablation arm) joins the report.
     """
 
     def __init__(self, n_windows: int, seeds: dict[str, list[int]], resamples: int = RESAMPLES, rng_seed: int = 0):
-        rng = np.random.default_rng(rng_seed)
-        self.windows = rng.integers(0, n_windows, size=(resamples, n_windows))
-        self.seeds = {m: np.asarray(s)[rng.integers(0, len(s), size=(resamples, len(s)))] for m, s in seeds.items()}
+        self.windows = np.random.default_rng(rng_seed).integers(0, n_windows, size=(resamples, n_windows))
+        self.seeds = {m: np.asarray(s)[_method_rng(rng_seed, m).integers(0, len(s), size=(resamples, len(s)))]
+                      for m, s in seeds.items()}
         self.n = resamples
 
     def cell(self, rows, column: str = "window_nll") -> tuple[float, np.ndarray] | None:

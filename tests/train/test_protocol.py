@@ -108,6 +108,16 @@ def test_bootstrap_ties_identical_methods_and_separates_shifted_ones():
     assert hi < 1.0 and lo > 0.75  # exp(-0.2) = 0.82, separated by pairing on windows
 
 
+def test_a_methods_intervals_do_not_move_when_another_method_joins():
+    """Registering an ablation arm must not shift the published intervals of the methods already there."""
+    few = protocol_intervals.Bootstrap(16, {"qlora": [0, 1, 2], "coalora": [0, 1, 2]})
+    more = protocol_intervals.Bootstrap(16, {"a-arm": [0], "qlora": [0, 1, 2], "b-arm": [0, 1], "coalora": [0, 1, 2]})
+    assert np.array_equal(few.windows, more.windows)
+    for m in ("qlora", "coalora"):
+        assert np.array_equal(few.seeds[m], more.seeds[m])
+    assert not np.array_equal(few.seeds["qlora"], few.seeds["coalora"])  # each method its own draws
+
+
 def test_config_round_trip_and_validation():
     cfg = ProtocolConfig(seeds=(0, 1, 2, 3))
     assert ProtocolConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).hash == cfg.hash != ProtocolConfig().hash
