@@ -42,8 +42,8 @@ class AdapterConfig:
     of the model is (coalora.adapter.theta.config_context). The paper's theta does not."""
     theta_error: bool = False
     """theta also sees each layer's quantization error under its configuration (standardized log
-    relative error from the error table, coalora.adapter.theta.error_features; ~30 s to compute
-    wherever the adapter is built on SmolLM2-135M). The paper's theta does not."""
+    relative error from the model's cached unweighted error table, coalora.adapter.theta.error_features;
+    ~30 s on SmolLM2-135M the first time, then read from the cache). The paper's theta does not."""
     base: str = BaseSpec.kind
     """What the adapter sits on: ``quant``, the quantized weight Q_c(W); ``lq``, LQ-LoRA's split
     Q_c(W - L1 L2) + L1 L2 computed per configuration (coalora.adapter.apply.BaseSpec)."""

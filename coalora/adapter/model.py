@@ -65,6 +65,13 @@ class CoALoRAModel(nn.Module):
             p.requires_grad_(False)
         # The applier keeps the nn.Linear objects; they stay alive as each wrapper's base_layer.
         self.applier = ConfigApplier(model, model_name, list(self.targets), cache_bytes, adapter.base_spec)
+        # theta's per-layer error input, [N, 432]; from the original weights, before they are wrapped.
+        self._error = None
+        if adapter.theta_error:
+            from coalora.lqlora.sensitivity import cached_error_table
+
+            errors = cached_error_table(model, model_name, self.targets, "none", progress=False)
+            self._error = error_features(errors, [self.applier.originals[t.name] for t in self.targets])
         self.type_index = _module_type_index(self.targets)
         self.num_blocks = max(t.block for t in self.targets) + 1
         self.theta = ConfigNet(adapter.rank, self.num_blocks, len(self.type_index), adapter.embed_dim, adapter.hidden,
@@ -79,8 +86,6 @@ class CoALoRAModel(nn.Module):
         self._lora = nn.ModuleDict({t.replace(".", "__"): m for t, m in self.layers.items()})
         self._static = torch.tensor([[t.block, self.type_index[t.module_type]] for t in self.targets], dtype=torch.long)
         self.theta.to(next(model.parameters()).device)
-        self._error = (error_features([self.applier.originals[t.name] for t in self.targets])
-                       if adapter.theta_error else None)  # [N, 432], theta's per-layer error input
         if initialize:  # skipped when trained weights are loaded right after
             self.init_lora(seed)
 

@@ -48,16 +48,15 @@ def config_context(config: ModelQuantConfig) -> torch.Tensor:
     return torch.tensor([(config.avg_bits - 4.0) / 2.0, low], dtype=torch.float32)
 
 
-def error_features(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+def error_features(errors: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """Each matrix's quantization error under each of the 432 configurations as theta sees it,
-    ``[N, 432]`` float32: log(||W - Q_c(W)||^2 / ||W||^2) from
-    :func:`coalora.lqlora.error_table.error_table` (sampled mode, seed 0), standardized to mean 0 and
-    std 1 over the table so that its scale matches the embeddings'. A function of the weights alone:
-    computed wherever theta runs (~30 s for SmolLM2-135M on 2 cores), never stored. It is the error
-    of W itself, not of an ``lq`` base's residual: a per-layer difficulty signal."""
-    from coalora.lqlora.error_table import error_table
-
-    err = error_table([w.float() for w in weights], progress=False)  # [N, 432] float64
+    ``[N, 432]`` float32: log(||W - Q_c(W)||^2 / ||W||^2), standardized to mean 0 and std 1 over the
+    table so that its scale matches the embeddings'. ``errors`` is the model's unweighted error table
+    ``[N, 432]`` (:func:`coalora.lqlora.sensitivity.cached_error_table`, computed once per set of
+    weights, ~30 s for SmolLM2-135M on 2 cores, then read from the cache) and ``weights`` the N
+    matrices it was computed on. It is the error of W itself, not of an ``lq`` base's residual: a
+    per-layer difficulty signal."""
+    err = errors.double()
     norms = torch.stack([w.double().pow(2).sum() for w in weights]).clamp_min(1e-30)
     x = torch.log((err / norms[:, None]).clamp_min(1e-30))
     return ((x - x.mean()) / x.std().clamp_min(1e-12)).float()

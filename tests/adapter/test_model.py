@@ -284,11 +284,12 @@ def test_default_weight_cache_is_the_appliers(monkeypatch):
     assert coa.applier.cache.max_bytes == (1 << 30) // 4
 
 
-def test_theta_error_feeds_each_layer_its_standardized_quantization_error():
+def test_theta_error_feeds_each_layer_its_standardized_quantization_error(tmp_home):
     """With ``theta_error`` theta's extra input is log(relative quantization error), standardized over
     the [N, 432] table: higher for the lowest-bit configuration than the highest in every layer,
     deterministic, and U moves when only that input moves."""
     from coalora.adapter.theta import error_features
+    from coalora.lqlora.error_table import error_table
 
     model = tiny_llama(seed=0)
     targets = find_targets(model)
@@ -299,7 +300,8 @@ def test_theta_error_feeds_each_layer_its_standardized_quantization_error():
     low = min(ALL_CONFIGS, key=lambda c: c.bits)
     high = max(ALL_CONFIGS, key=lambda c: c.bits)
     assert bool((table[:, low.id] > table[:, high.id]).all())
-    assert torch.equal(error_features([coa.applier.originals[t.name] for t in targets]), table)
+    originals = [coa.applier.originals[t.name] for t in targets]
+    assert torch.equal(error_features(error_table(originals, progress=False), originals), table)
     cfg = ModelQuantConfig.uniform("tiny-llama", targets, low)
     with torch.no_grad():
         for p in coa.theta.parameters():

@@ -40,7 +40,7 @@ def test_round_trip_gives_the_same_adapters(tmp_path):
 
 
 @pytest.mark.parametrize("field", ["theta_context", "theta_error"])
-def test_theta_inputs_round_trip_and_their_size_is_checked(tmp_path, field):
+def test_theta_inputs_round_trip_and_their_size_is_checked(tmp_path, tmp_home, field):
     """An adapter whose theta sees the configuration's context (or each layer's error) loads with it;
     a description that says otherwise is refused before anything is built, and an older file (no
     field) loads without it."""
